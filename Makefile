@@ -1,0 +1,40 @@
+# Two entry points, both working on a fresh machine:
+#   make lab    set everything up, then open the lab book in JupyterLab
+#   make test   set everything up, then run every test (unit tests and notebooks)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.odtkit-installed
+TORCH  := torch==2.13.0
+
+.PHONY: setup lab test lint bench data clean
+
+setup: $(STAMP)
+
+# The pinned CPU build of torch goes in first, so that the package's own
+# torch requirement is already met and never pulls a GPU build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+lab: setup
+	$(BIN)/jupyter lab --ServerApp.root_dir=labs
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check odtkit tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/compress.py
+
+data: setup
+	$(BIN)/python data/build_pretrained.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

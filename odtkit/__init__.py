@@ -1,0 +1,74 @@
+"""odtkit: a toolkit and lab book for on-device training.
+
+The public API is re-exported here. Submodules load on first use, so
+``import odtkit`` stays fast and a notebook pays only for what it touches.
+
+    import odtkit as odt
+    dev = odt.device("stm32f746")
+    model = odt.models.create("mbv2-tiny", num_classes=10)
+    task = odt.datasets.load("digits-shift")
+    hist = odt.train(model, task, epochs=3, seed=0)
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    # hardware catalogue
+    "devices": "hardware",
+    "device": "hardware",
+    "links": "hardware",
+    "link": "hardware",
+    "DeviceProfile": "hardware",
+    "LinkProfile": "hardware",
+    "FitReport": "hardware",
+    # training
+    "train": "training",
+    "History": "training",
+    "make_optimizer": "optim",
+    "OPTIMIZERS": "optim",
+    # plans, memory and the lean engine
+    "plan": "plans",
+    "TrainPlan": "plans",
+    "estimate": "memory",
+    "measure": "memory",
+    "MemoryReport": "memory",
+    "lean": "engine",
+}
+
+_SUBMODULES = (
+    "hardware",
+    "models",
+    "datasets",
+    "optim",
+    "training",
+    "plans",
+    "memory",
+    "engine",
+    "compress",
+    "distributed",
+    "viz",
+    "widgets",
+    "cli",
+)
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'odtkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

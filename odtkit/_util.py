@@ -1,0 +1,54 @@
+"""Small helpers shared by the modules: helpful errors, smoke mode, seeding."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import random
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+
+def normalize_name(name: str) -> str:
+    """Case- and separator-insensitive key: 'STM32 F746' and 'stm32-f746' agree."""
+    return "".join(ch for ch in str(name).lower() if ch.isalnum())
+
+
+def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The known names nearest to ``name`` (compared without case or separators)."""
+    choices = list(choices)
+    keyed = {normalize_name(c): c for c in choices}
+    key = normalize_name(name)
+    hits = difflib.get_close_matches(key, list(keyed), n=n, cutoff=0.5)
+    # a prefix ('stm32f74' of 'stm32f746') is the likeliest typo of all
+    prefixed = [k for k in keyed if key and (k.startswith(key) or key.startswith(k))]
+    ordered = list(dict.fromkeys(prefixed + hits))[:n]
+    return [keyed[k] for k in ordered]
+
+
+def choice_error(kind: str, value: object, choices: Iterable[str]) -> ValueError:
+    """A ValueError naming the bad value, the nearest valid ones and all choices."""
+    choices = list(choices)
+    near = closest(str(value), choices)
+    hint = f" Did you mean {', '.join(repr(c) for c in near)}?" if near else ""
+    return ValueError(
+        f"unknown {kind} {value!r}.{hint} Valid choices: {', '.join(choices)}."
+    )
+
+
+def smoke() -> bool:
+    """True under CI or ODTKIT_SMOKE=1: notebooks and scripts shrink their work."""
+    flag = os.environ.get("ODTKIT_SMOKE", "")
+    if flag:
+        return flag.lower() not in ("0", "false", "no")
+    return bool(os.environ.get("CI"))
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch Generator seeded the same."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,3 @@
+"""Figures: catalogue (placeholder, being written)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Figures: compression (placeholder, being written)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Figures: memory (placeholder, being written)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Figures: training (placeholder, being written)."""
+
+__all__: list[str] = []

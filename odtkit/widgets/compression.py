@@ -1,0 +1,3 @@
+"""Explorer: compression (placeholder, being written)."""
+
+__all__: list[str] = []

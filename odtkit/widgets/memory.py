@@ -1,0 +1,3 @@
+"""Explorer: memory (placeholder, being written)."""
+
+__all__: list[str] = []
