@@ -6,6 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.odtkit-installed
 TORCH  := torch==2.13.0
+# Jupyter refuses to run as root without being told; containers often are root.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: setup lab test lint bench data clean
 
@@ -21,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 lab: setup
-	$(BIN)/jupyter lab --ServerApp.root_dir=labs
+	$(BIN)/jupyter lab --ServerApp.root_dir=labs $(LAB_FLAGS)
 
 test: setup
 	$(BIN)/python -m pytest
