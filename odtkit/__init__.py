@@ -30,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     # training
     "train": "training",
     "History": "training",
+    "evaluate": "training",
+    "load_checkpoint": "training",
     "make_optimizer": "optim",
     "OPTIMIZERS": "optim",
     # plans, memory and the lean engine

@@ -1,3 +1,79 @@
-"""Figures: training (placeholder, being written)."""
+"""Figures of training runs: accuracy or loss per epoch, one line per run."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from .._util import choice_error
+
+__all__ = ["accuracy_curves", "loss_curve"]
+
+_METRICS = ("test_acc", "train_acc", "loss")
+_LABELS = {"test_acc": "test accuracy", "train_acc": "train accuracy", "loss": "training loss"}
+
+
+def _series(history: Any, metric: str, run: str) -> list[float]:
+    values = getattr(history, metric, None)
+    if values is None:
+        raise TypeError(
+            f"run {run!r} is a {type(history).__name__}, not an odtkit History "
+            f"(no {metric!r} list); pass the value returned by odt.train"
+        )
+    if len(values) == 0:
+        raise ValueError(f"run {run!r} has no finished epoch to plot")
+    return [float(v) for v in values]
+
+
+def accuracy_curves(
+    histories: Mapping[str, Any],
+    metric: str = "test_acc",
+    *,
+    title: str | None = None,
+    figsize: tuple[float, float] = (5.5, 3.5),
+) -> Figure:
+    """One line per run of ``metric`` ("test_acc", "train_acc" or "loss") against epoch."""
+    if metric not in _METRICS:
+        raise choice_error("metric", metric, _METRICS)
+    if not histories:
+        raise ValueError("histories is empty: pass {'run name': history, ...}")
+    fig, ax = plt.subplots(figsize=figsize)
+    for run, history in histories.items():
+        values = _series(history, metric, run)
+        epochs = range(1, len(values) + 1)
+        ax.plot(epochs, values, marker="o", markersize=3, label=str(run))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(_LABELS[metric])
+    if metric != "loss":
+        ax.set_ylim(0.0, 1.0)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(title if title is not None else f"{_LABELS[metric]} per epoch")
+    fig.tight_layout()
+    return fig
+
+
+def loss_curve(
+    history: Any, *, title: str | None = None, figsize: tuple[float, float] = (5.5, 3.5)
+) -> Figure:
+    """Training loss per epoch of one run, test accuracy on a second axis."""
+    loss = _series(history, "loss", "history")
+    test_acc = _series(history, "test_acc", "history")
+    epochs = range(1, len(loss) + 1)
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.plot(epochs, loss, marker="o", markersize=3, color="C0", label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss", color="C0")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    acc_ax = ax.twinx()
+    acc_ax.plot(epochs, test_acc, marker="s", markersize=3, color="C1", label="test accuracy")
+    acc_ax.set_ylabel("test accuracy", color="C1")
+    acc_ax.set_ylim(0.0, 1.0)
+    ax.set_title(title if title is not None else "loss and test accuracy per epoch")
+    fig.tight_layout()
+    return fig

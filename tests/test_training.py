@@ -1,0 +1,394 @@
+"""The training loop against a hand-written reference loop; determinism, History,
+atomic checkpoints and exact resume (including a real SIGKILLed process)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from _train_worker import CONFIG, STEPS_PER_EPOCH, make_model, make_task
+from torch import nn
+from torch.nn import functional as F
+
+import odtkit
+from odtkit.checkpoint import load_checkpoint, save_atomic
+from odtkit.training import History, evaluate, train
+from odtkit.viz.training import accuracy_curves, loss_curve
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("_train_worker.py")
+TOTAL_STEPS = CONFIG["epochs"] * STEPS_PER_EPOCH
+NO_CHECKPOINT = {k: v for k, v in CONFIG.items() if k != "checkpoint_every"}
+
+
+@contextmanager
+def one_thread():
+    """Bit-exact comparisons across processes need the same thread count everywhere."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny models run far faster on one thread (and a busy 2-core CI box stays usable)."""
+    with one_thread():
+        yield
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), f"{key} differs"
+
+
+def assert_same_history(a: History, b: History) -> None:
+    """Everything but wall time must match exactly."""
+    da, db = a.as_dict(), b.as_dict()
+    for key in ("loss", "train_acc", "test_acc", "steps", "samples"):
+        assert da[key] == db[key], key
+    assert len(a.time_s) == len(b.time_s) and all(t > 0 for t in a.time_s + b.time_s)
+
+
+class Crash(Exception):
+    pass
+
+
+class CrossEntropyOrCrash:
+    """Cross-entropy that raises on its ``crash_at``-th call (an interrupted run)."""
+
+    def __init__(self, crash_at: int | None = None) -> None:
+        self.crash_at, self.calls = crash_at, 0
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise Crash(f"crash at call {self.calls}")
+        return F.cross_entropy(logits, labels)
+
+
+# ---------------------------------------------------------------- the loop itself
+
+
+def test_matches_hand_written_reference_loop():
+    task, cfg = make_task(), dict(epochs=2, batch_size=8, lr=0.05, seed=11)
+    model, ref = make_model(), make_model()
+    hist = train(model, task, optimizer="sgd-m", progress=False, **cfg)
+
+    # the reference: torch's own SGD with momentum, one permutation per epoch
+    torch.manual_seed(cfg["seed"])
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    opt = torch.optim.SGD(ref.parameters(), lr=cfg["lr"], momentum=0.9)
+    ref_loss, ref_acc = [], []
+    for _ in range(cfg["epochs"]):
+        ref.train()
+        perm = torch.randperm(len(task.x_train), generator=gen)
+        total, correct = 0.0, 0
+        for start in range(0, len(perm), cfg["batch_size"]):
+            idx = perm[start : start + cfg["batch_size"]]
+            opt.zero_grad()
+            out = ref(task.x_train[idx])
+            loss = F.cross_entropy(out, task.y_train[idx])
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            correct += int((out.argmax(1) == task.y_train[idx]).sum())
+        ref_loss.append(total / len(perm))
+        ref.eval()
+        with torch.no_grad():
+            ref_acc.append((ref(task.x_test).argmax(1) == task.y_test).float().mean().item())
+    assert_same_weights(model, ref)
+    assert hist.loss == pytest.approx(ref_loss, rel=1e-12)
+    assert hist.test_acc == pytest.approx(ref_acc, abs=1e-9)
+    assert hist.steps == [12, 24] and hist.samples == [96, 192]
+    assert hist.test_acc[-1] > 0.6  # the toy task is learnable
+
+
+def test_same_seed_same_numbers_other_seed_differs():
+    task = make_task()
+    runs = []
+    for seed in (5, 5, 6):
+        model = make_model()
+        runs.append((model, train(model, task, epochs=2, seed=seed, progress=False)))
+    assert_same_weights(runs[0][0], runs[1][0])
+    assert_same_history(runs[0][1], runs[1][1])
+    assert not torch.equal(runs[0][0][2].weight, runs[2][0][2].weight)
+
+
+def test_plan_is_applied_and_frozen_parameters_stay():
+    class FreezeAllButHead:
+        precision = "fp32"
+
+        def __init__(self):
+            self.calls = []
+
+        def apply_(self, model):
+            self.calls.append(model)
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith("6."))
+            return model
+
+    model, plan = make_model(), FreezeAllButHead()
+    before = copy.deepcopy(model.state_dict())
+    train(model, make_task(), plan, epochs=1, progress=False)
+    assert plan.calls == [model]
+    for name, p in model.named_parameters():
+        changed = not torch.equal(p, before[name])
+        assert changed == name.startswith("6."), name
+
+
+def test_adam_and_max_steps_cut_an_epoch():
+    model = make_model()
+    hist = train(model, make_task(), epochs=3, batch_size=8, optimizer="adam", lr=0.01,
+                 max_steps=5, progress=False)  # fmt: skip
+    assert hist.steps == [5] and hist.samples == [40] and len(hist) == 1
+
+
+def test_callbacks_progress_and_mode(capsys):
+    seen = []
+    model = make_model()
+    train(model, make_task(), epochs=2, callbacks=[lambda h, m: seen.append((len(h), m))])
+    assert seen == [(1, model), (2, model)]
+    assert "train toy-thirds" in capsys.readouterr().err  # the tqdm bar
+    assert model.training
+
+
+def test_evaluate_counts_and_restores_modes():
+    model = make_model()
+    x, y = make_task().x_test, make_task().y_test
+    model.train()
+    model[3].eval()  # a mixed state must come back as it was
+    with torch.no_grad():
+        model.eval()
+        expected = (model(x).argmax(1) == y).sum().item() / len(y)
+        model.train()
+        model[3].eval()
+    assert evaluate(model, x, y, batch_size=7) == pytest.approx(expected)
+    assert model.training and not model[3].training
+    with pytest.raises(ValueError, match="differ in length"):
+        evaluate(model, x, y[:-1])
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_shape_mismatch_names_both_shapes():
+    model = make_model(side=8)  # expects (1, 8, 8)
+    with pytest.raises(ValueError, match=r"\(1, 4, 4\).*input_shape \(1, 8, 8\)"):
+        train(model, make_task(side=4), progress=False)
+
+
+def test_wrong_class_count_is_reported():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
+    with pytest.raises(ValueError, match="3 classes"):
+        train(model, make_task(), progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epochs": 0}, "epochs=0"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"batch_size": 2.5}, "batch_size=2.5"),
+        ({"checkpoint_every": 0}, "checkpoint_every=0"),
+        ({"lr": -1.0}, "lr=-1.0"),
+        ({"seed": 1.5}, "seed=1.5"),
+        ({"checkpoint_every": 5}, "checkpoint_every=5 needs a file"),
+        ({"optimizer": "sgdm"}, "unknown optimizer 'sgdm'"),
+        ({"drop_last": True, "batch_size": 500}, "drop_last"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        train(make_model(), make_task(), progress=False, **kwargs)
+
+
+def test_divergence_warns_once():
+    with pytest.warns(RuntimeWarning, match="smaller lr") as record:
+        hist = train(make_model(), make_task(), epochs=2, progress=False,
+                     loss_fn=lambda logits, y: F.cross_entropy(logits, y) * math.inf)  # fmt: skip
+    assert len(record) == 1 and not all(map(math.isfinite, hist.loss))
+
+
+def test_not_a_task_or_plan():
+    with pytest.raises(TypeError, match="x_train"):
+        train(make_model(), object(), progress=False)
+    with pytest.raises(TypeError, match="apply_"):
+        train(make_model(), make_task(), plan="last:1", progress=False)
+
+
+def test_bad_labels_are_reported():
+    task = make_task()  # Task validates its labels itself: a duck-typed copy gets past that
+    bad = SimpleNamespace(**{f.name: getattr(task, f.name) for f in fields(task)})
+    bad.y_train, bad.num_classes = task.y_train + 3, task.num_classes
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        train(make_model(), bad, progress=False)
+
+
+# ---------------------------------------------------------------- History and figures
+
+
+def test_history_helpers():
+    h = History(loss=[1.0, 0.5, 0.7], train_acc=[0.3, 0.6, 0.7], test_acc=[0.4, 0.8, 0.8],
+                time_s=[0.1, 0.1, 0.2], steps=[3, 6, 9], samples=[30, 60, 90])  # fmt: skip
+    assert h.best()["epoch"] == 2 and h.best("loss")["epoch"] == 2
+    assert h.final() == {"epoch": 3, "loss": 0.7, "train_acc": 0.7, "test_acc": 0.8,
+                         "time_s": 0.2, "steps": 9, "samples": 90}  # fmt: skip
+    assert History.from_dict(h.as_dict()) == h
+    assert "3 epochs" in repr(h) and "best test_acc=0.800 @ epoch 2" in repr(h)
+    with pytest.raises(ValueError, match="one entry per epoch"):
+        History(loss=[1.0])
+    with pytest.raises(ValueError, match="empty"):
+        History().final()
+    with pytest.raises(ValueError, match="Did you mean 'test_acc'"):
+        h.best("test-acc")
+    assert odtkit.History is History and odtkit.train is train
+
+
+def test_figures_plot_the_history_numbers():
+    a = History([1.0, 0.5], [0.3, 0.6], [0.4, 0.8], [0.1, 0.1], [3, 6], [30, 60])
+    b = History([0.9, 0.4, 0.3], [0.2, 0.7, 0.9], [0.5, 0.6, 0.9], [0.1] * 3, [3, 6, 9],
+                [30, 60, 90])  # fmt: skip
+    fig = accuracy_curves({"a": a, "b": b})
+    lines = fig.axes[0].get_lines()
+    assert [ln.get_label() for ln in lines] == ["a", "b"]
+    assert list(lines[1].get_xdata()) == [1, 2, 3] and list(lines[1].get_ydata()) == b.test_acc
+    fig2 = loss_curve(b)
+    assert list(fig2.axes[0].get_lines()[0].get_ydata()) == b.loss
+    assert list(fig2.axes[1].get_lines()[0].get_ydata()) == b.test_acc
+    with pytest.raises(ValueError, match="unknown metric"):
+        accuracy_curves({"a": a}, metric="acc")
+    with pytest.raises(TypeError, match="not an odtkit History"):
+        accuracy_curves({"a": [0.1, 0.2]})
+    assert odtkit.viz.accuracy_curves is accuracy_curves
+    plt.close("all")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_interrupted_mid_epoch_resumes_exactly(tmp_path):
+    task, path = make_task(), tmp_path / "ckpt" / "run.pt"
+    cfg = dict(CONFIG, optimizer="adam", lr=0.01)
+    ref = make_model()  # uninterrupted, and writing no checkpoint at all
+    ref_hist = train(ref, task, loss_fn=CrossEntropyOrCrash(), progress=False,
+                     **dict(NO_CHECKPOINT, optimizer="adam", lr=0.01))  # fmt: skip
+    with pytest.raises(Crash):
+        train(make_model(), task, loss_fn=CrossEntropyOrCrash(crash_at=23), checkpoint=path,
+              progress=False, **cfg)  # fmt: skip
+    loop = load_checkpoint(path)["loop"]
+    assert (loop["epoch"], loop["step"], loop["global_step"]) == (1, 8, 20)  # mid-epoch 2
+    model = make_model()
+    hist = train(model, task, loss_fn=CrossEntropyOrCrash(), checkpoint=path, progress=False,
+                 **cfg)  # fmt: skip
+    assert_same_weights(model, ref)
+    assert_same_history(hist, ref_hist)
+    # a finished checkpoint: nothing left to do, the same result comes back
+    again = make_model()
+    assert_same_history(train(again, task, loss_fn=CrossEntropyOrCrash(), checkpoint=path,
+                              progress=False, **cfg), ref_hist)  # fmt: skip
+    assert_same_weights(again, ref)
+
+
+def test_mismatched_config_names_the_field(tmp_path):
+    task, path = make_task(), tmp_path / "run.pt"
+    train(make_model(), task, epochs=1, checkpoint=path, progress=False)
+    with pytest.raises(ValueError, match="lr=0.05, but this call has lr=0.1"):
+        train(make_model(), task, epochs=1, lr=0.1, checkpoint=path, progress=False)
+    with pytest.raises(ValueError, match="seed=0, but this call has seed=1"):
+        train(make_model(), task, epochs=1, seed=1, checkpoint=path, progress=False)
+
+    def head_only(model):
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("6."))
+
+    frozen = make_model()
+    head_only(frozen)
+    with pytest.raises(ValueError, match="written with trainable="):
+        train(frozen, task, epochs=1, checkpoint=path, progress=False)
+
+
+def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    task, path = make_task(), tmp_path / "run.pt"
+    real_save = torch.save
+
+    def half_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    def break_saving_after_epoch_1(history, model):
+        if len(history) == 1:
+            monkeypatch.setattr(torch, "save", half_save)
+
+    with pytest.raises(OSError, match="disk full"):
+        train(make_model(), task, epochs=2, checkpoint=path, progress=False,
+              callbacks=[break_saving_after_epoch_1])  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]  # temp file removed
+    state = load_checkpoint(path)
+    assert state["loop"]["epoch"] == 1 and len(state["history"]["loss"]) == 1
+    monkeypatch.setattr(torch, "save", real_save)
+    resumed, ref = make_model(), make_model()
+    assert_same_history(train(resumed, task, epochs=2, checkpoint=path, progress=False),
+                        train(ref, task, epochs=2, progress=False))  # fmt: skip
+    assert_same_weights(resumed, ref)
+
+
+def test_damaged_file_is_reported(tmp_path):
+    path = tmp_path / "run.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not be read"):
+        train(make_model(), make_task(), checkpoint=path, progress=False)
+    save_atomic({"format": 999}, path)
+    with pytest.raises(ValueError, match="format 999"):
+        load_checkpoint(path)
+
+
+def test_sigkilled_process_resumes_to_the_uninterrupted_result(tmp_path):
+    path = tmp_path / "run.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    # ~0.03 s per step: the kill lands long before the worker's 48 steps are done
+    proc = subprocess.Popen([sys.executable, str(WORKER), str(path), "0.03"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            assert proc.poll() is None, f"worker ended before the kill: {proc.communicate()}"
+            assert time.monotonic() < deadline, "no mid-epoch checkpoint within 60 s"
+            if path.exists():  # reading while the worker writes: atomic, never half a file
+                loop = load_checkpoint(path)["loop"]
+                if loop["epoch"] >= 1 and loop["step"] > 0:
+                    break
+            time.sleep(0.005)
+        proc.kill()  # SIGKILL: no cleanup code runs in the worker
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    loop = load_checkpoint(path)["loop"]
+    assert 0 < loop["global_step"] < TOTAL_STEPS, loop
+    task = make_task()
+    with one_thread():
+        resumed = make_model()
+        hist = train(resumed, task, checkpoint=path, progress=False, **CONFIG)
+        ref = make_model()
+        ref_hist = train(ref, task, progress=False, **NO_CHECKPOINT)
+    assert_same_weights(resumed, ref)
+    assert_same_history(hist, ref_hist)
