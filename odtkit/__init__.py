@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     "DeviceProfile": "hardware",
     "LinkProfile": "hardware",
     "FitReport": "hardware",
+    "load_profile": "hardware",
+    "format_bytes": "hardware",
     # training
     "train": "training",
     "History": "training",
@@ -41,6 +43,8 @@ _EXPORTS: dict[str, str] = {
     "measure": "memory",
     "MemoryReport": "memory",
     "lean": "engine",
+    # helpers for notebooks
+    "smoke": "_util",
 }
 
 _SUBMODULES = (
@@ -57,6 +61,7 @@ _SUBMODULES = (
     "viz",
     "widgets",
     "cli",
+    "exercises",
 )
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])

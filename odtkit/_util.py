@@ -6,9 +6,10 @@ import difflib
 import os
 import random
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used, so the CLI starts fast
+    import torch
 
 
 def normalize_name(name: str) -> str:
@@ -48,6 +49,9 @@ def smoke() -> bool:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch Generator seeded the same."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -1,0 +1,207 @@
+"""Does one training step fit a device? Memory checks plus a roofline step time.
+
+An integer is bytes that need RAM: SRAM on a microcontroller, DRAM elsewhere.
+A memory report (anything with ``peak_bytes``, ``by_category``,
+``frozen_weight_bytes``, ``forward_macs`` and ``backward_macs``) is split on a
+microcontroller: weights that do not train can be read straight from flash,
+so flash must hold them and SRAM the rest of the peak.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._profiles import DTYPES, UnknownSpecError, format_bytes, format_seconds
+from ._util import choice_error
+
+MEMORIES = ("sram", "dram", "flash")
+
+
+@dataclass(frozen=True)
+class MemoryCheck:
+    """One memory of a device against what a step needs from it."""
+
+    memory: str
+    needed_bytes: int
+    available_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.memory not in MEMORIES:
+            raise choice_error("memory", self.memory, MEMORIES)
+        for name in ("needed_bytes", "available_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"MemoryCheck.{name} must be a whole number >= 0, got {value!r}")
+
+    @property
+    def headroom_bytes(self) -> int:
+        """Free bytes left over; negative when the need does not fit."""
+        return self.available_bytes - self.needed_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.headroom_bytes >= 0
+
+    def describe(self) -> str:
+        """'SRAM 200 KiB of 320 KiB (120 KiB free)' or '... (80 KiB short)'."""
+        spare = self.headroom_bytes
+        tail = f"{format_bytes(spare)} free" if spare >= 0 else f"{format_bytes(-spare)} short"
+        return (f"{self.memory.upper() if self.memory != 'flash' else 'flash'} "
+                f"{format_bytes(self.needed_bytes)} of {format_bytes(self.available_bytes)} "
+                f"({tail})")
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """Whether a need fits a device. The top-level numbers are the tightest memory's.
+
+    ``checks`` holds every memory that was checked (SRAM and flash on an MCU
+    whose frozen weights sit in flash); ``memory``, ``needed_bytes``,
+    ``available_bytes`` and ``headroom_bytes`` repeat the one with the least
+    headroom, so ``headroom_bytes < 0`` exactly when ``fits`` is False.
+    """
+
+    device: str
+    fits: bool
+    memory: str
+    needed_bytes: int
+    available_bytes: int
+    headroom_bytes: int
+    checks: tuple[MemoryCheck, ...]
+    largest_category: str | None = None
+    step_time_s: float | None = None
+    dtype: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.checks or not all(isinstance(c, MemoryCheck) for c in self.checks):
+            raise ValueError("FitReport needs at least one MemoryCheck in checks")
+        tight = min(self.checks, key=lambda c: c.headroom_bytes)
+        if (self.memory, self.needed_bytes, self.available_bytes, self.headroom_bytes) != (
+            tight.memory, tight.needed_bytes, tight.available_bytes, tight.headroom_bytes
+        ):
+            raise ValueError("FitReport top-level numbers must repeat its tightest check")
+        if self.fits != all(c.fits for c in self.checks):
+            raise ValueError("FitReport.fits must be True exactly when every check fits")
+        if self.step_time_s is not None and not self.step_time_s >= 0:
+            raise ValueError(f"step_time_s must be >= 0 or None, got {self.step_time_s!r}")
+
+    @property
+    def verdict(self) -> str:
+        """One line for a person: fits or not, by how much, and what dominates."""
+        head = "fits" if self.fits else "does not fit"
+        text = f"{head} {self.device}: " + ", ".join(c.describe() for c in self.checks)
+        if self.largest_category:
+            text += f"; largest category: {self.largest_category}"
+        if self.step_time_s is not None:
+            text += f"; one step ~{format_seconds(self.step_time_s)} ({self.dtype} roofline)"
+        for note in self.notes:
+            text += f"; {note}"
+        return text
+
+    def __str__(self) -> str:
+        return self.verdict
+
+
+def _whole(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{what} must be a whole number of bytes >= 0, got {value!r}")
+    return int(value)
+
+
+def ram_of(device: Any) -> tuple[str, int]:
+    """The working memory a step lives in: SRAM on an MCU, DRAM elsewhere."""
+    memory = "sram" if device.kind == "mcu" else "dram"
+    available = getattr(device, f"{memory}_bytes")
+    if available is None:
+        raise UnknownSpecError(f"{device.name} has no known {memory}_bytes to check against")
+    return memory, available
+
+
+def step_bytes_moved(by_category: dict[str, int]) -> int:
+    """Bytes one step moves: every byte of every category written once and read once."""
+    return 2 * sum(by_category.values())
+
+
+def fit_device(device: Any, need: Any, *, dtype: str | None = None,
+               weights_in_flash: bool | None = None) -> FitReport:
+    """Build the FitReport of ``device.fit`` (see DeviceProfile.fit)."""
+    if dtype is not None and dtype not in DTYPES:
+        raise choice_error("dtype", dtype, DTYPES)
+    ram, ram_bytes = ram_of(device)
+    if isinstance(need, numbers.Integral) and not isinstance(need, bool):
+        if weights_in_flash:
+            raise ValueError("weights_in_flash needs a memory report (frozen_weight_bytes), "
+                             "not a plain byte count")
+        check = MemoryCheck(ram, _whole(need, "needed bytes"), ram_bytes)
+        return _report(device, (check,), None, None, None, ())
+    if not hasattr(need, "peak_bytes"):
+        raise TypeError(
+            f"fit() takes a whole number of bytes or a memory report with peak_bytes, "
+            f"by_category, frozen_weight_bytes, forward_macs and backward_macs; "
+            f"got {type(need).__name__}"
+        )
+    peak = _whole(need.peak_bytes, "report.peak_bytes")
+    frozen = _whole(getattr(need, "frozen_weight_bytes", 0) or 0, "report.frozen_weight_bytes")
+    if frozen > peak:
+        raise ValueError(f"report.frozen_weight_bytes ({frozen}) exceeds peak_bytes ({peak})")
+    by_category = {str(k): _whole(v, f"by_category[{k!r}]")
+                   for k, v in dict(getattr(need, "by_category", {}) or {}).items()}
+    largest = max(by_category, key=by_category.__getitem__) if by_category else None
+    notes: list[str] = []
+    if weights_in_flash and device.kind != "mcu":
+        raise ValueError(f"{device.name} is a {device.kind}: only microcontrollers run weights "
+                         "from flash. Leave weights_in_flash unset.")
+    if weights_in_flash and device.flash_bytes is None:
+        raise UnknownSpecError(f"{device.name} has no known flash_bytes to hold frozen weights")
+    use_flash = weights_in_flash
+    if use_flash is None:
+        use_flash = device.kind == "mcu" and device.flash_bytes is not None
+        if device.kind == "mcu" and device.flash_bytes is None and frozen:
+            notes.append("flash size unknown, so frozen weights are counted in SRAM")
+    if use_flash and frozen:
+        checks = (MemoryCheck(ram, peak - frozen, ram_bytes),
+                  MemoryCheck("flash", frozen, device.flash_bytes))
+    else:
+        checks = (MemoryCheck(ram, peak, ram_bytes),)
+    step, used = _step_time(device, need, by_category, dtype, notes)
+    return _report(device, checks, largest, step, used, tuple(notes))
+
+
+def _step_time(device: Any, report: Any, by_category: dict[str, int], dtype: str | None,
+               notes: list[str]) -> tuple[float | None, str | None]:
+    used = dtype
+    if used is None:
+        precision = getattr(report, "precision", None)
+        used = precision if precision in DTYPES else "fp32"
+    forward = getattr(report, "forward_macs", None)
+    backward = getattr(report, "backward_macs", None)
+    if forward is None or backward is None:
+        notes.append("step time unknown: the report has no MAC counts")
+        return None, None
+    try:
+        seconds = device.roofline_s(forward + backward, step_bytes_moved(by_category), used)
+    except UnknownSpecError as err:
+        notes.append(f"step time unknown: {err}")
+        return None, None
+    return seconds, used
+
+
+def _report(device: Any, checks: tuple[MemoryCheck, ...], largest: str | None,
+            step: float | None, used: str | None, notes: tuple[str, ...]) -> FitReport:
+    tight = min(checks, key=lambda c: c.headroom_bytes)
+    return FitReport(
+        device=device.name,
+        fits=all(c.fits for c in checks),
+        memory=tight.memory,
+        needed_bytes=tight.needed_bytes,
+        available_bytes=tight.available_bytes,
+        headroom_bytes=tight.headroom_bytes,
+        checks=checks,
+        largest_category=largest,
+        step_time_s=step,
+        dtype=used,
+        notes=notes,
+    )

@@ -1,0 +1,107 @@
+"""Command line: ``odtkit devices``, ``odtkit links``, ``odtkit device NAME``, ``odtkit link NAME``.
+
+Unknown names exit with status 2 and the closest known names on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import hardware
+from ._profiles import show_device_number, show_link_number
+from .hardware import DeviceProfile, LinkProfile, ProfileError, UnknownNameError
+
+LEGEND = ("~ derived (e.g. clock x MAC per cycle), ? not known (see `odtkit device NAME`), "
+          "- none; peaks in MAC/s (FLOP = 2 MAC)")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *,
+                 left: int = 1) -> str:
+    """Aligned plain-text table: the first ``left`` columns left-aligned (text), the rest
+    right-aligned (numbers)."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [str(c).ljust(w) if i < left else str(c).rjust(w)
+                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def _cell(profile: DeviceProfile | LinkProfile, key: str, show) -> str:
+    quantity = profile.sources.get(key)
+    if quantity is None:
+        return "?"
+    if quantity.value == 0:
+        return "-"
+    return ("~" if quantity.derived else "") + show(key, quantity.value)
+
+
+def devices_table(names: Sequence[str] | None = None) -> str:
+    """The catalogue as an aligned table with human units."""
+    profiles = [hardware.device(n) for n in (names if names is not None else hardware.devices())]
+    show = show_device_number
+    rows = [
+        [p.name, p.kind, *(_cell(p, k, show) for k in (
+            "sram_bytes", "dram_bytes", "flash_bytes", "clock_hz",
+            "peak_macs_per_s.fp32", "peak_macs_per_s.int8", "bandwidth_bytes_per_s"))]
+        for p in profiles
+    ]
+    headers = ["name", "kind", "SRAM", "DRAM", "flash", "clock", "fp32 peak", "int8 peak",
+               "bandwidth"]
+    return format_table(headers, rows, left=2) + "\n" + LEGEND
+
+
+def links_table() -> str:
+    """The links as an aligned table with human units."""
+    show = show_link_number
+    rows = [
+        [p.name, *(_cell(p, k, show) for k in (
+            "throughput_bps", "latency_s", "energy_per_bit_j", "duty_cycle"))]
+        for p in (hardware.link(n) for n in hardware.links())
+    ]
+    headers = ["name", "throughput", "latency", "energy/bit", "duty cycle"]
+    return format_table(headers, rows) + "\n~ derived, ? not known (see `odtkit link NAME`)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="odtkit", description="odtkit: hardware catalogue for on-device training.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    listing = commands.add_parser("devices", help="list the device catalogue")
+    listing.add_argument("--kind", choices=hardware.KINDS, help="only devices of this kind")
+    commands.add_parser("links", help="list the network links")
+    one = commands.add_parser("device", help="one device with the source of every number")
+    one.add_argument("name", help="device name (case and separators do not matter) or a .toml")
+    one_link = commands.add_parser("link", help="one link with the source of every number")
+    one_link.add_argument("name", help="link name or a .toml file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad usage or unknown name)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as stop:  # argparse reports usage errors itself
+        return int(stop.code or 0)
+    try:
+        if args.command == "devices":
+            print(devices_table(hardware.devices(kind=args.kind)))
+        elif args.command == "links":
+            print(links_table())
+        elif args.command == "device":
+            print(hardware.device(args.name).describe())
+        elif args.command == "link":
+            print(hardware.link(args.name).describe())
+    except (UnknownNameError, ProfileError) as err:
+        print(f"odtkit: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
