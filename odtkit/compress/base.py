@@ -1,0 +1,161 @@
+"""The Compressor base class, the receiver's context and the argument checks.
+
+Subclasses implement ``_encode`` (fp32 tensor -> payload, meta) and ``_decode``
+(payload, ctx -> fp32 tensor); the base class validates input, counts steps per
+tensor name, builds the context and casts back to the caller's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .wire import Payload, payload_nbytes
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What the receiver needs that does not travel: known from shape and shared config."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    step: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class Compressor:
+    """Base class; see the package docstring for the contract."""
+
+    kind: str = "?"
+    unbiased: bool = False  # E[decompress(compress(g))] == g
+    stochastic: bool = False  # draws random numbers (seeded by seed, name, step)
+    needs_error_feedback: bool = False  # biased enough that plain SGD may stall
+    feedback_builtin: bool = False  # keeps its own residual or accumulator
+    keep_dtype: bool = False  # _encode sees the caller's dtype instead of fp32
+
+    def __init__(self, *, seed: int = 0) -> None:
+        self.seed = check_int("seed", seed, low=0)
+        self._steps: dict[str, int] = {}
+
+    @property
+    def biased(self) -> bool:
+        return not self.unbiased
+
+    # -- the contract --------------------------------------------------
+    def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
+        """Encode ``tensor`` (known as ``name``) into wire tensors and a local context."""
+        x = check_tensor(tensor, name)
+        step = self._steps.get(name, 0)
+        work = x.detach() if self.keep_dtype else x.detach().float()
+        payload, meta = self._encode(work, name, step)
+        self._steps[name] = step + 1
+        ctx = Ctx(name=name, shape=tuple(tensor.shape), dtype=tensor.dtype, step=step, meta=meta)
+        return tuple(payload), ctx
+
+    def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
+        """Rebuild a tensor of the original shape and dtype from the payload."""
+        return self._decode(tuple(payload), ctx).reshape(ctx.shape).to(ctx.dtype)
+
+    def nbytes(self, payload: Payload) -> int:
+        """Exact bytes on the wire (packed codes, indices, scales and norms included)."""
+        return payload_nbytes(payload)
+
+    # -- to implement --------------------------------------------------
+    def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
+        raise NotImplementedError
+
+    def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- state ---------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this compressor with ``get(kind, **config)``."""
+        return {"seed": self.seed}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per-name step counters plus any per-tensor state (tensors are cloned)."""
+        return {"steps": dict(self._steps)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "steps" not in state:
+            raise ValueError(f"state for {self.kind!r} lacks 'steps'; got keys {sorted(state)}")
+        self._steps = {str(k): int(v) for k, v in state["steps"].items()}
+
+    def reset(self) -> None:
+        """Forget all per-tensor state: the next calls replay a fresh compressor's."""
+        self._steps = {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+# -- checks ------------------------------------------------------------
+def check_tensor(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """A non-empty floating tensor with only finite entries, else ValueError naming it."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor {name!r} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise ValueError(f"tensor {name!r} has dtype {tensor.dtype}; compress floating gradients")
+    if tensor.numel() == 0:
+        raise ValueError(f"tensor {name!r} is empty (shape {tuple(tensor.shape)}); nothing to send")
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        bad = (~finite).reshape(-1).nonzero()
+        first = int(bad[0])
+        value = float(tensor.reshape(-1)[first])
+        raise ValueError(
+            f"tensor {name!r} has {bad.numel()} non-finite entries (first: {value} at flat "
+            f"index {first}); compressors need finite gradients: lower the learning rate or "
+            "loss scale, or clip gradients before compressing"
+        )
+    return tensor
+
+
+def check_fraction(kind: str, value: float) -> float:
+    """A float in (0, 1], e.g. a density."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{kind} must be a number in (0, 1], got {value!r}")
+    if not (0.0 < float(value) <= 1.0):
+        raise ValueError(f"{kind} must be in (0, 1], got {value!r}; e.g. {kind}=0.01 keeps 1%")
+    return float(value)
+
+
+def check_int(kind: str, value: int, *, low: int, high: int | None = None) -> int:
+    """An int in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{kind} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{kind} must be {bound}, got {value!r}")
+    return value
+
+
+def check_real(kind: str, value: float, *, low: float, high: float | None = None,
+               open_high: bool = False) -> float:
+    """A finite float in [low, high] (or [low, high) with ``open_high``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{kind} must be a finite number, got {value!r}")
+    too_high = high is not None and (value >= high if open_high else value > high)
+    if value < low or too_high:
+        right = "" if high is None else (f", {high})" if open_high else f", {high}]")
+        raise ValueError(f"{kind} must be in [{low}{right or ', inf)'}, got {value!r}")
+    return float(value)
+
+
+def keep_count(numel: int, density: float | None, k: int | None, name: str) -> int:
+    """Entries to keep: ``k`` as given or ceil(density * numel) (at least 1)."""
+    if k is not None:
+        if k > numel:
+            raise ValueError(f"k={k} exceeds the {numel} entries of tensor {name!r}; lower k")
+        return k
+    # the epsilon keeps 0.07 * 100 (= 7.000000000000001 in floats) at 7
+    return max(1, math.ceil(density * numel - 1e-9))

@@ -1,0 +1,150 @@
+"""Quantizers: every entry travels, in a few bits, bit-packed into uint8 tensors."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._util import choice_error
+from .base import Compressor, Ctx, check_int, check_real
+from .wire import Payload, derive_seed, generator, pack_bits, unpack_bits
+
+
+def _signs(flat: torch.Tensor) -> torch.Tensor:
+    """1 bit per entry: 1 where negative (zero counts as positive). (n,) -> (ceil(n/8),)"""
+    return pack_bits(flat < 0, 1)
+
+
+def _unsigns(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """+1.0 / -1.0 per entry from ``_signs``."""
+    return 1.0 - 2.0 * unpack_bits(packed, 1, n).float()
+
+
+class QSGD(Compressor):
+    """QSGD (Alistarh et al., NeurIPS 2017): s levels, stochastic rounding, unbiased.
+
+    Per bucket of ``bucket_size`` entries (None: the whole tensor is one bucket):
+    Q(v_i) = ||v||_2 * sign(v_i) * l_i / s with l_i = floor(s|v_i|/||v||) rounded
+    up with probability equal to the remainder. Wire: one fp32 norm per bucket,
+    1 sign bit per entry and ceil(log2(s+1)) level bits per entry (fixed width;
+    no Elias coding). Variance: E||Q(v)-v||^2 <= min(d/s^2, sqrt(d)/s) ||v||^2 per bucket.
+    """
+
+    kind = "qsgd"
+    unbiased = True
+    stochastic = True
+
+    def __init__(self, *, levels: int = 15, bucket_size: int | None = 512, seed: int = 0):
+        super().__init__(seed=seed)
+        self.levels = check_int("levels", levels, low=1, high=255)
+        self.bucket_size = None if bucket_size is None else check_int(
+            "bucket_size", bucket_size, low=1)
+        self.bits = math.ceil(math.log2(self.levels + 1))
+
+    def config(self) -> dict:
+        return {"levels": self.levels, "bucket_size": self.bucket_size, "seed": self.seed}
+
+    def _buckets(self, n: int) -> tuple[int, int]:
+        size = self.bucket_size or n
+        return size, math.ceil(n / size)
+
+    def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
+        flat = x.reshape(-1)
+        n = flat.numel()
+        size, count = self._buckets(n)
+        padded = torch.zeros(size * count, dtype=torch.float32, device=flat.device)
+        padded[:n] = flat
+        buckets = padded.view(count, size)
+        norms = torch.linalg.vector_norm(buckets, dim=1)  # (count,)
+        scale = torch.where(norms > 0, self.levels / norms, torch.zeros_like(norms))
+        ratio = (buckets.abs() * scale[:, None]).reshape(-1)[:n]  # in [0, s]
+        low = ratio.floor()
+        draw = torch.rand(n, generator=generator(derive_seed(self.seed, name, step), flat.device),
+                          device=flat.device)
+        level = (low + (draw < ratio - low).float()).clamp_(0, self.levels)
+        return (norms, _signs(flat), pack_bits(level.to(torch.uint8), self.bits)), {}
+
+    def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
+        norms, signs, codes = payload
+        n = ctx.numel
+        size, _ = self._buckets(n)
+        level = unpack_bits(codes, self.bits, n).float()
+        norm = norms.float()[:, None].expand(-1, size).reshape(-1)[:n]  # (n,) bucket norms
+        return norm * _unsigns(signs, n) * level / self.levels
+
+
+class TernGrad(Compressor):
+    """TernGrad (Wen et al., NeurIPS 2017): scale * {-1, 0, +1}, unbiased.
+
+    scale = max|g| per tensor; entry i is nonzero with probability |g_i|/scale.
+    Wire: fp32 scale + 2 bits per entry (0: zero, 1: +scale, 2: -scale).
+    ``clip_sigma=c`` first clips g to [-c*std, c*std] as the paper does (c=2.5),
+    which trades bias for variance (then ``unbiased`` is False).
+    """
+
+    kind = "terngrad"
+    unbiased = True
+    stochastic = True
+
+    def __init__(self, *, clip_sigma: float | None = None, seed: int = 0):
+        super().__init__(seed=seed)
+        self.clip_sigma = None if clip_sigma is None else check_real(
+            "clip_sigma", clip_sigma, low=0.0)
+        if self.clip_sigma is not None and self.clip_sigma == 0.0:
+            raise ValueError("clip_sigma must be > 0 (e.g. 2.5) or None for no clipping")
+        self.unbiased = self.clip_sigma is None
+
+    def config(self) -> dict:
+        return {"clip_sigma": self.clip_sigma, "seed": self.seed}
+
+    def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
+        flat = x.reshape(-1)
+        if self.clip_sigma is not None and flat.numel() > 1:
+            bound = float(self.clip_sigma * flat.std())
+            flat = flat.clamp(-bound, bound)
+        scale = flat.abs().max()
+        prob = flat.abs() / scale if scale > 0 else torch.zeros_like(flat)
+        draw = torch.rand(flat.numel(), device=flat.device,
+                          generator=generator(derive_seed(self.seed, name, step), flat.device))
+        keep = (draw < prob).to(torch.uint8)
+        code = keep * (1 + (flat < 0).to(torch.uint8))  # 0, 1 (+) or 2 (-)
+        return (scale.reshape(1).float(), pack_bits(code, 2)), {}
+
+    def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
+        scale, codes = payload
+        table = torch.tensor([0.0, 1.0, -1.0, 0.0], device=codes.device)
+        return table[unpack_bits(codes, 2, ctx.numel).long()] * scale.float()
+
+
+class SignSGD(Compressor):
+    """signSGD (Bernstein et al., ICML 2018): 1 bit per entry, packed.
+
+    ``scale="none"`` sends signs only and decodes to +-1 (the learning rate sets
+    the step; aggregation is a majority vote); ``scale="mean"`` adds one fp32
+    mean |g| so that the decoded tensor has the gradient's L1 mass. A zero entry
+    decodes as +1 (one bit carries no zero). Biased: see ErrorFeedback / 'ef-signsgd'.
+    """
+
+    kind = "signsgd"
+    needs_error_feedback = True
+    SCALES = ("none", "mean")
+
+    def __init__(self, *, scale: str = "none", seed: int = 0):
+        super().__init__(seed=seed)
+        if scale not in self.SCALES:
+            raise choice_error("signsgd scale", scale, self.SCALES)
+        self.scale = scale
+
+    def config(self) -> dict:
+        return {"scale": self.scale, "seed": self.seed}
+
+    def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
+        flat = x.reshape(-1)
+        if self.scale == "none":
+            return (_signs(flat),), {}
+        return (flat.abs().mean().reshape(1), _signs(flat)), {}
+
+    def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
+        signs = _unsigns(payload[-1], ctx.numel)
+        return signs if self.scale == "none" else signs * payload[0].float()
