@@ -1,0 +1,177 @@
+"""Autograd Functions of the lean engine: each keeps only what its backward needs.
+
+Every kept tensor goes through ``ctx.save_for_backward`` so that saved-tensor hooks
+(and odtkit.memory.measure) see exactly what is kept. Parameters and buffers saved
+here cost no activation memory (they live anyway); they are saved so that autograd's
+version check catches an in-place update between forward and backward.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def _internal(forward: Callable) -> Callable:
+    """Run a Function's forward with torch-function modes off: its ops are engine-internal
+    (the engine's own mode would only add Python overhead to each of them)."""
+
+    @functools.wraps(forward)
+    def run(*args: Any) -> Any:
+        with torch._C.DisableTorchFunction():
+            return forward(*args)
+
+    return run
+
+
+# Bit layout as numpy.packbits (bitorder "big"): element 8*j + i is bit 7 - i of byte j.
+# On little-endian int64 words of eight 0/1 bytes, multiplying by _SPREAD moves byte i to
+# bit 63 - i with no carries (all partial products land on distinct bits); unpacking
+# multiplies a byte by the same constant, which copies bit 7 - i into bit 8*i + 7.
+_SPREAD = 0x8040201008040201 - (1 << 64)  # as a signed int64
+_LOW_BITS = 0x0101010101010101
+_BIT_VALUES = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+_FAST = sys.byteorder == "little"
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Bool tensor -> uint8 tensor of ceil(numel/8) bytes, laid out as numpy.packbits."""
+    if mask.dtype != torch.bool:
+        raise TypeError(f"pack_bits takes a bool tensor, got {mask.dtype}")
+    flat = mask.reshape(-1).view(torch.uint8)  # (n,) of 0/1, no copy if contiguous
+    pad = (-flat.numel()) % 8
+    if pad or flat.storage_offset() % 8:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    if _FAST:
+        return ((flat.view(torch.int64) * _SPREAD) >> 56).to(torch.uint8)  # (ceil(n/8),)
+    return (flat.view(-1, 8) * _BIT_VALUES.to(flat.device)).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of pack_bits: uint8 (ceil(n/8),) -> uint8 0/1 tensor of ``shape``."""
+    n = math.prod(shape)
+    if _FAST:
+        words = packed.to(torch.int64) * _SPREAD  # bit 8i+7 <- element i (other bits: junk)
+        bytes_ = ((words >> 7) & _LOW_BITS).view(torch.uint8)  # (8 * len(packed),) of 0/1
+    else:
+        bytes_ = (packed.unsqueeze(1) & _BIT_VALUES.to(packed.device)).ne(0).view(-1)
+        bytes_ = bytes_.to(torch.uint8)
+    return bytes_[:n].view(shape)
+
+
+def _inside(y: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
+    """Where y = clamp(x, lo, hi) passes gradient, as torch's backward decides it.
+
+    ReLU (hi None): y > 0 or NaN (torch tests the output: not y <= 0). Hardtanh:
+    lo < x < hi, NaN blocked. Read off y with vectorized float ops: y - lo is 0 only
+    where y == lo, and for hi - lo >= 1 the product (y - lo) * (hi - y) cannot underflow
+    to 0 while both factors are nonzero.
+    """
+    above = y if lo == 0 else y - lo
+    if hi is None:
+        return above.bool()
+    if hi - lo >= 1:
+        return (above * (hi - y)).nan_to_num_(nan=0.0).bool()
+    return (y > lo) & (y < hi)
+
+
+class ClampMask(torch.autograd.Function):
+    """y = clamp(x, lo, hi) (hi None: ReLU); saves the bit-packed mask of lo < x < hi.
+
+    Backward multiplies the gradient by the 0/1 mask, so an inf/NaN gradient arriving
+    at a clamped element gives NaN there where torch gives 0.
+    """
+
+    @staticmethod
+    @_internal
+    def forward(ctx, x, lo, hi, inplace):  # type: ignore[override]
+        if inplace:
+            ctx.mark_dirty(x)
+            y = x.clamp_(min=lo, max=hi)
+        else:
+            y = x.clamp(min=lo, max=hi)
+        ctx.shape = x.shape
+        ctx.save_for_backward(pack_bits(_inside(y, lo, hi)) if ctx.needs_input_grad[0] else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (packed,) = ctx.saved_tensors
+        return grad * unpack_bits(packed, ctx.shape), None, None, None
+
+
+class LinearNoInput(torch.autograd.Function):
+    """y = x W^T + b; saves x only when W trains (dW = g^T x), never for dx or db."""
+
+    @staticmethod
+    @_internal
+    def forward(ctx, x, weight, bias):  # type: ignore[override]
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        g2 = grad.reshape(-1, grad.shape[-1])  # (rows, out)
+        gx = grad @ weight if need_x else None  # (..., in)
+        gw = g2.t() @ x.reshape(-1, x.shape[-1]) if need_w else None  # (out, in)
+        gb = g2.sum(0) if need_b else None  # (out,)
+        return gx, gw, gb
+
+
+class ConvNoInput(torch.autograd.Function):
+    """N-d convolution (zero padding); saves its input only when the weight trains."""
+
+    @staticmethod
+    @_internal
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # type: ignore[override]
+        ctx.conf = (stride, padding, dilation, groups)
+        ctx.in_shape = x.shape
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
+        conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x.dim()]
+        return conv(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        need = ctx.needs_input_grad[:3]
+        if x is None:  # shape-only stand-in: convolution_backward reads no data for dx/db
+            x = grad.new_empty(1).expand(ctx.in_shape)
+        bias_sizes = [weight.shape[0]] if need[2] else None
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x, weight, bias_sizes, stride, padding, dilation, False,
+            [0] * len(stride), groups, list(need))
+        return gx, gw, gb, None, None, None, None
+
+
+class BatchNormFrozen(torch.autograd.Function):
+    """Batch norm with running statistics and a frozen (or no) weight: y = x*a + b.
+
+    dx = dy * a needs only parameters and buffers, db = sum(dy): nothing of input size
+    is saved. Backward runs torch's own kernel (which reads no input data for dx and
+    db), so gradients are bit-identical to stock.
+    """
+
+    @staticmethod
+    @_internal
+    def forward(ctx, x, weight, bias, mean, var, eps):  # type: ignore[override]
+        ctx.eps = eps
+        ctx.save_for_backward(weight, mean, var)
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        weight, mean, var = ctx.saved_tensors
+        need_x, _, need_b = ctx.needs_input_grad[:3]
+        # grad stands in for the input: same shape and layout, and its data goes unread
+        gx, _, gb = torch.ops.aten.native_batch_norm_backward(
+            grad, grad, weight, mean, var, None, None, False, ctx.eps, [need_x, False, need_b])
+        return gx, None, gb, None, None, None

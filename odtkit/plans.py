@@ -1,0 +1,352 @@
+"""Train plans: which parameters train, at which precision, which blocks are recomputed.
+
+    plan = odt.plan(model, "bias-only")          # or "full", "none", "last:2", "norm-only",
+    plan.apply_(model)                           # a list of names, or a predicate(name, param)
+    print(plan.describe())
+
+Schemes, by parameter name (names as ``model.named_parameters()`` gives them):
+- "full": every parameter; "none": no parameter (inference only).
+- "bias-only": every parameter whose own name is ``bias`` (conv, linear and norm biases).
+- "norm-only": weights and biases of normalization layers (BatchNorm*, InstanceNorm*,
+  LayerNorm, GroupNorm, RMSNorm).
+- "last:K": every parameter of the last K *layers*. A layer is a module that registers
+  parameters itself (not through children), taken in registration order, which is the
+  forward order for the zoo. A BatchNorm is a layer of its own, so in conv -> BN -> ReLU
+  the BN is the later layer: "last:1" of a model ending in ``Linear`` is that Linear.
+A plan records every parameter name and shape of the model it was made for, so applying
+it to another model fails with the names that differ.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._util import choice_error, closest, normalize_name
+
+__all__ = ["TrainPlan", "plan", "from_names", "layers", "find_blocks", "SCHEMES", "PRECISIONS"]
+
+SCHEMES = ("full", "none", "bias-only", "last:K", "norm-only")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+_LAST = re.compile(r"^\s*last\s*[:=]\s*(.*)$", re.IGNORECASE)
+Predicate = Callable[[str, nn.Parameter], bool]
+
+
+@dataclass(frozen=True, repr=False)
+class TrainPlan:
+    """Immutable plan: the parameter names of a model and which of them train.
+
+    ``names``/``shapes`` list every parameter of the model the plan was made for;
+    ``recompute`` names the modules the lean engine checkpoints (recomputes in backward).
+    """
+
+    scheme: str
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    trainable: frozenset[str]
+    precision: str = "fp32"
+    recompute: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scheme, str) or not self.scheme:
+            raise ValueError(f"scheme must be a non-empty string, got {self.scheme!r}")
+        if not isinstance(self.names, tuple) or not all(isinstance(n, str) for n in self.names):
+            raise TypeError(f"names must be a tuple of strings, got {self.names!r}")
+        if len(self.names) != len(self.shapes):
+            raise ValueError(f"{len(self.names)} names but {len(self.shapes)} shapes")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("parameter names must be unique")
+        if not isinstance(self.trainable, frozenset):
+            raise TypeError(f"trainable must be a frozenset, got {type(self.trainable).__name__}")
+        unknown = sorted(self.trainable - set(self.names))
+        if unknown:
+            raise ValueError(f"trainable names {unknown} are not parameters of the model")
+        check_precision(self.precision)
+        if not isinstance(self.recompute, tuple) or not all(
+                isinstance(r, str) and r for r in self.recompute):
+            raise ValueError(f"recompute must be a tuple of module names, got {self.recompute!r}")
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def total_numel(self) -> int:
+        """Number of parameter elements in the model."""
+        return sum(math.prod(s) for s in self.shapes)
+
+    @property
+    def trainable_numel(self) -> int:
+        """Number of parameter elements that train."""
+        return sum(math.prod(s) for n, s in zip(self.names, self.shapes, strict=True) if n in self.trainable)
+
+    @property
+    def trainable_share(self) -> float:
+        """Fraction (0..1) of parameter elements that train."""
+        total = self.total_numel
+        return self.trainable_numel / total if total else 0.0
+
+    @property
+    def frozen(self) -> frozenset[str]:
+        """Names of the parameters that do not train."""
+        return frozenset(self.names) - self.trainable
+
+    # ------------------------------------------------------------------ use
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ValueError if ``model``'s parameter names or shapes differ from the plan's."""
+        have = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        missing = [n for n in self.names if n not in have]
+        extra = [n for n in have if n not in set(self.names)]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing from this model: {_short(missing)}")
+            if extra:
+                parts.append(f"not in the plan: {_short(extra)}")
+            raise ValueError("this plan was made for a different model (" + "; ".join(parts)
+                             + "); make a new plan with odt.plan(model, ...)")
+        bad = [f"{n} {have[n]} (plan: {s})" for n, s in zip(self.names, self.shapes, strict=True)
+               if have[n] != s]
+        if bad:
+            raise ValueError(f"parameter shapes differ from the plan's: {_short(bad)}; "
+                             "make a new plan with odt.plan(model, ...)")
+
+    def apply_(self, model: nn.Module) -> nn.Module:
+        """Set ``requires_grad`` of every parameter of ``model`` by the plan; return ``model``."""
+        self.check_model(model)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in self.trainable)
+        return model
+
+    # ------------------------------------------------------------------ display
+    def _rows(self) -> list[tuple[str, str, int, bool]]:
+        return [(n, "(" + ", ".join(map(str, s)) + ")", math.prod(s), n in self.trainable)
+                for n, s in zip(self.names, self.shapes, strict=True)]
+
+    def _header(self) -> str:
+        rec = ", ".join(self.recompute) if self.recompute else "none"
+        return (f"TrainPlan {self.scheme!r}: precision {self.precision}, "
+                f"recompute {rec}")
+
+    def _footer(self) -> str:
+        return (f"trainable {self.trainable_numel:,} of {self.total_numel:,} parameters "
+                f"({100 * self.trainable_share:.1f}%) in {len(self.trainable)} of "
+                f"{len(self.names)} tensors")
+
+    def describe(self) -> str:
+        """A table: parameter, shape, numel, trains?, with totals and the trainable share."""
+        rows = self._rows()
+        head = ("parameter", "shape", "numel", "trains")
+        w0 = max([len(head[0])] + [len(r[0]) for r in rows])
+        w1 = max([len(head[1])] + [len(r[1]) for r in rows])
+        w2 = max([len(head[2])] + [len(f"{r[2]:,}") for r in rows])
+        lines = [self._header(),
+                 f"{head[0]:<{w0}}  {head[1]:<{w1}}  {head[2]:>{w2}}  {head[3]}"]
+        lines.append("-" * len(lines[-1]))
+        for name, shape, numel, trains in rows:
+            lines.append(f"{name:<{w0}}  {shape:<{w1}}  {numel:>{w2},}  "
+                         f"{'yes' if trains else 'no'}")
+        lines.append(self._footer())
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        body = "".join(
+            f"<tr><td>{esc(n)}</td><td>{esc(s)}</td><td style='text-align:right'>{k:,}</td>"
+            f"<td>{'yes' if t else 'no'}</td></tr>" for n, s, k, t in self._rows())
+        return (f"<p>{esc(self._header())}</p><table><thead><tr><th>parameter</th>"
+                f"<th>shape</th><th>numel</th><th>trains</th></tr></thead><tbody>{body}"
+                f"</tbody></table><p>{esc(self._footer())}</p>")
+
+    def __repr__(self) -> str:
+        return (f"TrainPlan(scheme={self.scheme!r}, trainable={len(self.trainable)}/"
+                f"{len(self.names)} tensors, {self.trainable_numel:,}/{self.total_numel:,} "
+                f"parameters ({100 * self.trainable_share:.1f}%), precision={self.precision!r}, "
+                f"recompute={self.recompute!r})")
+
+
+def _short(items: list[str], n: int = 8) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def check_precision(precision: str) -> str:
+    """Return ``precision`` if it is one of PRECISIONS, else raise naming the choices."""
+    if precision not in PRECISIONS:
+        raise choice_error("precision", precision, PRECISIONS)
+    return precision
+
+
+def layers(model: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
+    """(module name, its parameter names) for every module that registers parameters itself.
+
+    In registration order; a parameter shared by several modules counts for the first.
+    """
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    out, seen = [], set()
+    for mod_name, module in model.named_modules():
+        own = []
+        for p in module.parameters(recurse=False):
+            if id(p) in canonical and id(p) not in seen:
+                seen.add(id(p))
+                own.append(canonical[id(p)])
+        if own:
+            out.append((mod_name, tuple(own)))
+    return out
+
+
+def _is_block(module: nn.Module) -> bool:
+    compute = sum(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in module.modules())
+    return not type(module).__module__.startswith("torch.") and compute >= 2
+
+
+def find_blocks(model: nn.Module) -> tuple[str, ...]:
+    """Names of the model's blocks, what ``recompute="blocks"`` checkpoints.
+
+    A block is a submodule (not the model itself) of a class defined outside torch that
+    holds at least two Conv/Linear layers, and the outermost such one on its path. A
+    residual or inverted-residual block needs its own class (its ``forward`` adds the
+    shortcut), while torch containers such as ``nn.Sequential`` are searched through.
+    """
+    found: list[str] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}.{name}" if prefix else name
+            if _is_block(child):
+                found.append(full)
+            else:
+                visit(full, child)
+
+    visit("", model)
+    return tuple(found)
+
+
+def _resolve_recompute(model: nn.Module, recompute: str | Iterable[str] | None
+                       ) -> tuple[str, ...]:
+    if recompute is None:
+        return ()
+    if isinstance(recompute, str) and recompute == "blocks":
+        blocks = find_blocks(model)
+        if not blocks:
+            raise ValueError(
+                f"recompute='blocks' found no blocks in {type(model).__name__} (a block is a "
+                "submodule of a non-torch class with at least two Conv/Linear layers); "
+                "name the modules to recompute, e.g. recompute=('features.1', 'features.2')")
+        return blocks
+    names = (recompute,) if isinstance(recompute, str) else tuple(recompute)
+    modules = dict(model.named_modules())
+    del modules[""]
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"recompute names must be strings, got {name!r}")
+        if name == "":
+            raise ValueError("cannot recompute the whole model; name its blocks instead")
+        if name not in modules:
+            raise choice_error("module to recompute", name, modules)
+    if len(set(names)) != len(names):
+        raise ValueError(f"recompute names a module twice: {names!r}")
+    for a in names:
+        for b in names:
+            if b.startswith(a + "."):
+                raise ValueError(f"recompute names {a!r} and its submodule {b!r}; "
+                                 "name only one of them")
+    order = {n: i for i, n in enumerate(modules)}
+    return tuple(sorted(names, key=order.__getitem__))
+
+
+def _scheme_trainable(model: nn.Module, scheme: str) -> tuple[str, set[str]]:
+    """(canonical scheme name, trainable names) for a scheme given as a string."""
+    named = dict(model.named_parameters())
+    match = _LAST.match(scheme)
+    if match:
+        k_text = match.group(1).strip()
+        try:
+            k = int(k_text)
+        except ValueError:
+            raise ValueError(f"in scheme {scheme!r}, K must be a positive integer "
+                             f"(e.g. 'last:2'), got {k_text!r}") from None
+        if k < 1:
+            raise ValueError(f"in scheme {scheme!r}, K must be at least 1, got {k}; "
+                             "use 'none' to train nothing")
+        found = layers(model)
+        if k > len(found):
+            raise ValueError(f"scheme {scheme!r} asks for the last {k} layers, but "
+                             f"{type(model).__name__} has only {len(found)} layers with "
+                             f"parameters; use K <= {len(found)} or 'full'")
+        return f"last:{k}", {n for _, names in found[-k:] for n in names}
+    key = normalize_name(scheme)
+    if key == "full":
+        return "full", set(named)
+    if key == "none":
+        return "none", set()
+    if key == "biasonly":
+        return "bias-only", {n for n in named if n.rsplit(".", 1)[-1] == "bias"}
+    if key == "normonly":
+        out = set()
+        for mod_name, m in model.named_modules():
+            if isinstance(m, _NORM_TYPES):
+                for p_name, _ in m.named_parameters(recurse=False):
+                    out.add(f"{mod_name}.{p_name}" if mod_name else p_name)
+        return "norm-only", out & set(named)
+    err = choice_error("scheme", scheme, SCHEMES)
+    if scheme in named or closest(scheme, named, n=1):
+        raise ValueError(f"{err} To train named parameters pass a list, e.g. "
+                         f"odt.plan(model, [{scheme!r}]).")
+    raise err
+
+
+def plan(model: nn.Module, scheme: str | Iterable[str] | Predicate, precision: str = "fp32",
+         recompute: str | Iterable[str] | None = None) -> TrainPlan:
+    """Plan which parameters of ``model`` train: a scheme name, a list of names or a predicate.
+
+    ``recompute``: module names whose activations the lean engine recomputes in backward,
+    or "blocks" for every block ``find_blocks(model)`` finds.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_precision(precision)
+    named = dict(model.named_parameters())
+    if isinstance(scheme, str):
+        label, trainable = _scheme_trainable(model, scheme)
+    elif callable(scheme):
+        label, trainable = "predicate", set()
+        for name, p in named.items():
+            verdict = scheme(name, p)
+            if not isinstance(verdict, (bool, np.bool_)):
+                raise TypeError(f"the predicate must return True or False; for {name!r} it "
+                                f"returned {verdict!r}")
+            if verdict:
+                trainable.add(name)
+    elif isinstance(scheme, Iterable) and not isinstance(scheme, (bytes, torch.Tensor)):
+        label, trainable = "names", set()
+        for name in scheme:
+            if not isinstance(name, str):
+                raise TypeError(f"parameter names must be strings, got {name!r}")
+            if name not in named:
+                raise choice_error("parameter", name, named)
+            trainable.add(name)
+    else:
+        raise TypeError(f"scheme must be one of {SCHEMES}, a list of parameter names or a "
+                        f"predicate(name, param) -> bool, got {type(scheme).__name__}")
+    return TrainPlan(
+        scheme=label, names=tuple(named), shapes=tuple(tuple(p.shape) for p in named.values()),
+        trainable=frozenset(trainable), precision=precision,
+        recompute=_resolve_recompute(model, recompute))
+
+
+def from_names(model: nn.Module, names: Iterable[str], precision: str = "fp32",
+               recompute: str | Iterable[str] | None = None) -> TrainPlan:
+    """A plan that trains exactly the parameters named in ``names``."""
+    if isinstance(names, str):
+        raise TypeError(f"names must be a list of parameter names, got the string {names!r}; "
+                        f"wrap it: [{names!r}]")
+    return plan(model, list(names), precision=precision, recompute=recompute)
