@@ -69,15 +69,11 @@ def _inside(y: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
     """Where y = clamp(x, lo, hi) passes gradient, as torch's backward decides it.
 
     ReLU (hi None): y > 0 or NaN (torch tests the output: not y <= 0). Hardtanh:
-    lo < x < hi, NaN blocked. Read off y with vectorized float ops: y - lo is 0 only
-    where y == lo, and for hi - lo >= 1 the product (y - lo) * (hi - y) cannot underflow
-    to 0 while both factors are nonzero.
+    lo < x < hi, NaN blocked. Built from comparisons, so the temporaries are bool
+    (one byte an element), never a float copy of the activation.
     """
-    above = y if lo == 0 else y - lo
     if hi is None:
-        return above.bool()
-    if hi - lo >= 1:
-        return (above * (hi - y)).nan_to_num_(nan=0.0).bool()
+        return y.bool() if lo == 0 else ~(y <= lo)
     return (y > lo) & (y < hi)
 
 

@@ -1,0 +1,283 @@
+"""One real training step, accounted tensor by tensor (the ground truth for the estimate).
+
+Saved-for-backward tensors come from autograd's own saved-tensor hooks (distinct storages,
+parameters and buffers excluded). Live bytes come from the allocator: PyTorch's profiler
+reports every allocation and free, and the running total is read at the end of each
+top-level aten op, so what an op allocates and frees inside itself (kernel scratch space)
+is left out: what remains is the memory of the tensors, as the estimate counts it. The
+profiler wraps nothing in Python, so autograd behaves exactly as in an unobserved step
+(a Python dispatch mode would, for one, make it sum fan-in gradients out of place).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import gc
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.profiler import ProfilerActivity, profile, record_function
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from ._trace import LayerCall, first_tensor, is_layer, layer_row
+from .optim import make_optimizer
+
+_PHASE = "odtkit::"  # prefix of the profiler ranges that mark the phases of the step
+
+
+def storage_key(t: torch.Tensor) -> int:
+    """Identity of the memory a tensor lives in (unique while that memory is alive)."""
+    return t.untyped_storage()._cdata
+
+
+def unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views counted once)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        seen[storage._cdata] = storage.nbytes()
+    return sum(seen.values())
+
+
+class _OpWatch(TorchDispatchMode):
+    """During forward only: the last aten op and its output shape (to name the rows of
+    functional ops), and how many ops ran (to spot a checkpoint saving a block's inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n_ops = 0
+        self.last_op = ""
+        self.last_shape: tuple[int, ...] = ()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.n_ops += 1
+        self.last_op = func._overloadpacket.__name__
+        leaves = tree_leaves(out)
+        if leaves and isinstance(leaves[0], torch.Tensor):
+            self.last_shape = tuple(leaves[0].shape)
+        return out
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence the profiler's start/stop banner, which its C++ side writes to fd 2."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (some embedded interpreters)
+        yield
+        return
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _live_timeline(prof: profile, start_bytes: int) -> list[tuple[str, int]]:
+    """("phase: op", live bytes) at the end of every top-level aten op, and at phase ends."""
+    memory, phases, ops = [], [], []
+    for e in prof.profiler.kineto_results.events():
+        name = e.name()
+        if name == "[memory]":
+            memory.append((e.start_ns(), e.nbytes()))
+        elif name.startswith("aten::"):
+            ops.append((e.start_ns(), -e.end_ns(), e.start_thread_id(), name[6:]))
+        elif name.startswith(_PHASE):
+            phases.append((e.start_ns(), e.end_ns(), name[len(_PHASE):]))
+    memory.sort()
+    phases.sort()
+    ops.sort()
+    times = [t for t, _ in memory]
+    totals, running = [], start_bytes
+    for _, nbytes in memory:
+        running += nbytes
+        totals.append(running)
+
+    def live_at(t_ns: int) -> int:
+        k = bisect.bisect_right(times, t_ns) - 1
+        return totals[k] if k >= 0 else start_bytes
+
+    points: list[tuple[int, str]] = []
+    outer: dict[int, tuple[int, int]] = {}  # thread -> the top-level op open there
+    for start, neg_end, thread, name in ops:  # by start, the outer of two first
+        end = -neg_end
+        top = outer.get(thread)
+        if top is not None and start >= top[0] and end <= top[1]:
+            continue  # runs inside another op: its scratch space is not a tensor of ours
+        outer[thread] = (start, end)
+        points.append((end, name))
+    points += [(end, "done") for _, end, _ in phases]
+    timeline = []
+    for end, name in sorted(points):
+        phase = next((p for s, e, p in phases if s <= end <= e), "")
+        if phase:
+            timeline.append((f"{phase}: {name}", live_at(end)))
+    return timeline
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one measured training step held, in bytes, and the layers it ran."""
+
+    weights_bytes: int
+    gradients_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int
+    peak_bytes: int
+    frozen_weight_bytes: int
+    backward_macs: int
+    rows: tuple[LayerCall, ...]
+    saved_by_row: dict[str, int]
+    timeline: tuple[tuple[str, int], ...]
+
+
+class _Layers:
+    """Module hooks: the running module stack, a row per layer call, backward MACs."""
+
+    def __init__(self, model: torch.nn.Module, watch: _OpWatch,
+                 checkpointed: frozenset[str]) -> None:
+        self.checkpointed = checkpointed
+        self.stack: list[tuple[str, bool, int]] = []
+        self.calls: list[tuple[int, LayerCall]] = []
+        self.backward_macs = 0
+        self.forward = True  # False once backward starts (a checkpoint reruns forwards)
+        self.handles = []
+        counted: set[int] = set()
+        for name, module in model.named_modules():
+            layer = name != "" and is_layer(module)
+            own = tuple(f"{name}.{n}" for n, _ in module.named_parameters(recurse=False))
+
+            def pre(_m, _a, name=name, layer=layer):
+                self.stack.append((name, layer, watch.n_ops))
+
+            def post(mod, inputs, output, name=name, layer=layer, own=own):
+                first_op = self.stack.pop()[2]
+                if not layer or not self.forward:
+                    return
+                row = layer_row(name, mod, inputs, output, own, counted, None)
+                self.calls.append((first_op, row))
+                x = first_tensor(inputs)
+                weight = getattr(mod, "weight", None)
+                needs = (x is not None and x.requires_grad) + (
+                    isinstance(weight, torch.Tensor) and weight.requires_grad)
+                self.backward_macs += row.macs * needs
+
+            self.handles.append(module.register_forward_pre_hook(pre))
+            self.handles.append(module.register_forward_hook(post, always_call=True))
+
+    def owner(self, watch: _OpWatch) -> str:
+        """Row name for a tensor saved now: the layer, or 'module.op' outside layers."""
+        name, layer, first_op = self.stack[-1] if self.stack else ("", False, 0)
+        if name in self.checkpointed and watch.n_ops == first_op:
+            return f"{name} (checkpoint)"  # the checkpoint saving the block's inputs
+        if layer:
+            return name
+        row = f"{name}.{watch.last_op}" if name else watch.last_op
+        if not any(r.name == row for _, r in self.calls):
+            self.calls.append((watch.n_ops, LayerCall(row, watch.last_op, watch.last_shape,
+                                                      0, 0, (), None)))
+        return row
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def run_step(
+    model: torch.nn.Module, x: torch.Tensor, optimizer: str, lr: float = 0.01,
+    checkpointed: tuple[str, ...] = (),
+) -> StepRecord:
+    """Forward, cross-entropy, backward and one optimizer step on ``model`` (changed in place).
+
+    A model with nothing to train runs forward and loss only (what inference would hold).
+    ``checkpointed``: names of modules run under a checkpoint. The checkpoint saves their
+    inputs through the saved-tensor hooks (row "<module> (checkpoint)") and hides the rest.
+    """
+    params = list(model.parameters())
+    buffers = list(model.buffers())
+    before = [b.clone() for b in buffers]  # which buffers the step writes (BN statistics)
+    frozen_keys = {storage_key(t) for t in params + buffers}
+    trains = any(p.requires_grad for p in params)
+    opt = make_optimizer(optimizer, params, lr=lr) if trains else None
+    saved: dict[int, StorageWeakRef] = {}  # storages seen by the saved-tensor hooks
+    saved_by_row: dict[str, int] = {}
+    watch = _OpWatch()
+    layers = _Layers(model, watch, frozenset(checkpointed))
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        key = storage._cdata
+        old = saved.get(key)
+        # a storage saved and already freed (a checkpoint that made no graph) may lend its
+        # address to a new one: that is another saved storage
+        if key not in frozen_keys and (old is None or old.expired()):
+            saved[key] = StorageWeakRef(storage)
+            row = layers.owner(watch)
+            saved_by_row[row] = saved_by_row.get(row, 0) + storage.nbytes()
+        return t
+
+    start_bytes = unique_bytes([*params, *buffers, x])
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    # no garbage collection inside the step: freeing an earlier step's cyclic garbage
+    # (a lean model is one) would count against this step
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with _quiet_stderr():
+            prof.__enter__()
+        with record_function(_PHASE + "forward"), watch:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                logits = model(x)
+        layers.forward = False
+        _check_logits(logits, x)
+        with record_function(_PHASE + "loss"):
+            labels = torch.arange(logits.shape[0]) % logits.shape[1]
+            loss = F.cross_entropy(logits, labels)
+            del logits
+        if opt is not None:
+            with record_function(_PHASE + "backward"):
+                loss.backward()
+                del loss
+            with record_function(_PHASE + "step"):
+                opt.step()
+    finally:
+        layers.remove()
+        with _quiet_stderr():
+            prof.__exit__(None, None, None)
+        if gc_was_enabled:
+            gc.enable()
+    timeline = _live_timeline(prof, start_bytes)
+    state = [] if opt is None else [
+        t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    frozen = [p for p in params if not p.requires_grad]
+    frozen += [b for b, old in zip(buffers, before, strict=True) if torch.equal(b, old)]
+    return StepRecord(
+        weights_bytes=unique_bytes(params + buffers),
+        gradients_bytes=unique_bytes(p.grad for p in params if p.grad is not None),
+        optimizer_bytes=unique_bytes(state),
+        activations_bytes=sum(saved_by_row.values()),
+        peak_bytes=max([start_bytes, *(b for _, b in timeline)]),
+        frozen_weight_bytes=unique_bytes(frozen),
+        backward_macs=layers.backward_macs,
+        rows=tuple(r for _, r in sorted(layers.calls, key=lambda c: c[0])),
+        saved_by_row=saved_by_row,
+        timeline=tuple(timeline),
+    )
+
+
+def _check_logits(logits: object, x: torch.Tensor) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(
+            f"measure needs a classifier: the model must return logits of shape "
+            f"(batch, classes) for cross-entropy, got {shape} for input {tuple(x.shape)}"
+        )

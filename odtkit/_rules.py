@@ -1,0 +1,186 @@
+"""What autograd keeps per aten op, and what each op's backward allocates.
+
+A rule answers, for one op and the requires-grad flags of its tensor arguments:
+- ``saves``: which arguments/outputs the backward node keeps ("i0" = argument 0, "o1" =
+  output 1), plus tensors it creates only to keep ("new" entries, in bytes);
+- ``grads``: per differentiable argument, whether its gradient is a fresh tensor
+  ("alloc"), the incoming gradient passed on unchanged or as a view ("alias"), or a sum
+  over broadcast dimensions ("reduce": fresh unless the shapes match);
+- transient bytes beyond inputs/outputs at the op's busiest moment, forward and backward.
+Stock rules follow PyTorch's derivative formulas (tools/autograd/derivatives.yaml): e.g.
+a convolution keeps its input and weight whatever trains, addmm keeps mat1 only when mat2
+needs a gradient. Lean rules follow odtkit.engine (see the shared lean contract).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ._trace import Op, Trace
+
+Flags = tuple[bool, ...]  # requires-grad per positional argument
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one kind of op behaves under autograd (see the module docstring)."""
+
+    saves: Callable[[Op, Flags, Trace], tuple] = lambda op, rg, t: ()
+    grads: tuple[str, ...] = ()  # per positional argument: "alloc", "alias", "reduce", ""
+    fwd_extra: Callable[[Op, Flags, Trace], int] = lambda op, rg, t: 0
+    bwd_extra: Callable[[Op, Flags, Trace], int] = lambda op, rg, t: 0
+    differentiable: bool = True
+    skipped_without_grad: tuple[int, ...] = ()  # outputs the CPU kernel omits without a graph
+
+
+def _keep(*items: str) -> Callable[[Op, Flags, Trace], tuple]:
+    return lambda op, rg, t: items
+
+
+def _in_bytes(op: Op, t: Trace) -> int:
+    return t.value_bytes[op.ins[0]]
+
+
+_NONE = Rule(differentiable=False)
+_VIEW = Rule(grads=("alias",))
+_SAVE_IN = Rule(saves=_keep("i0"), grads=("alloc",))
+_SAVE_OUT = Rule(saves=_keep("o0"), grads=("alloc",))
+_NO_SAVE = Rule(grads=("alloc",))
+
+
+def _mul_saves(op: Op, rg: Flags, t: Trace) -> tuple:
+    if op.ins[1] is None:  # times a Python number
+        return ()
+    return (("i1",) if rg[0] else ()) + (("i0",) if rg[1] else ())
+
+
+def _mm_saves(a: int, b: int) -> Callable[[Op, Flags, Trace], tuple]:
+    """mat1 (argument a) is kept for mat2's gradient and mat2 (argument b) for mat1's."""
+    return lambda op, rg, t: ((f"i{a}",) if rg[b] else ()) + ((f"i{b}",) if rg[a] else ())
+
+
+def _hardtanh_inplace_saves(op: Op, rg: Flags, t: Trace) -> tuple:
+    # autograd clones the input before overwriting it (the backward needs the original)
+    return (("new", _in_bytes(op, t)),)
+
+
+def _neg_then_sum(op: Op, rg: Flags, t: Trace) -> int:
+    out_bytes = t.value_bytes[op.outs[0]]
+    return out_bytes if rg[1] and t.value_bytes[op.ins[1]] != out_bytes else 0
+
+
+STOCK: dict[str, Rule] = {
+    # linear algebra
+    "convolution": Rule(saves=_keep("i0", "i1"), grads=("alloc", "alloc", "alloc")),
+    "addmm": Rule(saves=_mm_saves(1, 2), grads=("reduce", "alloc", "alloc")),
+    "mm": Rule(saves=_mm_saves(0, 1), grads=("alloc", "alloc")),
+    # without a graph the batch statistics are dropped inside torch.batch_norm
+    "native_batch_norm": Rule(saves=_keep("i0", "i1", "i3", "i4", "o1", "o2"),
+                              grads=("alloc", "alloc", "alloc"), skipped_without_grad=(1, 2)),
+    # activations
+    "relu": _SAVE_OUT, "relu_": _SAVE_OUT, "sigmoid": _SAVE_OUT, "tanh": _SAVE_OUT,
+    "_softmax": _SAVE_OUT, "_log_softmax": _SAVE_OUT,
+    "hardtanh": _SAVE_IN, "leaky_relu": _SAVE_IN, "elu": _SAVE_IN, "silu": _SAVE_IN,
+    "gelu": _SAVE_IN, "hardswish": _SAVE_IN, "hardsigmoid": _SAVE_IN,
+    "hardtanh_": Rule(saves=_hardtanh_inplace_saves, grads=("alloc",)),
+    # pooling and reductions
+    # on CPU, max pooling of an input that needs no gradient computes no indices
+    "max_pool2d_with_indices": Rule(saves=_keep("i0", "o1"), grads=("alloc",),
+                                    skipped_without_grad=(1,)),
+    "avg_pool2d": _SAVE_IN, "_adaptive_avg_pool2d": _SAVE_IN,
+    "mean": _NO_SAVE, "sum": _VIEW,
+    # arithmetic
+    "add": Rule(grads=("reduce", "reduce")), "add_": Rule(grads=("reduce", "reduce")),
+    # -grad, then summed over broadcast dimensions when ``other`` was smaller
+    "sub": Rule(grads=("reduce", "alloc"), bwd_extra=_neg_then_sum),
+    "mul": Rule(saves=_mul_saves, grads=("alloc", "alloc")),
+    "mul_": Rule(saves=_mul_saves, grads=("alloc", "alloc")),
+    "div": _NO_SAVE, "div_": _NO_SAVE,
+    # shapes
+    "view": _VIEW, "_unsafe_view": _VIEW, "t": _VIEW, "transpose": _VIEW, "permute": _VIEW,
+    "unsqueeze": _VIEW, "squeeze": _VIEW, "expand": _VIEW, "alias": _VIEW, "clone": _VIEW,
+    # the gradient of a slice is a zero tensor of the whole input with the slice filled in
+    "slice": _NO_SAVE, "select": _NO_SAVE, "cat": Rule(grads=("alias",)),
+    # the loss
+    "nll_loss_forward": Rule(saves=_keep("i0", "i1", "o1"), grads=("alloc",)),
+    # no gradient flows through these
+    **{name: _NONE for name in (
+        "empty", "empty_like", "zeros", "zeros_like", "ones", "ones_like", "full", "arange",
+        "remainder", "bernoulli_", "bernoulli", "fill_", "zero_", "detach", "lift_fresh",
+        "rand", "randn", "rand_like", "randn_like", "gt", "lt", "ge", "le", "eq", "ne",
+    )},
+}
+
+
+# ---------------------------------------------------------------- the lean engine
+
+
+def _lean_conv_saves(op: Op, rg: Flags, t: Trace) -> tuple:
+    return ("i0",) if rg[1] else ()
+
+
+def _lean_linear_saves(op: Op, rg: Flags, t: Trace) -> tuple:
+    x, w = (1, 2) if op.name == "addmm" else (0, 1)
+    return (f"i{x}",) if rg[w] else ()
+
+
+def _lean_bn_saves(op: Op, rg: Flags, t: Trace) -> tuple:
+    # batch statistics, or a weight that trains, run torch's own batch norm (same saves);
+    # running statistics with a frozen weight need nothing of input size
+    return STOCK["native_batch_norm"].saves(op, rg, t) if op.args[5] or rg[1] else ()
+
+
+def _numel(t: Trace, v: int) -> int:
+    numel = 1
+    for n in t.value_shape[v]:
+        numel *= n
+    return numel
+
+
+def _mask_saves(op: Op, rg: Flags, t: Trace) -> tuple:
+    return (("new", -(-_numel(t, op.ins[0]) // 8)),)
+
+
+def _mask_fwd(op: Op, rg: Flags, t: Trace) -> int:
+    # one byte per element for the bool mask and for each int64 packing temporary (the
+    # ReLU6/Hardtanh test builds its mask from two bool comparisons: also three bytes)
+    return 3 * _numel(t, op.ins[0])
+
+
+def _mask_bwd(op: Op, rg: Flags, t: Trace) -> int:
+    return _numel(t, op.ins[0])  # the unpacked 0/1 mask, one byte per element
+
+
+_LEAN_CLAMP = Rule(saves=_mask_saves, grads=("alloc",), fwd_extra=_mask_fwd,
+                   bwd_extra=_mask_bwd)
+_LEAN_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_LEAN_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_LEAN_BY_OP: dict[str, tuple[tuple[type, ...] | None, Rule]] = {
+    "convolution": (_LEAN_CONV_TYPES, Rule(saves=_lean_conv_saves,
+                                           grads=("alloc", "alloc", "alloc"))),
+    "addmm": ((nn.Linear,), Rule(saves=_lean_linear_saves, grads=("alloc", "alloc", "alloc"))),
+    "mm": ((nn.Linear,), Rule(saves=_lean_linear_saves, grads=("alloc", "alloc"))),
+    "native_batch_norm": (_LEAN_BN_TYPES, Rule(saves=_lean_bn_saves,
+                                               grads=("alloc", "alloc", "alloc"),
+                                               skipped_without_grad=(1, 2))),
+    # functional and module ReLU / ReLU6 / Hardtanh alike
+    "relu": (None, _LEAN_CLAMP), "relu_": (None, _LEAN_CLAMP),
+    "hardtanh": (None, _LEAN_CLAMP), "hardtanh_": (None, _LEAN_CLAMP),
+}
+
+
+def rule_for(op: Op, engine: str) -> Rule | None:
+    """The rule for ``op`` under ``engine`` ("pytorch" or "lean"); None if not modeled."""
+    if engine == "lean":
+        lean = _LEAN_BY_OP.get(op.name)
+        if lean is not None and (lean[0] is None or op.leaf_type in lean[0]):
+            return lean[1]
+    return STOCK.get(op.name)
+
+
+def supported_ops() -> list[str]:
+    """Names of the aten ops the memory model has rules for."""
+    return sorted(STOCK)

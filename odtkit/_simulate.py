@@ -1,0 +1,360 @@
+"""Play one training step over a trace, without data: what lives when, in bytes.
+
+Forward: every op's outputs appear; a tensor dies when the model's Python code lets go of
+it (the trace saw when) unless a backward node keeps it (the rules say which).
+Backward: nodes run in reverse creation order (as autograd's CPU queue does); each
+allocates its input gradients, then drops its output gradients and what it kept.
+Gradients reaching a parameter stay as ``.grad``; two reaching one tensor are summed,
+in place when the first is not shared. Then the optimizer allocates its state.
+A recomputed (checkpointed) block keeps only its inputs in forward; its first backward
+node recomputes the block's forward, which brings back everything the block keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._rules import Rule, rule_for, supported_ops
+from ._trace import Trace, UnsupportedOperation, where
+
+# optimizer -> (state tensors per trainable tensor, transient copies of it during the step)
+_STATE = {"sgd": (0, 0), "sgd-m": (1, 0), "adam": (2, 2)}
+_ADAM_STEP_BYTES = 4  # Adam keeps its step count as a float32 scalar tensor per parameter
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """The simulated step: bytes per category, peak, per-row saved bytes, the timeline."""
+
+    weights_bytes: int
+    gradients_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int
+    peak_bytes: int
+    frozen_weight_bytes: int
+    backward_macs: int
+    row_saved_bytes: tuple[int, ...]
+    row_trainable: tuple[bool, ...]
+    checkpoint_rows: tuple[tuple[str, int], ...]  # (block, bytes of inputs it keeps)
+    timeline: tuple[tuple[str, int], ...]
+
+
+def rules_of(trace: Trace, engine: str) -> list[Rule]:
+    """The rule of every op, or UnsupportedOperation naming the first op without one."""
+    out = []
+    for op in trace.ops:
+        rule = rule_for(op, engine)
+        if rule is None:
+            raise UnsupportedOperation(
+                f"odtkit.estimate does not model aten.{op.name} / "
+                f"{where(op.module, op.leaf_type)}; supported aten "
+                f"ops: {', '.join(supported_ops())}. measure() still works for this model.")
+        out.append(rule)
+    return out
+
+
+def _flag(x: object, rg: bytearray) -> bool:
+    if isinstance(x, int):
+        return bool(rg[x])
+    if isinstance(x, tuple):
+        return any(rg[v] for v in x if v is not None)
+    return False
+
+
+class _Step:
+    """The state of one simulated step; ``run`` goes through it in order."""
+
+    def __init__(self, t: Trace, trainable: frozenset[str], engine: str, optimizer: str,
+                 recompute: tuple[str, ...]) -> None:
+        self.t, self.trainable, self.optimizer = t, trainable, optimizer
+        self.rules = rules_of(t, engine)
+        self.params = {v: name for name, v in t.param_value.items()}
+        self.rg = bytearray(len(t.value_storage))
+        for name, v in t.param_value.items():
+            self.rg[v] = name in trainable
+        self.sbytes = list(t.storage_bytes)
+        self.nodes: list[tuple[int, tuple[bool, ...], tuple[int, ...]]] = []
+        self.created_at: dict[int, list[int]] = {}  # op -> storages made only to be kept
+        self.saved_by: dict[int, int] = {}  # storage -> holders (nodes, checkpoints)
+        self.block_of: dict[int, int] = {}  # op -> index of its recomputed block
+        self.blocks = [s for s in t.spans if s[0] in set(recompute)]
+        for b, (_, first, end, _) in enumerate(self.blocks):
+            self.block_of.update(dict.fromkeys(range(first, end), b))
+        self.block_kept: list[dict[int, int]] = [{} for _ in self.blocks]  # storage -> nodes
+        self.row_saved = [0] * len(t.layers)
+        self.checkpoint_rows: list[tuple[str, int]] = []
+        self.activations = 0
+        self.counted: set[int] = set()  # storages already counted as activations
+        self.live = 0
+        self.timeline: list[tuple[str, int]] = []
+
+    def _is_act(self, s: int) -> bool:
+        return s >= len(self.t.storage_kind) or self.t.storage_kind[s] in ("act", "input")
+
+    def _keep(self, s: int, op_index: int, row: int) -> None:
+        """One more holder of storage ``s``; count it once as activation memory."""
+        if s not in self.counted and op_index < self.t.n_forward:
+            self.counted.add(s)
+            self.activations += self.sbytes[s]  # the loss's own saves are not the model's
+            if row >= 0:
+                self.row_saved[row] += self.sbytes[s]
+        self.saved_by[s] = self.saved_by.get(s, 0) + 1
+
+    # ------------------------------------------------------------ which ops keep what
+    def plan_nodes(self) -> None:
+        t, rg, vs = self.t, self.rg, self.t.value_storage
+        ends = {end: b for b, (_, _, end, _) in enumerate(self.blocks)}
+        for i, (op, rule) in enumerate(zip(t.ops, self.rules, strict=True)):
+            if i in ends:
+                self._checkpoint(ends[i])
+            if not rule.differentiable:
+                continue
+            flags = tuple(_flag(x, rg) for x in op.ins)
+            if not any(flags):
+                continue
+            for o in op.outs:
+                rg[o] = t.value_float[o]
+            kept = []
+            for item in rule.saves(op, flags, t):
+                if isinstance(item, tuple):  # ("new", bytes): made by this op only to keep
+                    self.sbytes.append(item[1])
+                    self.created_at.setdefault(i, []).append(len(self.sbytes) - 1)
+                    kept.append(len(self.sbytes) - 1)
+                    continue
+                v = (op.ins if item[0] == "i" else op.outs)[int(item[1:])]
+                if v is not None:
+                    kept.append(vs[v])
+            kept_act = tuple(s for s in dict.fromkeys(kept) if self._is_act(s))
+            block = self.block_of.get(i)
+            for s in kept_act:
+                if block is None:
+                    self._keep(s, i, t.op_layer[i])
+                else:  # kept only once the block is recomputed in backward
+                    self.block_kept[block][s] = self.block_kept[block].get(s, 0) + 1
+            self.nodes.append((i, flags, kept_act))
+        if len(t.ops) in ends:
+            self._checkpoint(ends[len(t.ops)])
+
+    def _checkpoint(self, block: int) -> None:
+        """The checkpoint saves the block's inputs; they stay if the block made a graph."""
+        name, first, end, inputs = self.blocks[block]
+        graph = any(first <= i < end for i, _, _ in self.nodes)
+        nbytes = 0
+        for s in dict.fromkeys(self.t.value_storage[v] for v in inputs):
+            if not self._is_act(s):
+                continue
+            if s not in self.counted:
+                self.counted.add(s)
+                nbytes += self.sbytes[s]
+            if graph:
+                self.saved_by[s] = self.saved_by.get(s, 0) + 1
+        self.activations += nbytes
+        self.checkpoint_rows.append((name, nbytes))
+
+    # ------------------------------------------------------------ forward and loss
+    def forward(self) -> list[int]:
+        """Live bytes through forward and loss; returns each block's recompute transient."""
+        t, sbytes = self.t, self.sbytes
+        self.live = sum(b for b, k in zip(t.storage_bytes, t.storage_kind, strict=True)
+                        if k != "act")
+        node_flags = {i: flags for i, flags, _ in self.nodes}
+        rec_peak = [0] * len(self.blocks)
+        start = dead_kept = 0
+        skipped_all: set[int] = set()  # storages never allocated for real
+        for i, op in enumerate(t.ops):
+            block = self.block_of.get(i)
+            if block is not None and i == self.blocks[block][1]:
+                start, dead_kept = self.live, 0
+            made = op.new + tuple(self.created_at.get(i, ()))
+            skipped = self.rules[i].skipped_without_grad if i not in node_flags else ()
+            skipped_all.update(t.value_storage[op.outs[k]] for k in skipped)
+            made = tuple(s for s in made if s not in skipped_all)
+            self.live += sum(sbytes[s] for s in made)
+            extra = self.rules[i].fwd_extra(op, node_flags[i], t) if i in node_flags else 0
+            self.timeline.append((f"{op.phase}: {op.name}", self.live + extra))
+            if block is not None:  # recomputing, the block's kept tensors would all be alive
+                rec_peak[block] = max(rec_peak[block], self.live + extra + dead_kept - start)
+            dying = list(t.dies_after[i])
+            if block is not None:  # kept under a checkpoint: dropped as soon as made
+                dying += self.created_at.get(i, ())
+            for s in dying:
+                if s not in self.saved_by and s not in t.held and s not in skipped_all:
+                    self.live -= sbytes[s]
+                    if block is not None and s in self.block_kept[block]:
+                        dead_kept += sbytes[s]
+        logits = t.value_storage[t.logits_value]
+        if logits not in self.saved_by:  # the caller lets go of the logits once the loss is known
+            self.live -= sbytes[logits]
+        return rec_peak
+
+    # ------------------------------------------------------------ backward
+    def backward(self, rec_peak: list[int]) -> dict[int, int]:
+        """Live bytes through backward; returns parameter value -> gradient storage."""
+        t, sbytes, vbytes = self.t, self.sbytes, self.t.value_bytes
+        logits = t.value_storage[t.logits_value]
+        grad_bytes: list[int] = []  # gradient storage -> bytes
+        refs: list[int] = []  # gradient storage -> buffers referring to it
+        kept_grads: set[int] = set()  # gradient storages that became some parameter's .grad
+        param_grad: dict[int, int] = {}  # parameter value -> gradient storage
+        buffers: dict[int, int] = {}  # value -> gradient storage waiting for its producer
+
+        def alloc(nbytes: int) -> int:
+            grad_bytes.append(nbytes)
+            refs.append(1)
+            self.live += nbytes
+            return len(grad_bytes) - 1
+
+        def drop(g: int) -> None:
+            refs[g] -= 1
+            if refs[g] == 0 and g not in kept_grads:
+                self.live -= grad_bytes[g]
+
+        def release(s: int) -> None:
+            self.saved_by[s] -= 1
+            if self.saved_by[s] == 0 and (s not in t.held or s == logits):
+                self.live -= sbytes[s]
+
+        def route(v: int, g: int) -> None:
+            if v in self.params:  # AccumulateGrad steals the gradient unless it is shared
+                if v in param_grad:
+                    drop(g)
+                elif refs[g] > 1:
+                    param_grad[v] = alloc(vbytes[v])
+                    kept_grads.add(param_grad[v])
+                    drop(g)
+                else:
+                    param_grad[v] = g
+                    kept_grads.add(g)
+                return
+            old = buffers.get(v)
+            if old is None:
+                buffers[v] = g
+            elif refs[old] == 1:  # summed into the first gradient in place
+                drop(g)
+            else:
+                buffers[v] = alloc(vbytes[v])
+                drop(old)
+                drop(g)
+
+        if self.nodes:
+            buffers[t.loss_value] = alloc(vbytes[t.loss_value])
+        recomputed: set[int] = set()
+        first_node = {}  # block -> its earliest node, after which the checkpoint lets go
+        for i, _, _ in self.nodes:
+            if i in self.block_of:
+                first_node.setdefault(self.block_of[i], i)
+        for i, flags, kept in reversed(self.nodes):
+            op, rule = t.ops[i], self.rules[i]
+            block = self.block_of.get(i)
+            if block is not None and block not in recomputed:
+                recomputed.add(block)
+                self._recompute(block, rec_peak[block])
+            outs = [buffers.pop(o) for o in op.outs if o in buffers]
+            made: list[tuple[int, int]] = []
+            if outs:
+                made = _input_grads(op, rule, flags, outs[0], self.rg, vbytes, alloc, refs)
+                extra = rule.bwd_extra(op, flags, t)
+                self.timeline.append((f"backward: {op.name}", self.live + extra))
+                for g in outs:
+                    drop(g)
+            for s in kept:
+                release(s)
+            if block is not None and first_node[block] == i:  # the checkpoint lets go
+                for s in dict.fromkeys(t.value_storage[v] for v in self.blocks[block][3]):
+                    if self._is_act(s):
+                        release(s)
+            for v, g in made:
+                route(v, g)
+        for g in buffers.values():  # gradients nobody consumed (dead branches)
+            drop(g)
+        self.live -= sum(sbytes[s] for s, n in self.saved_by.items()
+                         if n and (s not in t.held or s == logits))
+        if t.storage_kind[t.value_storage[t.loss_value]] == "act":
+            self.live -= vbytes[t.loss_value]  # the caller drops the loss after backward
+        if self.nodes:
+            self.timeline.append(("backward: done", self.live))
+        return param_grad
+
+    def _recompute(self, block: int, transient: int) -> None:
+        """The block's forward runs again: what its nodes keep comes back to life."""
+        self.timeline.append((f"backward: recompute {self.blocks[block][0]}",
+                              self.live + transient))
+        for s, n in self.block_kept[block].items():
+            if not self.saved_by.get(s):
+                self.live += self.sbytes[s]
+            self.saved_by[s] = self.saved_by.get(s, 0) + n
+
+    # ------------------------------------------------------------ optimizer step
+    def step(self, param_grad: dict[int, int]) -> int:
+        """State appears tensor by tensor, then each update's temporaries; returns state bytes."""
+        vbytes = self.t.value_bytes
+        n_state, n_temp = _STATE[self.optimizer]
+        extra = _ADAM_STEP_BYTES if self.optimizer == "adam" else 0
+        for v in param_grad if n_state else ():
+            self.live += n_state * vbytes[v] + extra
+            self.timeline.append(("step: state", self.live))
+        for v in param_grad if n_temp else ():
+            self.timeline.append(("step: update", self.live + n_temp * vbytes[v]))
+        if param_grad:
+            self.timeline.append(("step: done", self.live))
+        return sum(n_state * vbytes[v] + extra for v in param_grad)
+
+    def run(self) -> StepModel:
+        t = self.t
+        self.plan_nodes()
+        param_grad = self.backward(self.forward())
+        state = self.step(param_grad)
+        kinds = zip(t.storage_bytes, t.storage_kind, strict=True)
+        frozen = sum(t.value_bytes[v] for v, n in self.params.items() if n not in self.trainable)
+        frozen += sum(b for s, (b, k) in enumerate(kinds)
+                      if k == "buffer" and s not in t.written_buffers)
+        return StepModel(
+            weights_bytes=sum(b for b, k in zip(t.storage_bytes, t.storage_kind, strict=True)
+                              if k in ("param", "buffer")),
+            gradients_bytes=sum(t.value_bytes[v] for v in param_grad), optimizer_bytes=state,
+            activations_bytes=self.activations, peak_bytes=max(b for _, b in self.timeline),
+            frozen_weight_bytes=frozen, backward_macs=_backward_macs(t, self.rg, self.trainable),
+            row_saved_bytes=tuple(self.row_saved),
+            row_trainable=tuple(any(n in self.trainable for n in r.param_names)
+                                for r in t.layers),
+            checkpoint_rows=tuple(self.checkpoint_rows), timeline=tuple(self.timeline))
+
+
+def simulate(trace: Trace, trainable: frozenset[str], engine: str, optimizer: str,
+             recompute: tuple[str, ...] = ()) -> StepModel:
+    """Simulate forward, loss, backward and one ``optimizer`` step under a plan.
+
+    ``recompute``: names of the modules checkpointed (recomputed in backward).
+    """
+    return _Step(trace, trainable, engine, optimizer, recompute).run()
+
+
+def _input_grads(op, rule: Rule, flags: tuple[bool, ...], g_out: int, rg: bytearray,
+                 vbytes: tuple[int, ...], alloc, refs: list[int]) -> list[tuple[int, int]]:
+    """(value, gradient storage) for each argument of ``op`` that needs a gradient."""
+    made = []
+    out_bytes = vbytes[op.outs[0]]
+    for pos, mode in enumerate(rule.grads):
+        if pos >= len(op.ins) or not flags[pos] or not mode:
+            continue
+        arg = op.ins[pos]
+        for v in arg if isinstance(arg, tuple) else (arg,):
+            if v is None or not rg[v]:
+                continue
+            if mode == "alias" or (mode == "reduce" and vbytes[v] == out_bytes):
+                refs[g_out] += 1
+                made.append((v, g_out))
+            else:
+                made.append((v, alloc(vbytes[v])))
+    return made
+
+
+def _backward_macs(t: Trace, rg: bytearray, trainable: frozenset[str]) -> int:
+    """Each layer's forward MACs once for its input gradient and once for its weight's."""
+    total = 0
+    for row in t.layers:
+        if row.macs:
+            needs_input = row.input_value is not None and bool(rg[row.input_value])
+            weight_trains = any(n.endswith(".weight") and n in trainable for n in row.param_names)
+            total += row.macs * (needs_input + weight_trains)
+    return total

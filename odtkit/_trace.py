@@ -1,0 +1,384 @@
+"""Trace one forward pass and the loss on the meta device: every aten op, with shapes.
+
+No arithmetic runs: each op is replayed on shape-only "meta" twins of its tensors, so the
+parameters and buffers of the model are never read or written. The trace records which
+storage every tensor lives in (views share one), which op made it, when the model's own
+code lets go of it, and which module was running. It does not depend on the plan, so it
+is cached per model structure and input shape.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+from ._shapes import fast_output
+from ._summary import layer_macs
+
+META = torch.device("meta")
+
+
+class UnsupportedOperation(NotImplementedError):
+    """The memory model has no rule for an operation the model uses."""
+
+
+@dataclass(frozen=True)
+class Op:
+    """One aten op: its name, the value ids of its tensor arguments, and its outputs.
+
+    ``ins`` has one entry per positional argument: a value id, a tuple of value ids (a
+    list argument), or None (not a tensor). ``new`` lists the storages the op allocated.
+    """
+
+    name: str  # aten packet name, e.g. "convolution"
+    ins: tuple
+    outs: tuple[int, ...]
+    new: tuple[int, ...]
+    args: tuple  # the positional arguments with tensors replaced by None (for scalars)
+    module: str  # innermost module running ("" for the model itself)
+    leaf_type: type | None  # type of the innermost module
+    phase: str  # "forward" or "loss"
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One call of a layer (a leaf module, or one holding parameters itself), or one
+    functional op outside any layer (a residual add): a row of the per-layer table."""
+
+    name: str
+    type: str
+    output_shape: tuple[int, ...]
+    params: int  # parameters counted here (a module called twice counts them once)
+    macs: int
+    param_names: tuple[str, ...]
+    input_value: int | None  # value id of the first tensor argument
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Everything the memory model needs to know about one forward pass plus loss."""
+
+    ops: tuple[Op, ...]
+    value_storage: tuple[int, ...]  # value id -> storage id
+    value_bytes: tuple[int, ...]  # value id -> numel * itemsize
+    value_float: tuple[bool, ...]  # value id -> floating point (can carry a gradient)
+    value_shape: tuple[tuple[int, ...], ...]
+    storage_bytes: tuple[int, ...]
+    storage_kind: tuple[str, ...]  # "param", "buffer", "input", "act"
+    param_value: dict[str, int]  # parameter name -> value id
+    layers: tuple[LayerCall, ...]
+    spans: tuple[tuple[str, int, int, tuple[int, ...]], ...]  # module, ops [first, end), inputs
+    op_layer: tuple[int, ...]  # op index -> row in layers (-1: the loss)
+    dies_after: tuple[tuple[int, ...], ...]  # op index -> act storages freed right after it
+    held: frozenset[int]  # storages alive when the loss is known: input, logits, labels, loss
+    written_buffers: frozenset[int]  # buffer storages the step updates (BN running stats)
+    logits_value: int
+    loss_value: int
+    n_forward: int  # ops[:n_forward] are the model's forward, the rest the loss
+
+
+_TAKES_DEVICE: dict[object, bool] = {}
+
+
+def _takes_device(func: object) -> bool:
+    """True for factory ops (a ``device`` keyword): they must allocate on meta too."""
+    hit = _TAKES_DEVICE.get(func)
+    if hit is None:
+        hit = _TAKES_DEVICE[func] = any(a.name == "device" for a in func._schema.arguments)
+    return hit
+
+
+class _Tracer(TorchDispatchMode):
+    """Replays every aten op on meta twins and records it, with when each storage dies.
+
+    The model's own Python code runs unchanged on meta tensors, so its references (locals,
+    arguments of module calls still running) keep meta storages alive exactly as they keep
+    real ones alive: a storage found expired before op i died after op i - 1.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.known = {id(p): ("param", n, p) for n, p in model.named_parameters()}
+        self.known.update({id(b): ("buffer", n, b) for n, b in model.named_buffers()})
+        self.value_of = WeakIdKeyDictionary()  # tensor object -> value id
+        self.twins = WeakIdKeyDictionary()  # real tensor -> its meta twin
+        self.storage_of: dict[int, int] = {}  # _cdata of a live storage -> storage id
+        self.alive: dict[int, tuple[StorageWeakRef, int]] = {}  # storage id -> (ref, _cdata)
+        self.died_after: dict[int, int] = {}  # storage id -> op index after which it died
+        self.v_storage: list[int] = []
+        self.v_bytes: list[int] = []
+        self.v_float: list[bool] = []
+        self.v_shape: list[tuple[int, ...]] = []
+        self.s_bytes: list[int] = []
+        self.s_kind: list[str] = []
+        self.param_value: dict[str, int] = {}
+        self.ops: list[Op] = []
+        self.stack: list[tuple[str, type, int]] = [("", type(model), 0)]
+        self.phase = "forward"
+        for kind, _, t in self.known.values():  # weights count even if no op reads them
+            self._storage(t, kind)
+
+    # --------------------------------------------------------------- values
+    def _storage(self, t: torch.Tensor, kind: str) -> int:
+        storage = t.untyped_storage()
+        sid = self.storage_of.get(storage._cdata)
+        if sid is None:
+            sid = len(self.s_bytes)
+            self.storage_of[storage._cdata] = sid
+            self.s_bytes.append(storage.nbytes())
+            self.s_kind.append(kind)
+            if kind not in ("param", "buffer"):
+                self.alive[sid] = (StorageWeakRef(storage), storage._cdata)
+        return sid
+
+    def sweep(self) -> None:
+        """Note the storages freed since the last op."""
+        dead = [sid for sid, (ref, _) in self.alive.items() if ref.expired()]
+        for sid in dead:
+            cdata = self.alive.pop(sid)[1]
+            self.storage_of.pop(cdata, None)
+            self.died_after[sid] = len(self.ops) - 1
+
+    def new_value(self, t: torch.Tensor, kind: str) -> int:
+        vid = len(self.v_storage)
+        self.v_storage.append(self._storage(t, kind))
+        self.v_bytes.append(t.numel() * t.element_size())
+        self.v_float.append(t.is_floating_point() or t.is_complex())
+        self.v_shape.append(tuple(t.shape))
+        self.value_of[t] = vid
+        return vid
+
+    def _meta(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(meta twin, value id) of a tensor argument, registering it on first sight."""
+        if t.device.type == "meta":
+            vid = self.value_of.get(t)
+            return t, (self.new_value(t, "act") if vid is None else vid)
+        twin = self.twins.get(t)
+        if twin is None:
+            kind, name, _ = self.known.get(id(t), ("act", None, None))
+            twin = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=META)
+            self.twins[t] = twin
+            # the real storage names the memory (tied weights share it); the twin maps there
+            sid = self._storage(t, kind)
+            self.storage_of[twin.untyped_storage()._cdata] = sid
+            vid = self.new_value(twin, kind)
+            if kind == "param":
+                self.param_value[name] = vid
+        return twin, self.value_of[twin]
+
+    def _convert(self, a: object) -> tuple[object, object]:
+        if isinstance(a, torch.Tensor):
+            return self._meta(a)
+        if isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in a):
+            pairs = [self._convert(x) for x in a]
+            return type(a)(p[0] for p in pairs), tuple(p[1] for p in pairs)
+        return a, None
+
+    # --------------------------------------------------------------- dispatch
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.sweep()
+        kwargs = dict(kwargs or {})
+        pairs = [self._convert(a) for a in args]
+        margs = tuple(p[0] for p in pairs)
+        for key, val in kwargs.items():
+            if isinstance(val, torch.Tensor):
+                kwargs[key] = self._meta(val)[0]
+            elif key == "device":
+                kwargs[key] = META
+        if "device" not in kwargs and _takes_device(func):
+            kwargs["device"] = META
+        name = func._overloadpacket.__name__
+        try:
+            out = fast_output(name, margs, kwargs)
+            if out is None:
+                out = func(*margs, **kwargs)
+        except (RuntimeError, NotImplementedError) as err:
+            if "meta" in str(err).lower():  # data-dependent: needs values a trace lacks
+                raise self.unsupported(func, f"it needs tensor values ({err})") from None
+            raise
+        n_storages = len(self.s_bytes)
+        flat = out if isinstance(out, (tuple, list)) else (out,)
+        outs = tuple(self.new_value(o, "act") for o in flat if isinstance(o, torch.Tensor))
+        module, leaf, _ = self.stack[-1]
+        scalars = tuple(None if p[1] is not None else a for a, p in zip(args, pairs, strict=True))
+        self.ops.append(Op(name, tuple(p[1] for p in pairs), outs,
+                           tuple(range(n_storages, len(self.s_bytes))), scalars, module, leaf,
+                           self.phase))
+        return out
+
+    def unsupported(self, func: object, why: str) -> UnsupportedOperation:
+        module, leaf, _ = self.stack[-1]
+        what = f"{func} / " if func else ""
+        return UnsupportedOperation(f"odtkit.estimate does not model {what}"
+                                    f"{where(module, leaf)}: {why}")
+
+
+def where(module: str, leaf: type) -> str:
+    """'torch.nn.modules.rnn.LSTM (in module 'rnn')' or 'the forward of Net'."""
+    if module:
+        return f"{leaf.__module__}.{leaf.__qualname__} (in module {module!r})"
+    return f"the forward of {leaf.__qualname__}"
+
+
+def first_tensor(items: tuple) -> torch.Tensor | None:
+    """The first tensor among a module call's positional arguments."""
+    return next((a for a in items if isinstance(a, torch.Tensor)), None)
+
+
+def is_layer(module: nn.Module) -> bool:
+    """A row of the per-layer table: a leaf module, or one holding parameters itself."""
+    return next(module.children(), None) is None or any(
+        True for _ in module.parameters(recurse=False))
+
+
+def layer_row(name: str, mod: nn.Module, inputs: tuple, output: object, own: tuple[str, ...],
+              counted: set[int], input_value: int | None) -> LayerCall:
+    """The row of one layer call (its parameters count only at its first call)."""
+    params = 0 if id(mod) in counted else sum(p.numel() for p in mod.parameters(False))
+    counted.add(id(mod))
+    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+    return LayerCall(name, type(mod).__name__, shape, params, layer_macs(mod, inputs, output),
+                     own, input_value)
+
+
+def _hooks(model: nn.Module, tracer: _Tracer, calls: list, spans: list) -> list:
+    """Forward hooks: keep the module stack, record every layer call and every module's
+    op range and input values (``spans``, for blocks that are recomputed)."""
+    handles = []
+    counted: set[int] = set()
+    for name, module in model.named_modules():
+        if name == "":
+            continue
+        own = tuple(f"{name}.{n}" for n, _ in module.named_parameters(recurse=False))
+        layer = is_layer(module)
+
+        def pre(mod, _inputs, name=name):
+            tracer.stack.append((name, type(mod), len(tracer.ops)))
+
+        def post(mod, inputs, output, name=name, own=own, layer=layer):
+            first_op = tracer.stack.pop()[2]
+            spans.append((name, first_op, len(tracer.ops), tuple(
+                tracer.value_of[a] for a in inputs
+                if isinstance(a, torch.Tensor) and a in tracer.value_of)))
+            if layer:
+                x = first_tensor(inputs)
+                row = layer_row(name, mod, inputs, output, own, counted,
+                                None if x is None else tracer.value_of.get(x))
+                calls.append((first_op, len(tracer.ops), row))
+
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post))  # on an error the stack stays put
+    return handles
+
+
+# ops that move no data of their own: never a row of the per-layer table
+_QUIET = frozenset({"view", "_unsafe_view", "t", "transpose", "permute", "unsqueeze", "squeeze",
+                    "expand", "alias", "slice", "select", "detach", "empty", "add_"})
+
+
+def _rows(ops: list[Op], calls: list, v_shape: list) -> tuple[tuple, tuple]:
+    """Per-layer rows (layer calls plus functional ops outside layers) and op -> row."""
+    op_layer = [-1] * len(ops)
+    # innermost layer wins: visit the shortest calls first
+    for k in sorted(range(len(calls)), key=lambda k: calls[k][1] - calls[k][0]):
+        for i in range(calls[k][0], calls[k][1]):
+            if op_layer[i] < 0:
+                op_layer[i] = k
+    rows = [c[2] for c in calls]
+    starts = [c[0] for c in calls]
+    for i, op in enumerate(ops):
+        if op_layer[i] >= 0 or op.phase != "forward":
+            continue
+        if op.name in _QUIET:  # a view outside layers: bill it to the row before it
+            op_layer[i] = op_layer[i - 1] if i else -1
+            continue
+        name = f"{op.module}.{op.name}" if op.module else op.name
+        rows.append(LayerCall(name, op.name, v_shape[op.outs[0]] if op.outs else (), 0, 0, (),
+                              next((v for v in op.ins if isinstance(v, int)), None)))
+        starts.append(i)
+        op_layer[i] = len(rows) - 1
+    # rows in forward order
+    order = sorted(range(len(rows)), key=lambda r: starts[r])
+    position = {old: new for new, old in enumerate(order)}
+    return tuple(rows[r] for r in order), tuple(position.get(r, -1) for r in op_layer)
+
+
+def trace(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> Trace:
+    """Trace ``model`` on a meta input of ``shape``/``dtype``, then cross-entropy on its logits."""
+    tracer = _Tracer(model)
+    calls: list = []
+    spans: list = []
+    x = torch.empty(shape, dtype=dtype, device=META)
+    tracer.new_value(x, "input")
+    handles = _hooks(model, tracer, calls, spans)
+    try:
+        with tracer, torch.no_grad():
+            logits = model(x)
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+                raise ValueError(
+                    f"the memory model needs a classifier: the model must return logits of "
+                    f"shape (batch, classes) for cross-entropy, got {got} for input {shape}")
+            n_forward = len(tracer.ops)
+            tracer.phase = "loss"
+            labels = torch.arange(logits.shape[0]) % logits.shape[1]
+            loss = F.cross_entropy(logits, labels)
+            tracer.sweep()
+    except (RuntimeError, NotImplementedError, TypeError) as err:
+        if "meta" not in str(err).lower() or isinstance(err, UnsupportedOperation):
+            raise
+        # a module that checks devices or reads values in Python before any aten op
+        raise tracer.unsupported("", f"it cannot run without data ({err})") from None
+    finally:
+        for h in handles:
+            h.remove()
+    ops, vs, kinds = tracer.ops, tracer.v_storage, tracer.s_kind
+    dies: list[list[int]] = [[] for _ in ops]
+    for sid, i in tracer.died_after.items():
+        if kinds[sid] == "act" and i >= 0:
+            dies[i].append(sid)
+    written = set()
+    for op in ops:
+        if op.name.endswith("_") and isinstance(op.ins[0], int):
+            written.add(vs[op.ins[0]])
+        if op.name == "native_batch_norm" and op.args[5]:
+            written.update(vs[v] for v in op.ins[3:5] if v is not None)
+    # what the caller still holds at the end (input, logits, labels, loss, anything cached)
+    held = frozenset(tracer.alive)
+    rows, op_layer = _rows(ops, calls, tracer.v_shape)
+    return Trace(
+        tuple(ops), tuple(vs), tuple(tracer.v_bytes), tuple(tracer.v_float),
+        tuple(tracer.v_shape), tuple(tracer.s_bytes), tuple(kinds), tracer.param_value,
+        rows, tuple(spans), op_layer, tuple(map(tuple, dies)), held,
+        frozenset(s for s in written if kinds[s] == "buffer"), tracer.value_of[logits],
+        tracer.value_of[loss], n_forward)
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _signature(model: nn.Module) -> tuple:
+    """What a trace depends on besides the input: module types and modes, tensor shapes."""
+    mods = tuple((type(m), m.training) for m in model.modules())
+    tensors = tuple((id(t), t.shape, t.dtype) for t in model.parameters())
+    tensors += tuple((id(t), t.shape, t.dtype) for t in model.buffers())
+    return mods, tensors
+
+
+def cached_trace(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> Trace:
+    """``trace`` memoized per model object, structure, modes and input shape."""
+    key = (_signature(model), shape, dtype)
+    per_model = _CACHE.setdefault(model, {})
+    hit = per_model.get(key)
+    if hit is None:
+        hit = per_model[key] = trace(model, shape, dtype)
+        if len(per_model) > 32:  # many shapes of one model (a widget sweep): drop the oldest
+            del per_model[next(iter(per_model))]
+    return hit

@@ -1,0 +1,314 @@
+"""Training memory: an analytic estimate and an exact measurement of the same numbers.
+
+    est = odt.estimate(model, x, "bias-only", optimizer="sgd-m", engine="lean")
+    meas = odt.measure(model, x, "bias-only", optimizer="sgd-m", engine="lean")
+    print(est.table()); print(odt.memory.compare(est, meas))
+
+Four categories, in bytes: ``weights`` (parameters and buffers), ``gradients``,
+``optimizer`` (its state after one step) and ``activations`` (distinct tensors autograd
+keeps for backward, parameters and buffers excluded). ``peak_bytes`` is the most tensor
+bytes alive at once during forward, loss, backward and the optimizer step, weights
+included (scratch space a kernel frees before it returns is not a tensor: not counted).
+
+The estimate never runs the model's arithmetic: it traces one forward pass on the meta
+device (odtkit._trace), applies per-op rules of what autograd or the lean engine keeps
+(odtkit._rules) and plays the step through (odtkit._simulate). The measurement runs one
+real step (odtkit._measure). Lab 01 compares the two.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ._check import check_conv_saved_bytes
+from ._measure import run_step
+from ._profiles import format_bytes
+from ._simulate import simulate
+from ._trace import UnsupportedOperation, cached_trace
+from ._util import choice_error
+from .optim import check_optimizer
+from .plans import TrainPlan
+from .plans import plan as make_plan
+
+__all__ = [
+    "estimate", "measure", "compare", "MemoryReport", "LayerMemory", "CATEGORIES", "ENGINES",
+    "UnsupportedOperation", "check_conv_saved_bytes",
+]
+
+CATEGORIES = ("weights", "gradients", "optimizer", "activations")
+ENGINES = ("pytorch", "lean")
+METHODS = ("estimate", "measure")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class LayerMemory:
+    """One row of a report: a layer call (or a functional op outside layers)."""
+
+    name: str
+    type: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+    saved_bytes: int  # bytes first kept for backward by this layer (shared tensors count once)
+    trainable: bool
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Bytes of one training step by category, its peak, and where activations are kept."""
+
+    by_category: dict[str, int]
+    peak_bytes: int
+    frozen_weight_bytes: int  # parameters that do not train + buffers the step never writes
+    forward_macs: int
+    backward_macs: int
+    batch_size: int
+    engine: str
+    optimizer: str
+    method: str
+    rows: tuple[LayerMemory, ...] = ()
+    timeline: tuple[tuple[str, int], ...] = ()  # ("phase: event", live bytes), in order
+    scheme: str = ""
+    precision: str = "fp32"
+    rss_peak_bytes: int | None = None  # measure only: the process's peak resident memory
+    notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if set(self.by_category) != set(CATEGORIES):
+            raise ValueError(f"by_category needs exactly the keys {CATEGORIES}, "
+                             f"got {tuple(self.by_category)}")
+        object.__setattr__(self, "by_category", {k: self.by_category[k] for k in CATEGORIES})
+        for name, value in [*self.by_category.items(), ("peak_bytes", self.peak_bytes),
+                            ("frozen_weight_bytes", self.frozen_weight_bytes),
+                            ("forward_macs", self.forward_macs),
+                            ("backward_macs", self.backward_macs)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+        if self.method not in METHODS:
+            raise choice_error("method", self.method, METHODS)
+        if self.engine not in ENGINES:
+            raise choice_error("engine", self.engine, ENGINES)
+        check_optimizer(self.optimizer)
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of the four categories (what a step keeps; the peak adds transients)."""
+        return sum(self.by_category.values())
+
+    def _summary_lines(self) -> list[tuple[str, str]]:
+        lines = [(k, format_bytes(v)) for k, v in self.by_category.items()]
+        lines += [("total", format_bytes(self.total_bytes)), ("peak", format_bytes(self.peak_bytes)),
+                  ("frozen weights", format_bytes(self.frozen_weight_bytes))]
+        if self.rss_peak_bytes is not None:
+            lines.append(("process RSS peak", format_bytes(self.rss_peak_bytes)))
+        lines.append(("MACs fwd / bwd", f"{self.forward_macs:,} / {self.backward_macs:,}"))
+        return lines
+
+    def _title(self) -> str:
+        return (f"{self.method} ({self.engine}, {self.optimizer}, scheme {self.scheme or '?'}, "
+                f"batch {self.batch_size})")
+
+    def table(self, layers: bool = True) -> str:
+        """Aligned text: the categories and peak, then (``layers``) bytes saved per layer."""
+        out = [self._title()]
+        width = max(len(k) for k, _ in self._summary_lines())
+        out += [f"  {k:<{width}}  {v:>12}" for k, v in self._summary_lines()]
+        if layers and self.rows:
+            cells = [("layer", "type", "output", "params", "saved", "trains")] + [
+                (r.name, r.type, "x".join(map(str, r.output_shape)), f"{r.params:,}",
+                 format_bytes(r.saved_bytes), "yes" if r.trainable else "")
+                for r in self.rows]
+            widths = [max(len(c[i]) for c in cells) for i in range(6)]
+            for c in cells:
+                out.append("  ".join(v.rjust(w) if i in (3, 4) else v.ljust(w)
+                                     for i, (v, w) in enumerate(zip(c, widths, strict=True))).rstrip())
+        out += [f"note: {n}" for n in self.notes]
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.table(layers=False)
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        summary = "".join(f"<tr><td>{esc(k)}</td><td style='text-align:right'>{esc(v)}</td></tr>"
+                          for k, v in self._summary_lines())
+        rows = "".join(
+            f"<tr><td>{esc(r.name)}</td><td>{esc(r.type)}</td>"
+            f"<td>{'x'.join(map(str, r.output_shape))}</td>"
+            f"<td style='text-align:right'>{r.params:,}</td>"
+            f"<td style='text-align:right'>{esc(format_bytes(r.saved_bytes))}</td>"
+            f"<td>{'yes' if r.trainable else ''}</td></tr>" for r in self.rows)
+        return (f"<p><b>{esc(self._title())}</b></p><table>{summary}</table>"
+                + (f"<details><summary>{len(self.rows)} layers</summary><table><tr>"
+                   "<th>layer</th><th>type</th><th>output</th><th>params</th><th>saved</th>"
+                   f"<th>trains</th></tr>{rows}</table></details>" if rows else ""))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _prepare(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str,
+             optimizer: str, engine: str) -> TrainPlan:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_optimizer(optimizer)
+    if engine not in ENGINES:
+        raise choice_error("engine", engine, ENGINES)
+    from .engine import is_lean
+
+    if is_lean(model):
+        raise ValueError("this model was already made lean by odt.lean; pass the original "
+                         "model with engine='lean' instead")
+    if isinstance(plan, str):
+        plan = make_plan(model, plan)
+    elif not isinstance(plan, TrainPlan):
+        raise TypeError(f"plan must be a TrainPlan (odt.plan(model, ...)) or a scheme name "
+                        f"such as 'bias-only', got {type(plan).__name__}")
+    plan.check_model(model)
+    _check_input(model, example_input)
+    want = _DTYPES.get(plan.precision)
+    have = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if want is None or (have and have != {want}):
+        raise ValueError(
+            f"plan precision {plan.precision!r} is not the dtype the model computes in "
+            f"({', '.join(sorted(map(str, have)))}); the memory model counts the dtypes the "
+            f"model really uses: make the plan with the model's precision")
+    return plan
+
+
+def _check_input(model: nn.Module, x: object) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"example_input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[0] < 1:
+        raise ValueError(f"example_input needs a batch dimension, got shape {tuple(x.shape)}")
+    expected = getattr(model, "input_shape", None)
+    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"example_input has shape {tuple(x.shape)}, but {type(model).__name__} expects "
+            f"(batch, {', '.join(map(str, expected))}), e.g. "
+            f"odt.models.example_input(model, batch_size={x.shape[0]})")
+
+
+def _trace_of(model: nn.Module, x: torch.Tensor):
+    try:
+        return cached_trace(model, tuple(x.shape), x.dtype)
+    except (UnsupportedOperation, TypeError):
+        raise
+    except (RuntimeError, ValueError) as err:
+        if "classifier" in str(err):
+            raise
+        raise ValueError(f"the model cannot run on an example input of shape "
+                         f"{tuple(x.shape)}: {err}") from None
+
+
+# ---------------------------------------------------------------- the two methods
+
+
+def _recomputed(plan: TrainPlan, engine: str) -> tuple[str, ...]:
+    """Blocks checkpointed in this step: the lean engine honours plan.recompute, stock does not."""
+    return plan.recompute if engine == "lean" else ()
+
+
+def _checkpoint_row(block: str) -> str:
+    return f"{block} (checkpoint)"
+
+
+def estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str,
+             optimizer: str = "sgd", engine: str = "pytorch") -> MemoryReport:
+    """Analytic memory of one training step, from a shape-only trace and per-op rules.
+
+    ``plan``: a TrainPlan or a scheme name (then ``odt.plan(model, plan)``). ``engine``:
+    "pytorch" (stock autograd) or "lean" (what ``odt.lean(model, plan)`` keeps, with the
+    blocks of ``plan.recompute`` checkpointed).
+    """
+    plan = _prepare(model, example_input, plan, optimizer, engine)
+    trace = _trace_of(model, example_input)
+    sim = simulate(trace, plan.trainable, engine, optimizer, _recomputed(plan, engine))
+    rows = tuple(
+        LayerMemory(r.name, r.type, r.output_shape, r.params, r.macs, saved, trains)
+        for r, saved, trains in zip(trace.layers, sim.row_saved_bytes, sim.row_trainable,
+                                    strict=True))
+    rows += tuple(LayerMemory(_checkpoint_row(name), "checkpoint", (), 0, 0, nbytes, False)
+                  for name, nbytes in sim.checkpoint_rows)
+    return MemoryReport(
+        by_category={"weights": sim.weights_bytes, "gradients": sim.gradients_bytes,
+                     "optimizer": sim.optimizer_bytes, "activations": sim.activations_bytes},
+        peak_bytes=sim.peak_bytes, frozen_weight_bytes=sim.frozen_weight_bytes,
+        forward_macs=sum(r.macs for r in trace.layers), backward_macs=sim.backward_macs,
+        batch_size=int(example_input.shape[0]), engine=engine, optimizer=optimizer,
+        method="estimate", rows=rows, timeline=sim.timeline, scheme=plan.scheme,
+        precision=plan.precision)
+
+
+def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str,
+            optimizer: str = "sgd", engine: str = "pytorch", rss: bool = True,
+            lr: float = 0.01) -> MemoryReport:
+    """Memory of one real training step on a copy of ``model`` (which is left untouched).
+
+    Forward, cross-entropy against fixed labels, backward, one optimizer step. Saved
+    tensors are counted through autograd's saved-tensor hooks, the peak by tracking live
+    storages op by op; ``rss`` also samples the process's resident memory (memory-profiler).
+    """
+    plan = _prepare(model, example_input, plan, optimizer, engine)
+    if engine == "lean":
+        from .engine import lean
+
+        work = lean(model, plan)
+    else:
+        work = plan.apply_(copy.deepcopy(model))
+    x = example_input.detach()
+    checkpointed = _recomputed(plan, engine)
+    rss_peak = None
+    if rss:
+        from memory_profiler import memory_usage
+
+        peak_mib, record = memory_usage((run_step, (work, x, optimizer, lr, checkpointed), {}),
+                                        max_usage=True, retval=True, interval=0.005)
+        rss_peak = int(float(peak_mib) * 2**20)
+    else:
+        record = run_step(work, x, optimizer, lr, checkpointed)
+    rows = _measured_rows(model, x, plan, record)
+    return MemoryReport(
+        by_category={"weights": record.weights_bytes, "gradients": record.gradients_bytes,
+                     "optimizer": record.optimizer_bytes,
+                     "activations": record.activations_bytes},
+        peak_bytes=record.peak_bytes, frozen_weight_bytes=record.frozen_weight_bytes,
+        forward_macs=sum(r.macs for r in record.rows), backward_macs=record.backward_macs,
+        batch_size=int(x.shape[0]), engine=engine, optimizer=optimizer, method="measure",
+        rows=rows, timeline=record.timeline, scheme=plan.scheme, precision=plan.precision,
+        rss_peak_bytes=rss_peak)
+
+
+def _measured_rows(model: nn.Module, x: torch.Tensor, plan: TrainPlan, record) -> tuple:
+    """Rows named as the estimate names them (from the stock model's trace when it can be
+    traced), with the bytes the measurement saw kept per layer."""
+    try:
+        layers = cached_trace(model, tuple(x.shape), x.dtype).layers
+    except (UnsupportedOperation, RuntimeError, ValueError, TypeError):
+        layers = record.rows
+    saved = dict(record.saved_by_row)
+    rows = [LayerMemory(r.name, r.type, r.output_shape, r.params, r.macs, saved.pop(r.name, 0),
+                        any(n in plan.trainable for n in r.param_names)) for r in layers]
+    rows += [LayerMemory(name, "checkpoint" if name.endswith("(checkpoint)") else "?", (), 0, 0,
+                         nbytes, False) for name, nbytes in saved.items()]
+    return tuple(rows)
+
+
+def compare(est: MemoryReport, meas: MemoryReport) -> dict[str, float]:
+    """Relative error (estimate - measured) / measured per category and for the peak.
+
+    0.0 when both are 0; +inf when only the measurement is 0.
+    """
+    for r in (est, meas):
+        if not isinstance(r, MemoryReport):
+            raise TypeError(f"compare takes two MemoryReports, got {type(r).__name__}")
+    pairs = [(k, est.by_category[k], meas.by_category[k]) for k in CATEGORIES]
+    pairs.append(("peak", est.peak_bytes, meas.peak_bytes))
+    return {k: (0.0 if a == b else (a - b) / b if b else float("inf")) for k, a, b in pairs}
+
