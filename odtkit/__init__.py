@@ -58,6 +58,8 @@ _SUBMODULES = (
     "engine",
     "compress",
     "distributed",
+    "federated",
+    "ddp",
     "viz",
     "widgets",
     "cli",

@@ -1,0 +1,399 @@
+"""The real thing: compressed-gradient communication hooks for DistributedDataParallel on gloo.
+
+    state, hook = comm_hook("topk", model=model, error_feedback=True, density=0.01)
+    ddp = DistributedDataParallel(model)
+    ddp.register_comm_hook(state, hook)
+
+Per gradient bucket every rank compresses each parameter's gradient (keyed by parameter
+name, so error-feedback residuals persist across steps), all-gathers the byte images of
+the payloads (sizes first, then the images padded to the longest, as threshold
+compressors send a varying count), decompresses every rank's payload and averages them in
+rank order: the same arithmetic as ``odtkit.distributed.simulate``, so all ranks end with
+identical parameters and agree with the simulation. Launch with
+``torchrun --nproc_per_node=2 -m odtkit.distributed --compressor topk --arg density=0.01``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import gc
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import pickle
+import queue
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+from .distributed import (
+    _check_compressor_vs_optimizer,
+    _set_epoch,
+    average,
+    global_batches,
+    make_compressor,
+)
+from .optim import make_optimizer
+from .training import evaluate
+
+__all__ = ["CompressionHookState", "comm_hook", "compression_hook", "train_ddp",
+           "spawn_local", "WorkerLostError", "free_port", "main"]
+
+
+class WorkerLostError(RuntimeError):
+    """A peer rank stopped answering (crashed, killed or hung) during a collective."""
+
+
+@dataclasses.dataclass
+class CompressionHookState:
+    """Per-rank state of the hook: the compressor (own residuals), names, byte counters."""
+
+    codec: Any
+    names: dict[int, str]  # id(parameter) -> qualified name
+    rank: int
+    world_size: int
+    group: Any = None
+    payload_bytes: list[int] = dataclasses.field(default_factory=list)  # per round, this rank
+    wire_bytes: list[int] = dataclasses.field(default_factory=list)  # + headers and padding
+    _round: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
+
+    def set_epoch(self, epoch: float) -> None:
+        """Forward training progress to the compressor's warm-up schedule (DGC)."""
+        _set_epoch(self.codec, epoch)
+
+    def name_of(self, param: torch.Tensor) -> str:
+        if id(param) not in self.names:
+            raise KeyError("a bucket holds a parameter the hook does not know: build the hook "
+                           "with comm_hook(..., model=the module you wrap in DDP)")
+        return self.names[id(param)]
+
+
+def comm_hook(compressor: str | Callable[[], Any], *, model: nn.Module,
+              error_feedback: bool = False, group: Any = None, seed: int = 0,
+              **compressor_kwargs: Any) -> tuple[CompressionHookState, Callable]:
+    """(state, hook) for ``ddp.register_comm_hook(state, hook)``; call after init_process_group.
+
+    This rank's compressor gets seed ``seed + rank`` (as worker w in ``simulate``);
+    ``model`` (or the DDP wrapper) names the parameters.
+    """
+    if not dist.is_initialized():
+        raise RuntimeError("torch.distributed is not initialized: call "
+                           "dist.init_process_group('gloo', ...) before comm_hook")
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    module = getattr(model, "module", model)
+    if compressor == "dgc" and "num_workers" not in compressor_kwargs:
+        compressor_kwargs["num_workers"] = world
+    codec = make_compressor(compressor, error_feedback=error_feedback, seed=seed + rank,
+                            **compressor_kwargs)
+    names = {id(p): n for n, p in module.named_parameters()}
+    return CompressionHookState(codec, names, rank, world, group), compression_hook
+
+
+def compression_hook(state: CompressionHookState,
+                     bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Compress, all-gather, decompress and average every gradient of the bucket."""
+    grads = bucket.gradients()
+    names = [state.name_of(p) for p in bucket.parameters()]
+    mine = [state.codec.compress(g, n) for g, n in zip(grads, names, strict=True)]
+    blob = _pack(mine)
+    images = _all_gather_bytes(blob, state.group, state.world_size)
+    ranks = [_unpack(image, [ctx for _, ctx in mine]) for image in images]
+    averaged = [average([state.codec.decompress(*ranks[r][i]) for r in range(state.world_size)])
+                for i in range(len(grads))]
+    state._round[0] += sum(state.codec.nbytes(p) for p, _ in mine)
+    state._round[1] += max(len(image) for image in images)
+    if bucket.is_last():
+        state.payload_bytes.append(state._round[0])
+        state.wire_bytes.append(state._round[1])
+        state._round = [0, 0]
+    flat = torch.cat([a.reshape(-1) for a in averaged]).to(bucket.buffer().dtype)
+    future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    future.set_result(flat)
+    return future
+
+
+# DDP inspects these annotations; with postponed evaluation they would be strings
+compression_hook.__annotations__.update(
+    bucket=dist.GradBucket, state=CompressionHookState,
+    **{"return": torch.futures.Future[torch.Tensor]})
+
+
+def _pack(compressed: list[tuple[tuple[torch.Tensor, ...], Any]]) -> torch.Tensor:
+    """One uint8 image: 8-byte header length, pickled layout and ctx metadata, raw tensors.
+
+    The metadata (e.g. random-k's seed) is what a receiver would derive from the sender's
+    configuration; it travels here for simplicity and is counted in ``wire_bytes`` only.
+    """
+    layout = [(ctx.meta, [(str(t.dtype).removeprefix("torch."), tuple(t.shape)) for t in p])
+              for p, ctx in compressed]
+    header = pickle.dumps(layout)
+    chunks = [len(header).to_bytes(8, "little"), header]
+    for payload, _ in compressed:
+        for t in payload:
+            chunks.append(t.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
+
+
+def _unpack(image: bytes, ctxs: list[Any]) -> list[tuple[tuple[torch.Tensor, ...], Any]]:
+    """Inverse of ``_pack``: (payload, ctx) per tensor, ctx = local ctx with sent metadata."""
+    size = int.from_bytes(image[:8], "little")
+    layout = pickle.loads(image[8:8 + size])
+    pos = 8 + size
+    out = []
+    for (meta, shapes), ctx in zip(layout, ctxs, strict=True):
+        tensors = []
+        for dtype_name, shape in shapes:
+            dtype = getattr(torch, dtype_name)
+            nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+            raw = bytearray(image[pos:pos + nbytes])
+            t = (torch.frombuffer(raw, dtype=torch.uint8).view(dtype) if nbytes
+                 else torch.empty(0, dtype=dtype))
+            tensors.append(t.reshape(shape))
+            pos += nbytes
+        out.append((tuple(tensors), dataclasses.replace(ctx, meta=meta)))
+    return out
+
+
+def _all_gather_bytes(blob: torch.Tensor, group: Any, world: int) -> list[bytes]:
+    """All-gather uint8 images of different lengths: lengths first, then padded images."""
+    length = torch.tensor([blob.numel()], dtype=torch.int64)
+    lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(lengths, length, group=group)
+    longest = int(max(int(n) for n in lengths))
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[:blob.numel()] = blob
+    images = [torch.empty(longest, dtype=torch.uint8) for _ in range(world)]
+    dist.all_gather(images, padded, group=group)
+    return [images[r][:int(lengths[r])].numpy().tobytes() for r in range(world)]
+
+
+# ------------------------------------------------------------------------- training
+
+def train_ddp(model: nn.Module, task: Any, *, compressor: str | Callable[[], Any] = "none",
+              error_feedback: bool = False, epochs: int = 1, batch_size: int = 16,
+              lr: float = 0.05, optimizer: str = "sgd-m", momentum: float = 0.9,
+              weight_decay: float = 0.0, seed: int = 0, max_steps: int | None = None,
+              on_step: Callable[[int, int], None] | None = None, grace_s: float = 3.0,
+              bucket_cap_mb: float | None = None, **compressor_kwargs: Any) -> dict[str, Any]:
+    """Train a copy of ``model`` with DDP and the compression hook (process group ready).
+
+    Same data order and shards as ``simulate`` (rank r = worker r, ``batch_size`` per
+    rank). ``on_step(rank, round)`` runs before every round (logging, fault injection).
+    A peer that dies raises WorkerLostError naming it. ``bucket_cap_mb`` goes to DDP.
+    Returns the final state_dict, test accuracy per epoch and bytes per round.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(seed)
+    replica = copy.deepcopy(model).train()
+    ddp = DistributedDataParallel(replica, **({} if bucket_cap_mb is None
+                                              else {"bucket_cap_mb": bucket_cap_mb}))
+    state, hook = comm_hook(compressor, model=replica, error_feedback=error_feedback,
+                            seed=seed, **compressor_kwargs)
+    _check_compressor_vs_optimizer(state.codec, optimizer)
+    ddp.register_comm_hook(state, hook)
+    opt = make_optimizer(optimizer, ddp.parameters(), lr, momentum, weight_decay)
+    n = len(task.y_train)
+    steps_per_epoch = n // (world * batch_size)
+    test_acc: list[float] = []
+    rounds = 0
+    for epoch, step, idx in global_batches(n, workers=world, batch_size=batch_size,
+                                           epochs=epochs, seed=seed):
+        if on_step is not None:
+            on_step(rank, rounds)
+        shard = idx[rank * batch_size:(rank + 1) * batch_size]
+        state.set_epoch(epoch + step / steps_per_epoch)
+        opt.zero_grad(set_to_none=True)
+        try:
+            loss = F.cross_entropy(ddp(task.x_train[shard]), task.y_train[shard])
+            loss.backward()
+        except RuntimeError as err:
+            raise WorkerLostError(_describe_failure(rank, world, rounds, err, grace_s)) from err
+        opt.step()
+        rounds += 1
+        if step == steps_per_epoch - 1 or rounds == max_steps:
+            test_acc.append(evaluate(replica, task.x_test, task.y_test))
+        if rounds == max_steps:
+            break
+    return {"rank": rank, "state_dict": {k: v.detach().clone() for k, v in
+                                         replica.state_dict().items()},
+            "test_acc": test_acc, "payload_bytes": list(state.payload_bytes),
+            "wire_bytes": list(state.wire_bytes), "rounds": rounds}
+
+
+def _describe_failure(rank: int, world: int, round_: int, err: Exception,
+                      grace_s: float) -> str:
+    """Which peers are gone: survivors check in on the rendezvous store for ``grace_s``."""
+    missing = _silent_ranks(rank, world, round_, grace_s)
+    cause = str(err).splitlines()[0][:200]
+    who = (f"rank(s) {missing} did not check in within {grace_s:g} s" if missing
+           else "every rank checked in, so the failure came from the transport")
+    return (f"rank {rank} lost contact with its peers in round {round_}: {who} "
+            f"(crashed, killed, or hung past the process-group timeout). gloo cannot continue "
+            f"with a missing worker: read the logs of rank(s) {missing or 'all'}, then restart "
+            f"all {world} ranks. Cause: {type(err).__name__}: {cause}")
+
+
+def _silent_ranks(rank: int, world: int, round_: int, grace_s: float) -> list[int]:
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        keys = [f"odtkit/alive/{round_}/{r}" for r in range(world)]
+        store.set(keys[rank], "1")
+        deadline = time.monotonic() + grace_s
+        while True:
+            silent = [r for r in range(world) if r != rank and not store.check([keys[r]])]
+            if not silent or time.monotonic() > deadline:
+                return silent
+            time.sleep(0.05)
+    except Exception:  # the store lives with rank 0 (or the torchrun agent): it is gone
+        return [0]
+
+
+# ------------------------------------------------------------------------- local launcher
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn_local(fn: Callable[..., Any], world_size: int, *, timeout_s: float = 60.0,
+                pg_timeout_s: float = 20.0, **kwargs: Any) -> list[Any]:
+    """Run ``fn(**kwargs)`` in ``world_size`` local processes joined by gloo on 127.0.0.1.
+
+    Returns the results by rank. Any rank that raises, exits early or runs past
+    ``timeout_s`` makes this raise RuntimeError listing every rank's outcome; leftover
+    processes are killed. ``fn`` must be importable (a module-level function).
+    """
+    ctx = multiprocessing.get_context("spawn")
+    results: queue.Queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_child, args=(r, world_size, port, pg_timeout_s, results, fn,
+                                              kwargs), daemon=True) for r in range(world_size)]
+    for p in procs:
+        p.start()
+    outcome: dict[int, tuple[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(outcome) < world_size and time.monotonic() < deadline:
+        try:
+            rank, status, value = results.get(timeout=0.2)
+            outcome[rank] = (status, value)
+        except queue.Empty:
+            if all(p.exitcode is not None for p in procs) and results.empty():
+                break
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join(5)
+    for r, p in enumerate(procs):
+        if r not in outcome:
+            why = (f"still running after {timeout_s:g} s (killed)" if p.exitcode in (None, -9)
+                   and time.monotonic() >= deadline else f"exited with code {p.exitcode} "
+                   "before reporting a result")
+            outcome[r] = ("error", why)
+    if any(status != "ok" for status, _ in outcome.values()):
+        lines = [f"  rank {r}: {'ok' if s == 'ok' else v}" for r, (s, v) in sorted(outcome.items())]
+        raise RuntimeError(f"local gloo run of {getattr(fn, '__name__', fn)} with "
+                           f"{world_size} processes failed:\n" + "\n".join(lines))
+    return [torch.load(io.BytesIO(outcome[r][1]), weights_only=False) for r in range(world_size)]
+
+
+def _child(rank: int, world: int, port: int, pg_timeout_s: float, results: Any,
+           fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    torch.set_num_threads(1)
+    code = 0
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world,
+                                timeout=datetime.timedelta(seconds=pg_timeout_s))
+        buffer = io.BytesIO()
+        torch.save(fn(**kwargs), buffer)
+        results.put((rank, "ok", buffer.getvalue()))
+    except BaseException as err:  # report everything, the parent decides
+        results.put((rank, "error", f"{type(err).__name__}: {err}"))
+        code = 1
+    results.close()
+    results.join_thread()
+    os._exit(code)  # skip gloo teardown, which can abort when a peer is already gone
+
+
+# ------------------------------------------------------------------------- torchrun entry
+
+def _parse_value(text: str) -> Any:
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``torchrun --nproc_per_node=N -m odtkit.distributed --compressor topk ...``"""
+    parser = argparse.ArgumentParser(prog="python -m odtkit.distributed",
+                                     description="Data-parallel training with a compressed "
+                                     "gradient hook on gloo (launch with torchrun).")
+    parser.add_argument("--compressor", default="none")
+    parser.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="compressor keyword, e.g. --arg density=0.01 (repeatable)")
+    parser.add_argument("--error-feedback", action="store_true")
+    parser.add_argument("--task", default="digits")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=16, help="per rank")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--optimizer", default="sgd-m")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout-s", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    kwargs = {}
+    for item in args.arg:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--arg needs KEY=VALUE, got {item!r} (e.g. --arg density=0.01)")
+        kwargs[key] = _parse_value(value)
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+               if k not in os.environ]
+    if missing and not dist.is_initialized():
+        parser.exit(2, f"environment lacks {', '.join(missing)}: launch with torchrun, e.g. "
+                    "torchrun --nproc_per_node=2 -m odtkit.distributed --compressor topk\n")
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method="env://",
+                                timeout=datetime.timedelta(seconds=args.timeout_s))
+    from .datasets import load
+    from .distributed import lab_model
+
+    task = load(args.task)
+    out = train_ddp(lab_model(task, seed=args.seed), task, compressor=args.compressor,
+                    error_feedback=args.error_feedback, epochs=args.epochs,
+                    max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+                    optimizer=args.optimizer, seed=args.seed, **kwargs)
+    digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in
+                                     out["state_dict"].values())).hexdigest()[:16]
+    digests: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, digest)
+    summary = {"world_size": dist.get_world_size(), "compressor": args.compressor,
+               "compressor_args": kwargs, "error_feedback": args.error_feedback,
+               "test_acc": out["test_acc"], "rounds": out["rounds"],
+               "payload_bytes_per_round": out["payload_bytes"][-1] if out["rounds"] else 0,
+               "parameter_digests": digests, "identical": len(set(digests)) == 1}
+    if dist.get_rank() == 0:
+        print(json.dumps(summary), flush=True)
+    gc.collect()  # free the DDP reducer (it holds the group) before the group goes
+    dist.barrier()  # nobody tears down while a peer still reads its last message
+    dist.destroy_process_group()
+    return summary

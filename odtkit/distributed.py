@@ -1,0 +1,424 @@
+"""Data-parallel training with compressed gradients: an in-process simulation of N workers.
+
+    hist = simulate(lab_model(task), task, workers=4, compressor="topk", density=0.001,
+                    error_feedback=True, epochs=30)
+    hist.test_acc[-1], hist.compression_ratio
+
+Every round (one optimizer step) each worker takes its own shard of the global batch,
+computes the gradient of its replica, compresses every parameter's gradient with its own
+compressor (own residuals, own seed), and all workers exchange the payloads. The exchange
+is an all-gather of compressed payloads, as real sparse and quantized systems do (a sum of
+compressed tensors is not compressed, so a ring all-reduce does not apply): each worker
+sends its payload once (``bytes_up``) and receives the other N-1 payloads; every worker
+decompresses all N and averages them in rank order, so all replicas apply the same update
+and stay identical (two consequences of the all-gather: PowerSGD approximates each worker's
+gradient alone, where the paper all-reduces P and Q into one shared approximation, same
+bytes; signSGD's decoded signs are averaged, not majority-voted). One model object stands
+for all replicas because they are identical; the real multi-process version (``odtkit.ddp``:
+DDP communication hooks on gloo, re-exported here as ``comm_hook``, ``train_ddp``,
+``spawn_local``) checks that with separate processes.
+
+    torchrun --nproc_per_node=2 -m odtkit.distributed --compressor topk --arg density=0.01
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .exercises import CheckResult
+from .optim import check_optimizer, make_optimizer
+from .training import History, _check_task, evaluate
+
+_FROM_DDP = ("comm_hook", "CompressionHookState", "train_ddp", "spawn_local",
+             "WorkerLostError", "main")
+__all__ = [
+    "DistHistory", "simulate", "make_compressor", "lab_model", "global_batches", "SUITE",
+    "average", "dense_bytes", "check_topk_ef", *_FROM_DDP,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_DDP:  # the torch.distributed half lives in odtkit.ddp
+        from . import ddp
+
+        return getattr(ddp, name)
+    raise AttributeError(f"module 'odtkit.distributed' has no attribute {name!r}")
+
+LAB_TASK = "digits"
+LAB_WIDTH = 2.0  # mlp 64-256-128-10: 50,826 parameters, so 0.1% keeps ~55 entries
+
+# The compressors compared in lab 05 and benchmarks/compress.py: label -> simulate keywords
+# (default: SGD with momentum 0.9, lr 0.05). signSGD sends the mean-|g| scale too. Two need
+# other steps: sign methods lr 0.02 (at 0.05 EF-signSGD oscillates), and random-k + EF
+# plain SGD (its residual waits ~1/density rounds; heavy-ball momentum on those stale
+# bursts diverges, at 10% density too).
+SUITE: dict[str, dict[str, Any]] = {
+    "dense fp32": {"compressor": "none"},
+    "fp16": {"compressor": "fp16"},
+    "bf16": {"compressor": "bf16"},
+    "top-k 0.1% + EF": {"compressor": "topk", "density": 0.001, "error_feedback": True},
+    "top-k 0.1%": {"compressor": "topk", "density": 0.001},
+    "random-k 1% + EF": {"compressor": "randomk", "density": 0.01, "error_feedback": True,
+                         "optimizer": "sgd", "lr": 0.1},
+    "threshold + EF": {"compressor": "threshold", "threshold": 0.01, "error_feedback": True},
+    "DGC 0.1%": {"compressor": "dgc", "density": 0.001, "optimizer": "sgd"},
+    "QSGD 4 bit": {"compressor": "qsgd", "levels": 15},
+    "TernGrad": {"compressor": "terngrad"},
+    "signSGD": {"compressor": "signsgd", "scale": "mean", "lr": 0.02},
+    "EF-signSGD": {"compressor": "ef-signsgd", "lr": 0.02},
+    "PowerSGD r2 + EF": {"compressor": "powersgd", "rank": 2, "error_feedback": True},
+}
+
+
+def lab_model(task: Any, seed: int = 0) -> nn.Module:
+    """The model of lab 05 and the benchmark: the zoo MLP at width 2 sized for ``task``."""
+    from .models import create
+
+    return create("mlp", num_classes=task.num_classes, input_shape=task.input_shape,
+                  width=LAB_WIDTH, seed=seed)
+
+
+@dataclass(frozen=True, repr=False)
+class DistHistory(History):
+    """History per epoch plus communication per round (one round = one optimizer step).
+
+    ``bytes_up[r]``: payload bytes one worker sent in round r (mean over workers; equal for
+    fixed-size compressors). ``bytes_total[r]``: all workers' uplinks summed. With an
+    all-gather each worker also receives ``bytes_total - bytes_up``. ``dense_bytes``: one
+    fp32 gradient, what a worker sends per round without compression.
+    """
+
+    bytes_up: list[float] = field(default_factory=list)
+    bytes_total: list[int] = field(default_factory=list)
+    compressor: str = "none"
+    workers: int = 1
+    dense_bytes: int = 0
+    compute_s: float = 0.0  # one worker's forward + backward, summed over rounds
+    compress_s: float = 0.0  # one worker's compress + decompress of all N payloads, summed
+    model: nn.Module | None = field(default=None, compare=False)  # the trained replica
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.bytes_up) != len(self.bytes_total):
+            raise ValueError(f"bytes_up has {len(self.bytes_up)} rounds but bytes_total "
+                             f"{len(self.bytes_total)}")
+
+    def comm_dict(self) -> dict[str, Any]:
+        """Communication numbers as plain values (for JSON)."""
+        return {"compressor": self.compressor, "workers": self.workers,
+                "dense_bytes": self.dense_bytes, "bytes_up": list(self.bytes_up),
+                "bytes_total": list(self.bytes_total), "compute_s": self.compute_s,
+                "compress_s": self.compress_s}
+
+    @property
+    def total_bytes(self) -> int:
+        """Every payload byte all workers sent over the whole run."""
+        return int(sum(self.bytes_total))
+
+    @property
+    def compression_ratio(self) -> float:
+        """Dense fp32 bytes over the bytes actually sent, per worker over the whole run."""
+        sent = sum(self.bytes_up)
+        return self.dense_bytes * len(self.bytes_up) / sent if sent else math.inf
+
+    def __repr__(self) -> str:
+        base = History.__repr__(self)[len("History("):-1]
+        return (f"DistHistory({self.compressor}, {self.workers} workers, {base}, "
+                f"{len(self.bytes_up)} rounds, {self.compression_ratio:.1f}x fewer bytes)")
+
+
+# ------------------------------------------------------------------------- compressors
+
+def make_compressor(compressor: str | Callable[[], Any], *, error_feedback: bool = False,
+                    seed: int = 0, **kwargs: Any) -> Any:
+    """A fresh compressor (one per worker): by name via ``odt.compress.get`` or a factory.
+
+    ``error_feedback=True`` wraps it in ``ErrorFeedback`` (per-worker residuals).
+    A ready compressor object is refused: workers must not share residuals or state.
+    """
+    from . import compress
+
+    if isinstance(compressor, str):
+        comp = compress.get(compressor, seed=seed, **kwargs)
+    elif callable(compressor) and not hasattr(compressor, "compress"):
+        if kwargs:
+            raise ValueError(f"compressor keywords {sorted(kwargs)} only apply to a name; "
+                             "put them in your factory")
+        comp = compressor()
+    else:
+        raise TypeError(
+            f"compressor must be a name such as 'topk' or a zero-argument factory, got "
+            f"{type(compressor).__name__}: every worker needs its own instance "
+            "(own residual and state), e.g. lambda: odt.compress.get('topk', density=0.01)")
+    return compress.ErrorFeedback(comp) if error_feedback else comp
+
+
+def _check_compressor_vs_optimizer(comp: Any, optimizer: str) -> None:
+    inner = getattr(comp, "inner", comp)
+    if getattr(inner, "momentum_correction", False) and optimizer != "sgd":
+        raise ValueError(
+            f"{inner.kind!r} applies momentum itself (momentum correction), so the optimizer "
+            f"must be plain 'sgd', got optimizer={optimizer!r}; or pass "
+            "momentum_correction=False")
+
+
+def _set_epoch(comp: Any, epoch: float) -> None:
+    """Drive warm-up schedules (DGC) where the compressor has one."""
+    setter = getattr(comp, "set_epoch", None)
+    if callable(setter):
+        setter(epoch)
+
+
+def average(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean in the given (rank) order: the simulation and the DDP hook share it bit for bit."""
+    total = tensors[0].detach().clone().float()
+    for t in tensors[1:]:
+        total += t
+    return total / len(tensors)
+
+
+def dense_bytes(model: nn.Module) -> int:
+    """Bytes of one fp32 gradient of the trainable parameters."""
+    return sum(4 * p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ------------------------------------------------------------------------- data
+
+def global_batches(num_samples: int, *, workers: int, batch_size: int, epochs: int,
+                   seed: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(epoch, step, indices (workers * batch_size,)) for every round; worker w takes
+    ``indices[w * batch_size:(w + 1) * batch_size]``. One permutation per epoch from a
+    Generator seeded by ``seed``; the incomplete last global batch is dropped."""
+    per_round = workers * batch_size
+    steps = num_samples // per_round
+    if steps == 0:
+        raise ValueError(f"{workers} workers x batch_size {batch_size} = {per_round} samples "
+                         f"per round exceeds the {num_samples} training samples; lower them")
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        perm = torch.randperm(num_samples, generator=gen)
+        for step in range(steps):
+            yield epoch, step, perm[step * per_round:(step + 1) * per_round]
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------- simulation
+
+def simulate(
+    model: nn.Module,
+    task: Any,
+    *,
+    workers: int = 4,
+    compressor: str | Callable[[], Any] = "none",
+    error_feedback: bool = False,
+    epochs: int = 1,
+    batch_size: int = 16,
+    lr: float = 0.05,
+    optimizer: str = "sgd-m",
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    max_steps: int | None = None,
+    **compressor_kwargs: Any,
+) -> DistHistory:
+    """Train a copy of ``model`` with ``workers`` simulated data-parallel workers.
+
+    ``batch_size`` is per worker (the global batch is workers x batch_size). Worker w's
+    compressor gets seed ``seed + w``; ``compressor_kwargs`` (density=, rank=, ...) go to
+    ``odt.compress.get``. ``model`` itself is not changed: the trained replica is
+    ``history.model``. Same arguments, same numbers.
+    """
+    _check_positive_int("workers", workers)
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("batch_size", batch_size)
+    if max_steps is not None:
+        _check_positive_int("max_steps", max_steps)
+    check_optimizer(optimizer)
+    _check_task(task)
+    if compressor == "dgc" and "num_workers" not in compressor_kwargs:
+        compressor_kwargs["num_workers"] = workers  # DGC's local clipping bound
+    codecs = [make_compressor(compressor, error_feedback=error_feedback, seed=seed + w,
+                              **compressor_kwargs) for w in range(workers)]
+    _check_compressor_vs_optimizer(codecs[0], optimizer)
+    torch.manual_seed(seed)
+    replica = copy.deepcopy(model).train()
+    named = [(n, p) for n, p in replica.named_parameters() if p.requires_grad]
+    opt = make_optimizer(optimizer, replica.parameters(), lr, momentum, weight_decay)
+    hist = DistHistory(compressor=getattr(codecs[0], "kind", str(compressor)),
+                       workers=workers, dense_bytes=dense_bytes(replica), model=replica)
+    n = len(task.y_train)
+    steps_per_epoch = n // (workers * batch_size)
+    timers = {"compute": 0.0, "compress": 0.0}
+    epoch_loss = epoch_correct = epoch_seen = 0.0
+    epoch_time, rounds = 0.0, 0
+    for epoch, step, idx in global_batches(n, workers=workers, batch_size=batch_size,
+                                           epochs=epochs, seed=seed):
+        started = time.perf_counter()
+        buffers = [b.detach().clone() for b in replica.buffers()]
+        grads = []
+        for w in range(workers):
+            shard = idx[w * batch_size:(w + 1) * batch_size]
+            if w > 0:  # DDP broadcasts rank 0's buffers: later workers start from the same
+                for b, saved in zip(replica.buffers(), buffers, strict=True):
+                    b.copy_(saved)
+            t0 = time.perf_counter()
+            loss, correct = _local_gradients(replica, task.x_train[shard], task.y_train[shard])
+            timers["compute"] += (time.perf_counter() - t0) / workers
+            grads.append([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                          for _, p in named])
+            epoch_loss += loss * len(shard)
+            epoch_correct += correct
+            epoch_seen += len(shard)
+            if w == 0:
+                buffers_after = [b.detach().clone() for b in replica.buffers()]
+        for b, kept in zip(replica.buffers(), buffers_after, strict=True):
+            b.copy_(kept)
+        t0 = time.perf_counter()
+        for codec in codecs:
+            _set_epoch(codec, epoch + step / steps_per_epoch)
+        averaged, sent = _exchange(codecs, [name for name, _ in named], grads)
+        timers["compress"] += (time.perf_counter() - t0) / workers
+        for (_, p), g in zip(named, averaged, strict=True):
+            p.grad = g.to(p.dtype)
+        opt.step()
+        hist.bytes_up.append(sum(sent) / workers)
+        hist.bytes_total.append(int(sum(sent)))
+        rounds += 1
+        epoch_time += time.perf_counter() - started
+        last = step == steps_per_epoch - 1 or rounds == max_steps
+        if last:
+            acc = evaluate(replica, task.x_test, task.y_test)
+            hist._record(loss=epoch_loss / epoch_seen, train_acc=epoch_correct / epoch_seen,
+                         test_acc=acc, time_s=epoch_time, steps=rounds,
+                         samples=(hist.samples[-1] if hist.samples else 0) + int(epoch_seen))
+            epoch_loss = epoch_correct = epoch_seen = 0.0
+            epoch_time = 0.0
+        if rounds == max_steps:
+            break
+    object.__setattr__(hist, "compute_s", timers["compute"])
+    object.__setattr__(hist, "compress_s", timers["compress"])
+    return hist
+
+
+def _local_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    """Forward and backward of one worker's shard; leaves the gradient in ``p.grad``."""
+    model.zero_grad(set_to_none=True)
+    logits = model(x)  # (b, num_classes)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    return float(loss.detach()), int((logits.argmax(1) == y).sum())
+
+
+def _exchange(codecs: Sequence[Any], names: Sequence[str],
+              grads: Sequence[Sequence[torch.Tensor]]) -> tuple[list[torch.Tensor], list[int]]:
+    """All-gather of compressed payloads: per tensor, every worker's decompressed payload
+    averaged in worker order. Returns (averaged gradients, payload bytes per worker)."""
+    sent = [0] * len(codecs)
+    averaged = []
+    for i, name in enumerate(names):
+        decoded = []
+        for w, codec in enumerate(codecs):
+            payload, ctx = codec.compress(grads[w][i], name)
+            sent[w] += codec.nbytes(payload)
+            decoded.append(codec.decompress(payload, ctx))
+        averaged.append(average(decoded))
+    return averaged, sent
+
+
+# ------------------------------------------------------------------------- the exercise
+
+def check_topk_ef(fn: Callable[..., Any] | None, *, density: float = 0.05, steps: int = 4,
+                  quiet: bool = False) -> CheckResult:
+    """Check a student's top-k with error feedback against the library's, over ``steps``.
+
+    ``fn(grad, residual, density) -> (sent, new_residual)``: ``sent`` dense (zeros where
+    nothing is sent) with the ceil(density * numel) entries of largest |grad + residual|.
+    Never raises: returns a ``CheckResult`` (ok True, False with the first difference
+    explained, or None for the lab's placeholder that raises NotImplementedError) and
+    prints it unless ``quiet``.
+    """
+    result = _check_topk_ef(fn, density, steps)
+    if not quiet:
+        print(result)
+    return result
+
+
+def _check_topk_ef(fn: Callable[..., Any] | None, density: float, steps: int) -> CheckResult:
+    from . import compress
+
+    todo = CheckResult(None, "fill in topk_ef_step, then run this cell again")
+    if fn is None:
+        return todo
+    ref = compress.ErrorFeedback(compress.get("topk", density=density))
+    gen = torch.Generator().manual_seed(0)
+    residual = torch.zeros(7, 19)
+    for step in range(steps):
+        grad = torch.randn(7, 19, generator=gen)  # (7, 19): 5% of 133 is 6.65, so k = 7
+        payload, ctx = ref.compress(grad, "w")
+        want_sent, want_residual = ref.decompress(payload, ctx), ref.residual("w")
+        try:
+            sent, new_residual = fn(grad.clone(), residual.clone(), density)
+        except NotImplementedError:
+            return todo
+        except Exception as err:  # the student's code: report, do not crash the check
+            return CheckResult(False, f"calling fn(grad, residual, density) failed at step "
+                                      f"{step}: {type(err).__name__}: {err}")
+        problem = _diagnose(grad, residual, density, sent, new_residual, want_sent,
+                            want_residual, step)
+        if problem:
+            return CheckResult(False, problem)
+        residual = want_residual.clone()
+    return CheckResult(True, f"matches odt.compress top-k with error feedback over {steps} "
+                             "steps")
+
+
+def _diagnose(grad: torch.Tensor, residual: torch.Tensor, density: float, sent: Any,
+              new_residual: Any, want_sent: torch.Tensor, want_residual: torch.Tensor,
+              step: int) -> str:
+    """An explanation of the first difference from the reference, or '' if none."""
+    for what, value in (("sent", sent), ("new_residual", new_residual)):
+        if not isinstance(value, torch.Tensor) or value.shape != grad.shape:
+            return (f"{what} must be a tensor shaped like grad {tuple(grad.shape)}, got "
+                    f"{getattr(value, 'shape', type(value).__name__)}")
+    k = want_sent.ne(0).sum().item()
+    nonzero = int(sent.ne(0).sum())
+    if nonzero != k:
+        return (f"step {step}: sent has {nonzero} nonzero entries, expected k = "
+                f"ceil(density * numel) = ceil({density} * {grad.numel()}) = {k}")
+    if not torch.allclose(sent, want_sent, atol=1e-6):
+        plain = grad.flatten().abs().topk(k).indices
+        if sent.flatten().ne(0).nonzero().flatten().sort().values.equal(plain.sort().values):
+            return (f"step {step}: you picked the top-k of |grad|; error feedback picks the "
+                    "top-k of |grad + residual| and sends those entries of grad + residual")
+        signed = (grad + residual).flatten().topk(k).indices
+        if sent.flatten().ne(0).nonzero().flatten().sort().values.equal(signed.sort().values):
+            return (f"step {step}: you picked the k largest values; pick the k largest "
+                    "magnitudes (abs) so that large negative entries are sent too")
+        return (f"step {step}: sent differs from the reference (max difference "
+                f"{float((sent - want_sent).abs().max()):.3g}): send (grad + residual) at "
+                "the k positions of largest |grad + residual|")
+    if not torch.allclose(new_residual, want_residual, atol=1e-6):
+        return (f"step {step}: new_residual differs (max difference "
+                f"{float((new_residual - want_residual).abs().max()):.3g}); it must be "
+                "grad + residual - sent: everything not sent waits for the next step")
+    return ""
+
+
+if __name__ == "__main__":
+    from odtkit.ddp import main as _main
+
+    _main()

@@ -1,0 +1,336 @@
+"""Federated averaging (McMahan et al., AISTATS 2017) on a simulated fleet of devices.
+
+    hist = federated(model, task, clients=20, fraction=0.25, rounds=30, partition="dirichlet",
+                     alpha=0.5, devices=("stm32h743", "raspberry-pi-4"), link="ble",
+                     compressor="topk", density=0.01, error_feedback=True, deadline_s=5.0)
+
+Every round a seeded draw picks ``fraction`` of the clients; each downloads the global
+model (fp32), trains it on its own non-IID shard for ``local_epochs``, and uploads its
+update delta = local - global through its own compressor (own error-feedback residual).
+The server adds the sample-weighted mean of the decoded deltas. Time: a client needs
+download + compute (roofline of its local training on its device) + upload over its link;
+a round lasts as long as its slowest chosen client, or ``deadline_s`` when stragglers
+past the deadline are dropped (their updates are lost for that round).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ._util import choice_error
+from .distributed import dense_bytes, make_compressor
+from .optim import make_optimizer
+from .training import evaluate
+
+__all__ = ["FedHistory", "RoundTime", "federated", "partition", "round_time",
+           "worker_round_time", "training_macs", "training_bytes_moved", "PARTITIONS"]
+
+PARTITIONS = ("iid", "dirichlet", "shards")
+
+
+# ------------------------------------------------------------------------- time model
+
+@dataclass(frozen=True)
+class RoundTime:
+    """One client's (or worker's) round: seconds of compute, upload and download."""
+
+    compute_s: float
+    upload_s: float
+    download_s: float
+
+    @property
+    def comm_s(self) -> float:
+        return self.upload_s + self.download_s
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.upload_s + self.download_s
+
+
+def _forward_profile(model: nn.Module) -> tuple[int, int]:
+    """(forward MACs, activation bytes) for one sample, from the model summary."""
+    from .models import example_input, summary
+
+    rows = summary(model, example_input(model, batch_size=1)).rows
+    acts = sum(4 * math.prod(r.output_shape) for r in rows if r.output_shape)
+    return sum(r.macs for r in rows), acts
+
+
+def training_macs(model: nn.Module, samples: int) -> int:
+    """MACs to train on ``samples`` samples: 3 x forward (backward ~ 2 x forward)."""
+    return 3 * _forward_profile(model)[0] * samples
+
+
+def training_bytes_moved(model: nn.Module, samples: int, batch_size: int) -> int:
+    """Coarse memory traffic of local training: per step the weights are read twice and
+    the gradient written and read once (4 x parameter bytes); per sample every activation
+    is written, read in backward and its gradient written (3 x activation bytes)."""
+    return _bytes_moved(dense_bytes(model), _forward_profile(model)[1], samples, batch_size)
+
+
+def _bytes_moved(param_bytes: int, act_bytes: int, samples: int, batch_size: int) -> int:
+    return math.ceil(samples / batch_size) * 4 * param_bytes + samples * 3 * act_bytes
+
+
+def round_time(*, device: Any, link: Any, macs: float, bytes_moved: float,
+               upload_bytes: float, download_bytes: float, dtype: str = "fp32") -> RoundTime:
+    """Compute from the device roofline, communication from the link profile.
+
+    A device without a memory-bandwidth figure is treated as compute-bound (MACs / peak).
+    """
+    from .hardware import device as get_device
+    from .hardware import link as get_link
+
+    dev, net = get_device(device), get_link(link)
+    if dev.bandwidth_bytes_per_s is None:
+        compute = macs / dev.peak(dtype)
+    else:
+        compute = dev.roofline_s(macs, bytes_moved, dtype)
+    return RoundTime(compute, net.transfer_s(upload_bytes), net.transfer_s(download_bytes))
+
+
+def worker_round_time(history: Any, model: nn.Module, *, device: Any, link: Any,
+                      batch_size: int = 16, dtype: str = "fp32") -> RoundTime:
+    """Mean round of one simulated data-parallel worker (a ``DistHistory``): its batch's
+    forward and backward on ``device``; upload of its payload and, as the exchange is an
+    all-gather, download of the other workers' payloads over ``link``."""
+    rounds = len(history.bytes_up)
+    if rounds == 0:
+        raise ValueError("the history has no rounds; run simulate first")
+    up = sum(history.bytes_up) / rounds
+    down = sum(history.bytes_total) / rounds - up
+    return round_time(device=device, link=link, macs=training_macs(model, batch_size),
+                      bytes_moved=training_bytes_moved(model, batch_size, batch_size),
+                      upload_bytes=up, download_bytes=down, dtype=dtype)
+
+
+# ------------------------------------------------------------------------- partitions
+
+def partition(labels: torch.Tensor, clients: int, *, scheme: str = "dirichlet",
+              alpha: float = 0.5, shards_per_client: int = 2, min_samples: int = 2,
+              seed: int = 0) -> list[torch.Tensor]:
+    """Split sample indices over ``clients``: 'iid', 'dirichlet' (per class, shares drawn
+    from Dir(alpha); small alpha = strong label skew) or 'shards' (sort by label, cut into
+    clients x shards_per_client shards, deal them out: McMahan et al.'s pathological case).
+    Every client gets at least ``min_samples`` samples."""
+    if scheme not in PARTITIONS:
+        raise choice_error("partition", scheme, PARTITIONS)
+    y = labels.numpy()
+    n = len(y)
+    if clients < 1 or clients * min_samples > n:
+        raise ValueError(f"cannot give {clients} clients {min_samples} samples each from {n}; "
+                         "use fewer clients")
+    rng = np.random.default_rng(seed)
+    if scheme == "iid":
+        parts = np.array_split(rng.permutation(n), clients)
+    elif scheme == "shards":
+        if shards_per_client < 1 or clients * shards_per_client * min_samples > n:
+            raise ValueError(f"shards_per_client={shards_per_client} gives shards too small "
+                             f"for {n} samples and {clients} clients")
+        order = np.argsort(y, kind="stable")
+        shards = np.array_split(order, clients * shards_per_client)
+        deal = rng.permutation(len(shards)).reshape(clients, shards_per_client)
+        parts = [np.concatenate([shards[s] for s in row]) for row in deal]
+    else:
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0 (e.g. 0.5; larger is closer to IID), "
+                             f"got {alpha!r}")
+        for _ in range(1000):
+            buckets: list[list[int]] = [[] for _ in range(clients)]
+            for c in np.unique(y):
+                idx = rng.permutation(np.flatnonzero(y == c))
+                cuts = (np.cumsum(rng.dirichlet(np.full(clients, alpha)))[:-1] * len(idx))
+                for k, piece in enumerate(np.split(idx, cuts.astype(int))):
+                    buckets[k].extend(piece.tolist())
+            if min(len(b) for b in buckets) >= min_samples:
+                break
+        else:
+            raise ValueError(f"Dirichlet(alpha={alpha}) left a client with fewer than "
+                             f"{min_samples} samples in 1000 draws; raise alpha or use "
+                             "fewer clients")
+        parts = [np.array(b) for b in buckets]
+    return [torch.as_tensor(np.sort(p), dtype=torch.int64) for p in parts]
+
+
+# ------------------------------------------------------------------------- FedAvg
+
+@dataclass(frozen=True, repr=False)
+class FedHistory:
+    """Per round: test accuracy of the global model, bytes, the critical client's time."""
+
+    test_acc: list[float] = field(default_factory=list)
+    bytes_up: list[int] = field(default_factory=list)  # payload bytes received by the server
+    bytes_down: list[int] = field(default_factory=list)  # global model sent to chosen clients
+    time_s: list[float] = field(default_factory=list)  # round duration
+    compute_s: list[float] = field(default_factory=list)  # of the client that set the time
+    comm_s: list[float] = field(default_factory=list)  # its upload + download
+    chosen: list[tuple[int, ...]] = field(default_factory=list)
+    dropped: list[tuple[int, ...]] = field(default_factory=list)
+    devices: tuple[str, ...] = ()  # per client
+    links: tuple[str, ...] = ()  # per client
+    shard_sizes: tuple[int, ...] = ()
+    model: nn.Module | None = field(default=None, compare=False)  # final global model
+
+    @property
+    def rounds(self) -> int:
+        return len(self.test_acc)
+
+    @property
+    def total_time_s(self) -> float:
+        return float(sum(self.time_s))
+
+    @property
+    def total_bytes(self) -> int:
+        return int(sum(self.bytes_up) + sum(self.bytes_down))
+
+    def as_dict(self) -> dict[str, Any]:
+        keys = ("test_acc", "bytes_up", "bytes_down", "time_s", "compute_s", "comm_s")
+        out: dict[str, Any] = {k: list(getattr(self, k)) for k in keys}
+        out.update(chosen=[list(c) for c in self.chosen], dropped=[list(d) for d in self.dropped],
+                   devices=list(self.devices), links=list(self.links),
+                   shard_sizes=list(self.shard_sizes))
+        return out
+
+    def __repr__(self) -> str:
+        if not self.rounds:
+            return "FedHistory(0 rounds)"
+        lost = sum(len(d) for d in self.dropped)
+        return (f"FedHistory({self.rounds} rounds, final test_acc={self.test_acc[-1]:.3f}, "
+                f"{self.total_time_s:.1f} s, {self.total_bytes / 1e6:.2f} MB, "
+                f"{lost} updates dropped)")
+
+
+def _assign(names: str | Sequence[str], clients: int, rng: np.random.Generator,
+            what: str) -> tuple[str, ...]:
+    pool = [names] if isinstance(names, str) else list(names)
+    if not pool:
+        raise ValueError(f"give at least one {what} name")
+    return tuple(pool[int(i)] for i in rng.integers(0, len(pool), size=clients))
+
+
+def _check_fit(model: nn.Module, device: str, batch_size: int) -> None:
+    """Weights + gradients + activations of a batch must fit the device's RAM."""
+    from .hardware import device as get_device
+
+    need = 2 * dense_bytes(model) + batch_size * _forward_profile(model)[1]
+    report = get_device(device).fit(int(need))
+    if not report.fits:
+        raise ValueError(f"local training does not fit client device {device!r}: "
+                         f"{report.verdict}. Use a smaller model or batch, or other devices")
+
+
+def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 20,
+              fraction: float = 0.25, local_epochs: int = 1, batch_size: int = 16,
+              lr: float = 0.05, optimizer: str = "sgd", partition_scheme: str = "dirichlet",
+              alpha: float = 0.5, shards_per_client: int = 2,
+              devices: str | Sequence[str] = ("raspberry-pi-4",),
+              link: str | Sequence[str] = "lte", compressor: str = "none",
+              error_feedback: bool = False, deadline_s: float | None = None,
+              dtype: str = "fp32", seed: int = 0, **compressor_kwargs: Any) -> FedHistory:
+    """Run FedAvg on a copy of ``model``; devices and links are drawn per client (seeded).
+
+    ``deadline_s``: drop chosen clients whose download + compute + upload exceeds it.
+    Compressor keywords (density=, rank=, ...) go to ``odt.compress.get``.
+    """
+    for name, value in (("clients", clients), ("rounds", rounds), ("local_epochs", local_epochs),
+                        ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    if deadline_s is not None and not deadline_s > 0:
+        raise ValueError(f"deadline_s must be > 0 seconds or None, got {deadline_s!r}")
+    rng = np.random.default_rng(seed)
+    shards = partition(task.y_train, clients, scheme=partition_scheme, alpha=alpha,
+                       shards_per_client=shards_per_client, seed=seed)
+    client_devices = _assign(devices, clients, rng, "device")
+    client_links = _assign(link, clients, rng, "link")
+    glob = copy.deepcopy(model)
+    for dev in sorted(set(client_devices)):
+        _check_fit(glob, dev, batch_size)
+    codecs = [make_compressor(compressor, error_feedback=error_feedback, seed=seed + k,
+                              **compressor_kwargs) for k in range(clients)]
+    hist = FedHistory(devices=client_devices, links=client_links,
+                      shard_sizes=tuple(len(s) for s in shards), model=glob)
+    model_bytes = dense_bytes(glob)
+    fwd_macs, act_bytes = _forward_profile(glob)
+    work = copy.deepcopy(glob)
+    per_round = max(1, round(fraction * clients))
+    for r in range(rounds):
+        chosen = tuple(sorted(int(k) for k in rng.choice(clients, per_round, replace=False)))
+        deltas, weights, times, dropped = [], [], [], []
+        for k in chosen:
+            work.load_state_dict(glob.state_dict())
+            samples = _local_train(work, task, shards[k], local_epochs, batch_size, lr, optimizer,
+                                   seed=seed * 100_003 + r * 1009 + k)
+            sent, decoded = 0, {}
+            for (name, p_local), p_glob in zip(work.named_parameters(), glob.parameters(),
+                                               strict=True):
+                payload, ctx = codecs[k].compress(p_local.detach() - p_glob.detach(), name)
+                sent += codecs[k].nbytes(payload)
+                decoded[name] = codecs[k].decompress(payload, ctx)
+            t = round_time(device=client_devices[k], link=client_links[k],
+                           macs=3 * fwd_macs * samples,
+                           bytes_moved=_bytes_moved(model_bytes, act_bytes, samples, batch_size),
+                           upload_bytes=sent, download_bytes=model_bytes, dtype=dtype)
+            if deadline_s is not None and t.total_s > deadline_s:
+                dropped.append(k)
+                continue
+            buffers = {n: b.detach().clone() for n, b in work.named_buffers()
+                       if b.is_floating_point()}  # BN statistics travel as they are
+            deltas.append(((decoded, buffers), sent))
+            weights.append(len(shards[k]))
+            times.append(t)
+        _apply(glob, [d for d, _ in deltas], weights)
+        slowest = max(times, key=lambda t: t.total_s) if times else RoundTime(0.0, 0.0, 0.0)
+        hist.test_acc.append(evaluate(glob, task.x_test, task.y_test))
+        hist.bytes_up.append(int(sum(s for _, s in deltas)))
+        hist.bytes_down.append(model_bytes * len(chosen))
+        hist.time_s.append(deadline_s if dropped else slowest.total_s)
+        hist.compute_s.append(slowest.compute_s)
+        hist.comm_s.append(slowest.comm_s)
+        hist.chosen.append(chosen)
+        hist.dropped.append(tuple(dropped))
+    return hist
+
+
+def _local_train(model: nn.Module, task: Any, shard: torch.Tensor, epochs: int,
+                 batch_size: int, lr: float, optimizer: str, seed: int) -> int:
+    """Plain local SGD epochs over the client's shard; returns the samples processed."""
+    model.train()
+    opt = make_optimizer(optimizer, model.parameters(), lr)
+    gen = torch.Generator().manual_seed(seed)
+    seen = 0
+    for _ in range(epochs):
+        order = shard[torch.randperm(len(shard), generator=gen)]
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(task.x_train[idx]), task.y_train[idx]).backward()
+            opt.step()
+            seen += len(idx)
+    return seen
+
+
+@torch.no_grad()
+def _apply(glob: nn.Module, updates: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]],
+           weights: list[int]) -> None:
+    """global += sum_k (n_k / n) delta_k over the clients that made the deadline; float
+    buffers (BatchNorm statistics) become the same weighted mean of the clients' values."""
+    if not updates:
+        return
+    share = [w / float(sum(weights)) for w in weights]
+    for name, p in glob.named_parameters():
+        p.add_(sum(s * d[name] for (d, _), s in zip(updates, share, strict=True)).to(p.dtype))
+    for name, b in glob.named_buffers():
+        if b.is_floating_point():
+            b.copy_(sum(s * bufs[name] for (_, bufs), s in zip(updates, share, strict=True)))

@@ -1,0 +1,318 @@
+"""Simulated data-parallel workers against a plain PyTorch loop and hand-computed bytes;
+real DDP communication hooks on gloo (2 and 3 processes) against the simulation; a dead
+rank; the torchrun entry point."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn import functional as F
+
+import odtkit as odt
+from odtkit import compress
+from odtkit import distributed as dd
+from odtkit.ddp import free_port, spawn_local, train_ddp
+from odtkit.distributed import _exchange, global_batches, simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the spawned ranks run on one thread: compare like with like
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return odt.datasets.load("digits")
+
+
+@pytest.fixture(scope="module")
+def model(task):
+    return dd.lab_model(task, seed=0)
+
+
+def bn_model() -> nn.Module:
+    """A model with BatchNorm buffers: DDP broadcasts rank 0's, the simulation must too."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                         nn.Linear(32, 10))
+
+
+# ------------------------------------------------------------------------- simulation
+
+def test_dense_workers_equal_one_big_batch(task, model):
+    """4 workers x 8 samples, fp32, averaged = one SGD-m step on the 32-sample batch."""
+    hist = simulate(model, task, workers=4, batch_size=8, lr=0.05, epochs=2, max_steps=50,
+                    seed=5)
+    ref = copy.deepcopy(model)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(5)
+    steps, n = 0, len(task.y_train)
+    while steps < 50:
+        perm = torch.randperm(n, generator=gen)
+        for s in range(n // 32):
+            idx = perm[s * 32:(s + 1) * 32]
+            opt.zero_grad()
+            F.cross_entropy(ref(task.x_train[idx]), task.y_train[idx]).backward()
+            opt.step()
+            steps += 1
+            if steps == 50:
+                break
+    for (name, a), b in zip(hist.model.state_dict().items(), ref.state_dict().values(),
+                            strict=True):
+        # the mean of 4 shard means vs one mean over 32: only the summation order differs
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), name
+    assert hist.steps == [39, 50] and len(hist.bytes_up) == 50
+    assert hist.compression_ratio == 1.0
+    assert hist.bytes_up[0] == hist.dense_bytes == 4 * 50_826
+    assert hist.bytes_total[0] == 4 * hist.dense_bytes
+
+
+def test_topk_bytes_hand_counted(task, model):
+    """density 0.1% of 64-256-128-10: k per tensor = ceil(0.001 n); fp32 values plus the
+    narrowest index (int16 up to 65,536 entries, uint8 up to 256)."""
+    hist = simulate(model, task, compressor="topk", density=0.001, error_feedback=True,
+                    max_steps=2)
+    ks = {(256, 64): (17, 2), (256,): (1, 1), (128, 256): (33, 2), (128,): (1, 1),
+          (10, 128): (2, 2), (10,): (1, 1)}
+    want = sum(k * (4 + idx) for k, idx in ks.values())
+    assert want == 327
+    assert hist.bytes_up == [327, 327] and hist.bytes_total == [4 * 327, 4 * 327]
+    assert hist.compression_ratio == pytest.approx(4 * 50_826 / 327)
+    assert hist.compressor == "ef(topk)" and hist.workers == 4
+
+
+def test_exchange_averages_each_workers_top1():
+    """Two workers, top-1: worker 0 sends -5 at 1, worker 1 sends 4 at 0 -> [2, -2.5, 0]."""
+    codecs = [compress.get("topk", k=1) for _ in range(2)]
+    avg, sent = _exchange(codecs, ["w"], [[torch.tensor([3.0, -5.0, 1.0])],
+                                          [torch.tensor([4.0, 0.0, -2.0])]])
+    assert torch.equal(avg[0], torch.tensor([2.0, -2.5, 0.0]))
+    assert sent == [5, 5]  # one fp32 value + one uint8 index each
+
+
+@settings(max_examples=25, deadline=None)
+@given(workers=st.integers(1, 5), n=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_exchange_uncompressed_is_the_mean(workers, n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    grads = [[torch.randn(n, generator=gen)] for _ in range(workers)]
+    for name in ("none", "topk"):
+        kw = {"density": 1.0} if name == "topk" else {}
+        codecs = [compress.get(name, **kw) for _ in range(workers)]
+        avg, _ = _exchange(codecs, ["g"], grads)
+        want = torch.stack([g[0] for g in grads]).mean(0)
+        assert torch.allclose(avg[0], want, atol=1e-6), name
+
+
+def test_deterministic_and_seed_sensitive(task, model):
+    kw = dict(compressor="qsgd", levels=4, max_steps=6, workers=3)
+    a, b = simulate(model, task, seed=1, **kw), simulate(model, task, seed=1, **kw)
+    c = simulate(model, task, seed=2, **kw)
+    untimed = [{k: v for k, v in h.as_dict().items() if k != "time_s"} for h in (a, b)]
+    assert untimed[0] == untimed[1] and a.bytes_up == b.bytes_up
+    for x, y in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(x, y)
+    assert a.loss != c.loss
+    untouched = zip(model.parameters(), dd.lab_model(task).parameters(), strict=True)
+    assert all(torch.equal(p, q) for p, q in untouched)
+
+
+def test_global_batches_shard_every_sample_once_per_epoch():
+    rounds = list(global_batches(50, workers=3, batch_size=4, epochs=2, seed=0))
+    assert len(rounds) == 2 * (50 // 12)
+    first = torch.cat([idx for e, _, idx in rounds if e == 0])
+    assert len(set(first.tolist())) == len(first) == 48
+
+
+def test_bad_input_is_explained(task, model):
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        simulate(model, task, workers=0)
+    with pytest.raises(ValueError, match="exceeds the 1258 training samples"):
+        simulate(model, task, workers=4, batch_size=400)
+    with pytest.raises(TypeError, match="own instance"):
+        simulate(model, task, compressor=compress.get("topk"))
+    with pytest.raises(ValueError, match="Did you mean 'topk'"):
+        simulate(model, task, compressor="top-kk")
+    with pytest.raises(ValueError, match="optimizer must be plain 'sgd'"):
+        simulate(model, task, compressor="dgc", optimizer="sgd-m", max_steps=1)
+    with pytest.raises(ValueError, match="already keeps its own residual"):
+        simulate(model, task, compressor="dgc", error_feedback=True, optimizer="sgd")
+
+
+def test_non_finite_gradient_is_reported_by_the_compressor(task, model):
+    x = task.x_train.clone()
+    x[:] = float("nan")
+    bad = type(task)(name="nan", description="", x_train=x, y_train=task.y_train,
+                     x_test=task.x_test, y_test=task.y_test, input_shape=task.input_shape,
+                     classes=task.classes)
+    with pytest.raises(ValueError, match="non-finite entries"):
+        simulate(model, bad, compressor="topk", density=0.01, max_steps=1)
+
+
+# ------------------------------------------------------------------------- real DDP on gloo
+
+def _several(runs: list[dict]) -> list[dict]:
+    """Run in each spawned rank: one train_ddp per config, in one process group."""
+    return [train_ddp(**run) for run in runs]
+
+
+def _die_in_round_3(rank: int, round_: int) -> None:
+    if rank == 1 and round_ == 3:
+        os._exit(3)  # a crash: no exception, no goodbye
+
+
+DDP_CASES = [
+    ("topk", dict(density=0.01, error_feedback=True)),
+    ("threshold", dict(threshold=0.005, error_feedback=True, bucket_cap_mb=0.05)),
+    ("randomk", dict(density=0.05)),
+    ("qsgd", dict(levels=4)),
+    ("powersgd", dict(rank=2, error_feedback=True)),
+    ("dgc", dict(density=0.01, optimizer="sgd", warmup_epochs=1)),
+    ("none", dict(model="bn")),
+]
+
+
+def _model_for(case: dict, model: nn.Module) -> nn.Module:
+    return bn_model() if case.get("model") == "bn" else model
+
+
+def test_ddp_hook_matches_simulation_on_two_ranks(task, model):
+    """Every rank ends with identical parameters, equal to the simulation's.
+
+    Same shards, same compressor seeds (seed + rank), the same rank-order average and one
+    thread everywhere make the arithmetic identical, so the ranks agree bit for bit and
+    with the simulation to 1e-6 (room only for kernel reassociation; one SGD step here
+    moves weights by ~1e-3)."""
+    runs = []
+    for name, kw in DDP_CASES:
+        kw = {k: v for k, v in kw.items() if k != "model"}
+        runs.append(dict(model=_model_for(dict(DDP_CASES)[name], model), task=task,
+                         compressor=name, max_steps=5, seed=7, **kw))
+    started = time.monotonic()
+    ranks = spawn_local(_several, 2, timeout_s=90, runs=runs)
+    assert time.monotonic() - started < 60
+    for (name, _), run, r0, r1 in zip(DDP_CASES, runs, ranks[0], ranks[1], strict=True):
+        for key, _ in run["model"].named_parameters():  # buffers: each rank keeps its last
+            assert torch.equal(r0["state_dict"][key], r1["state_dict"][key]), (name, key)
+        sim_kw = {k: v for k, v in run.items() if k not in ("model", "task", "bucket_cap_mb")}
+        hist = simulate(run["model"], task, workers=2, **sim_kw)
+        for key, want in hist.model.state_dict().items():  # rank 0's buffers, as DDP sends
+            got = r0["state_dict"][key]
+            assert torch.allclose(got.float(), want.float(), atol=1e-6, rtol=0), (name, key)
+        both = zip(r0["payload_bytes"], r1["payload_bytes"], strict=True)
+        assert [a + b for a, b in both] == hist.bytes_total, name
+        framed = zip(r0["wire_bytes"], r0["payload_bytes"], strict=True)
+        assert all(w > p for w, p in framed), name  # + header, metadata and padding
+
+
+def test_ddp_hook_on_three_ranks(task, model):
+    """An odd world size and sign compression with error feedback."""
+    run = dict(model=model, task=task, compressor="signsgd", error_feedback=True,
+               scale="mean", max_steps=4, seed=1, lr=0.01)
+    ranks = spawn_local(_several, 3, timeout_s=60, runs=[run])
+    hist = simulate(model, task, workers=3, **{k: v for k, v in run.items()
+                                                if k not in ("model", "task")})
+    for key, want in hist.model.state_dict().items():
+        assert torch.equal(ranks[0][0]["state_dict"][key], ranks[2][0]["state_dict"][key])
+        assert torch.allclose(ranks[1][0]["state_dict"][key], want, atol=1e-6, rtol=0)
+
+
+def test_dead_rank_stops_the_survivor_with_a_clear_error(task, model):
+    run = dict(model=model, task=task, compressor="topk", density=0.01, max_steps=50,
+               on_step=_die_in_round_3)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as info:
+        spawn_local(_several, 2, timeout_s=40, pg_timeout_s=10, runs=[run])
+    elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert "rank 0: WorkerLostError" in message
+    assert "rank(s) [1] did not check in" in message and "round 3" in message
+    assert "rank 1: exited with code 3" in message
+    assert elapsed < 20, f"the survivor took {elapsed:.1f} s to give up"
+
+
+def test_torchrun_entry_point(tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "odtkit.distributed",
+           "--compressor", "topk", "--arg", "density=0.01", "--error-feedback",
+           "--max-steps", "3", "--timeout-s", "20"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][0])
+    assert summary["world_size"] == 2 and summary["rounds"] == 3
+    assert summary["identical"] is True
+
+
+def test_entry_point_without_torchrun_says_how_to_launch(capsys):
+    env_keys = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    saved = {k: os.environ.pop(k) for k in env_keys if k in os.environ}
+    try:
+        with pytest.raises(SystemExit):
+            dd.main(["--compressor", "topk"])
+    finally:
+        os.environ.update(saved)
+    assert "torchrun --nproc_per_node=2" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- figures
+
+def _hist(acc: float, up: list[float]) -> dd.DistHistory:
+    return dd.DistHistory(loss=[1.0, 0.5], train_acc=[0.5, acc], test_acc=[0.4, acc],
+                          time_s=[1.0, 1.0], steps=[2, 4], samples=[8, 16], bytes_up=up,
+                          bytes_total=[2 * u for u in up], compressor="x", workers=2,
+                          dense_bytes=400)
+
+
+def test_figures_plot_what_they_are_given():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from odtkit.federated import FedHistory, RoundTime
+    from odtkit.viz import compression as vc
+
+    runs = {"a": [_hist(0.9, [100, 300]), _hist(0.7, [100, 300])], "b": _hist(0.5, [10] * 2),
+            "c": {"bytes_per_worker_per_round": 5, "final_acc_mean": 0.25, "final_acc_std": 0}}
+    assert vc.run_point(runs["a"]) == (200.0, pytest.approx(0.8), pytest.approx(0.1))
+    fig = odt.viz.bytes_vs_accuracy(runs, dense_bytes=400)
+    points = [c.lines[0].get_xydata()[0].tolist() for c in fig.axes[0].containers]
+    assert points == [[200.0, pytest.approx(80.0)], [10.0, 50.0], [5.0, 25.0]]
+    times = {"a": {"ble": RoundTime(0.5, 1.0, 3.0)}, "b": {"ble": RoundTime(0.5, 0.1, 0.3)}}
+    fig = odt.viz.round_time_bars(times)
+    widths = sorted(round(p.get_width(), 6) for p in fig.axes[0].patches)
+    assert widths == [0.1, 0.3, 0.5, 0.5, 1.0, 3.0]
+    fed = FedHistory(test_acc=[0.2, 0.6], time_s=[2.0, 3.0], bytes_up=[1, 1], bytes_down=[1, 1],
+                     compute_s=[1, 1], comm_s=[1, 1], chosen=[(0,), (0,)], dropped=[(), ()])
+    fig = odt.viz.federated_progress({"f": fed})
+    assert fig.axes[0].lines[0].get_xydata().tolist() == [[2.0, 20.0], [5.0, 60.0]]
+    fig = odt.viz.powersgd_rank_sweep({1: _hist(0.5, [10, 10]), 2: _hist(0.6, [20, 20])})
+    assert fig.axes[1].lines[0].get_ydata().tolist() == [10.0, 20.0]
+    fig = odt.viz.accuracy_points({"a": runs["a"], "b": runs["b"]}, dense_bytes=400)
+    assert "2x" in " ".join(t.get_text() for t in fig.axes[0].texts)
+    fig = odt.viz.compression_curves({"a": runs["a"], "b": runs["b"]})
+    assert fig.axes[0].lines[0].get_ydata().tolist() == [40.0, 90.0]
+    with pytest.raises(ValueError, match="curve_seed0"):
+        odt.viz.compression_curves(runs)
+    plt.close("all")
+    with pytest.raises(ValueError, match="nothing to plot"):
+        odt.viz.bytes_vs_accuracy({})
+    with pytest.raises(TypeError, match="odt.distributed.simulate"):
+        odt.viz.bytes_vs_accuracy({"x": object()})

@@ -1,0 +1,171 @@
+"""FedAvg against full-batch gradient descent, non-IID partitions, and the time model
+against hand-computed roofline and link numbers (stragglers, deadlines)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn import functional as F
+
+import odtkit as odt
+from odtkit import federated as fl
+from odtkit.distributed import lab_model, simulate
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return odt.datasets.load("digits")
+
+
+@pytest.fixture(scope="module")
+def small(task):
+    """The zoo MLP at width 1: 64-128-64-10, 17,226 parameters (fits a 256 KB nRF52840)."""
+    return odt.models.create("mlp", input_shape=task.input_shape, num_classes=10, seed=0)
+
+
+# ------------------------------------------------------------------------- partitions
+
+@settings(max_examples=30, deadline=None)
+@given(clients=st.integers(1, 30), scheme=st.sampled_from(fl.PARTITIONS),
+       alpha=st.floats(0.2, 50.0), seed=st.integers(0, 1000))
+def test_partition_covers_every_sample_once(task, clients, scheme, alpha, seed):
+    parts = fl.partition(task.y_train, clients, scheme=scheme, alpha=alpha, seed=seed)
+    assert len(parts) == clients and min(len(p) for p in parts) >= 2
+    every = torch.cat(parts).sort().values
+    assert torch.equal(every, torch.arange(len(task.y_train)))
+
+
+def test_label_skew_follows_alpha_and_shards(task):
+    def labels_per_client(parts):
+        return sum(len(task.y_train[p].unique()) for p in parts) / len(parts)
+
+    skewed = fl.partition(task.y_train, 20, scheme="dirichlet", alpha=0.1, seed=0)
+    mixed = fl.partition(task.y_train, 20, scheme="dirichlet", alpha=100.0, seed=0)
+    assert labels_per_client(skewed) < 5 < 9.5 < labels_per_client(mixed)
+    shards = fl.partition(task.y_train, 20, scheme="shards", shards_per_client=2, seed=0)
+    # 40 label-sorted shards of ~31 samples, classes of ~126: a shard spans <= 2 labels
+    assert max(len(task.y_train[p].unique()) for p in shards) <= 4
+    again = fl.partition(task.y_train, 20, scheme="dirichlet", alpha=0.1, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(skewed, again, strict=True))
+
+
+def test_partition_bad_input(task):
+    with pytest.raises(ValueError, match="Did you mean 'dirichlet'"):
+        fl.partition(task.y_train, 4, scheme="dirichlett")
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        fl.partition(task.y_train, 4, alpha=0.0)
+    with pytest.raises(ValueError, match="use fewer clients"):
+        fl.partition(task.y_train, 1000)
+
+
+# ------------------------------------------------------------------------- FedAvg
+
+def test_fedavg_full_batch_equals_gradient_descent(task, small):
+    """All clients, one local full-batch SGD step each: the sample-weighted mean of the
+    updates is one gradient-descent step on all training data (the mean gradient)."""
+    hist = fl.federated(small, task, clients=3, fraction=1.0, rounds=3, local_epochs=1,
+                        batch_size=10_000, lr=0.1, partition_scheme="shards", seed=0)
+    ref = copy.deepcopy(small)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(ref(task.x_train), task.y_train).backward()
+        opt.step()
+    for a, b in zip(hist.model.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert hist.chosen == [(0, 1, 2)] * 3 and hist.dropped == [()] * 3
+    assert hist.bytes_up == [4 * 17_226 * 3] * 3 == hist.bytes_down
+
+
+def test_fedavg_learns_and_is_deterministic(task, small):
+    kw = dict(clients=10, fraction=0.3, rounds=8, local_epochs=2, lr=0.1, alpha=1.0, seed=4)
+    a, b = fl.federated(small, task, **kw), fl.federated(small, task, **kw)
+    assert a.as_dict() == b.as_dict()
+    assert a.test_acc[-1] > 0.6 and a.test_acc[-1] > a.test_acc[0] + 0.2
+    assert all(len(c) == 3 for c in a.chosen) and len(set(a.chosen)) > 1
+
+
+def test_compressed_uplink_counts_its_bytes(task, small):
+    dense = fl.federated(small, task, clients=4, rounds=2, fraction=0.5, seed=1)
+    full = fl.federated(small, task, clients=4, rounds=2, fraction=0.5, seed=1,
+                        compressor="topk", density=1.0)
+    for a, b in zip(dense.model.parameters(), full.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)  # top-k of everything is no compression
+    sparse = fl.federated(small, task, clients=4, rounds=2, fraction=0.5, seed=1,
+                          compressor="topk", density=0.01, error_feedback=True)
+    # per client: ceil(1% of each tensor) x (fp32 value + index of 2 or 1 bytes)
+    ks = [(82, 2), (2, 1), (82, 2), (1, 1), (7, 2), (1, 1)]
+    assert sparse.bytes_up == [2 * sum(k * (4 + i) for k, i in ks)] * 2
+
+
+def test_stragglers_are_dropped_at_the_deadline(task, small):
+    """IID shards of ~157 samples over BLE (69 KB each way: 0.78 s). A Jetson Nano trains
+    them in well under a millisecond; an nRF52840 (21 MMAC/s fp32) needs ~0.38 s more.
+    A 1.0 s deadline drops exactly the nRF52840 clients."""
+    kw = dict(clients=8, fraction=0.5, rounds=4, seed=2, link="ble", partition_scheme="iid",
+              devices=("nrf52840", "jetson-nano"))
+    free = fl.federated(small, task, **kw)
+    assert 1.1 < max(free.time_s) < 1.25 and 0.75 < min(free.comm_s) < 0.8
+    cut = fl.federated(small, task, deadline_s=1.0, **kw)
+    assert cut.chosen == free.chosen  # the draw does not depend on the deadline
+    for chosen, dropped, t in zip(cut.chosen, cut.dropped, cut.time_s, strict=True):
+        assert set(dropped) == {k for k in chosen if cut.devices[k] == "nrf52840"}
+        assert t == 1.0 if dropped else t < 0.8
+    assert any(cut.dropped) and sum(cut.bytes_up) < sum(free.bytes_up)
+    nobody = fl.federated(small, task, deadline_s=1e-6, **kw)
+    assert sum(nobody.bytes_up) == 0 and len(set(nobody.test_acc)) == 1
+
+
+def test_round_time_by_hand():
+    """Raspberry Pi 4: 48 GMAC/s fp32, 12.8 GB/s; LTE: 6 Mbit/s up, no latency figure."""
+    t = fl.round_time(device="raspberry-pi-4", link="lte", macs=48e9, bytes_moved=6.4e9,
+                      upload_bytes=750_000, download_bytes=1_500_000)
+    assert t.compute_s == pytest.approx(1.0) and t.upload_s == pytest.approx(1.0)
+    assert t.download_s == pytest.approx(2.0) and t.total_s == pytest.approx(4.0)
+    memory_bound = fl.round_time(device="raspberry-pi-4", link="ble", macs=0,
+                                 bytes_moved=25.6e9, upload_bytes=0, download_bytes=0)
+    assert memory_bound.compute_s == pytest.approx(2.0)
+    assert memory_bound.upload_s == pytest.approx(0.0075)  # BLE: one connection interval
+    phone = fl.round_time(device="phone-snapdragon-7-gen-1", link="lte", macs=75.84e9,
+                          bytes_moved=1e12, upload_bytes=0, download_bytes=0)
+    assert phone.compute_s == pytest.approx(1.0)  # no bandwidth figure: compute-bound
+
+
+def test_training_cost_model(small, task):
+    # 64*128 + 128*64 + 64*10 = 17,024 MACs per sample forward; training = 3 x forward
+    assert fl.training_macs(small, 10) == 3 * 17_024 * 10
+    hist = simulate(small, task, workers=4, max_steps=3)
+    t = fl.worker_round_time(hist, small, device="raspberry-pi-4", link="lte", batch_size=16)
+    assert t.upload_s == pytest.approx(8 * 4 * 17_226 / 6e6)
+    assert t.download_s == pytest.approx(3 * t.upload_s)  # all-gather: the 3 others
+    acts = 4 * (64 + 128 + 128 + 64 + 64 + 10)  # flatten, linear, relu, ... outputs
+    assert fl.training_bytes_moved(small, 32, 16) == 2 * 4 * 4 * 17_226 + 32 * 3 * acts
+    assert t.compute_s == pytest.approx(max(3 * 17_024 * 16 / 48e9,
+                                            (4 * 4 * 17_226 + 16 * 3 * acts) / 12.8e9))
+    assert math.isfinite(t.total_s)
+
+
+def test_federated_bad_input(task, small):
+    with pytest.raises(ValueError, match="does not fit client device 'nrf52840'"):
+        fl.federated(lab_model(task), task, devices=("nrf52840",), rounds=1)
+    with pytest.raises(ValueError, match="fraction must be in"):
+        fl.federated(small, task, fraction=0.0)
+    with pytest.raises(ValueError, match="deadline_s must be > 0"):
+        fl.federated(small, task, deadline_s=-1.0)
+    with pytest.raises(ValueError, match="Did you mean"):
+        fl.federated(small, task, devices=("raspbery-pi-4",), rounds=1)
+    with pytest.raises(ValueError, match="has no fp32 peak|no fp32"):
+        fl.federated(small, task, devices=("esp32-s3",), rounds=1)

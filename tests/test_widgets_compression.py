@@ -1,0 +1,63 @@
+"""The compression explorer, driven headlessly: setting a control changes the shown numbers
+to what the pure functions give for the new setting."""
+
+from __future__ import annotations
+
+import matplotlib
+import pytest
+import torch
+
+import odtkit as odt
+from odtkit.distributed import lab_model, simulate
+from odtkit.federated import worker_round_time
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    torch.set_num_threads(1)
+    task = odt.datasets.load("digits").subset(n_train=400, n_test=200)
+    return odt.widgets.compression_explorer(task, epochs=2, compressor="topk", density=0.01)
+
+
+def test_density_control_changes_bytes_and_matches_simulate(explorer):
+    before = explorer.bytes_per_round
+    explorer.density.value = 0.001
+    after = explorer.bytes_per_round
+    assert after < before / 5
+    hist = simulate(lab_model(explorer.task), explorer.task, workers=4, compressor="topk",
+                    density=0.001, error_feedback=True, epochs=2)
+    assert after == pytest.approx(sum(hist.bytes_up) / len(hist.bytes_up))
+    assert explorer.final_accuracy == hist.test_acc[-1]
+    assert f"{after:,.0f} B" in explorer.summary.value
+
+
+def test_link_control_retimes_without_training(explorer):
+    explorer.link.value = "ble"
+    slow = explorer.time_per_round_s
+    misses = explorer._run.cache_info().misses
+    explorer.link.value = "lte"
+    assert explorer._run.cache_info().misses == misses  # same run, only re-timed
+    assert explorer.time_per_round_s < slow
+    hist = explorer._run("topk", explorer.density.value, 0, True, 4)
+    want = worker_round_time(hist, explorer.model, device="raspberry-pi-4", link="lte")
+    assert explorer.time_per_round_s == pytest.approx(want.total_s)
+
+
+def test_workers_and_compressor_controls(explorer):
+    explorer.compressor.value = "none"
+    assert explorer.bytes_per_round == 4 * 50_826 and explorer.density.disabled
+    two = explorer.comm_s
+    explorer.workers.value = 6  # all-gather: each worker downloads 5 payloads instead of 3
+    assert explorer.comm_s > two
+    explorer.compressor.value = "powersgd"
+    assert not explorer.rank.disabled
+    low = explorer.bytes_per_round
+    explorer.rank.value = 4
+    assert explorer.bytes_per_round > low
+
+
+def test_bad_link_is_named():
+    with pytest.raises(ValueError, match="Did you mean"):
+        odt.widgets.compression_explorer(links=("bel",))
