@@ -1,0 +1,140 @@
+"""The model zoo: shapes, determinism, summaries and MACs against hand counts, pretrained files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import odtkit as odt
+from odtkit import models
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_every_zoo_model_runs_forward_on_its_example_input(name):
+    model = models.create(name, num_classes=7).eval()
+    x = models.example_input(model, batch_size=3)
+    assert x.shape == (3, *model.input_shape)
+    with torch.no_grad():
+        assert model(x).shape == (3, 7)
+
+
+@pytest.mark.parametrize("name", ["mcunet-tiny", "mbv2-tiny", "resnet8", "mlp"])
+def test_image_models_run_on_the_digits_size(name):
+    model = models.create(name, input_shape=(1, 8, 8)).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_ds_cnn_takes_mnist1d_sequences():
+    model = models.create("ds-cnn", input_shape=(1, 40)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(4, 1, 40)).shape == (4, 10)
+
+
+def test_there_are_at_least_five_models():
+    assert len(models.names()) >= 5
+    assert {"mcunet-tiny", "mbv2-tiny", "ds-cnn", "resnet8", "mlp"} <= set(models.names())
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_same_seed_same_weights_and_other_seed_differs(name):
+    a, b, c = (models.create(name, seed=s) for s in (0, 0, 1))
+    for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), k
+    assert any(not torch.equal(pa, pc) for pa, pc in
+               zip(a.parameters(), c.parameters(), strict=True))
+
+
+def test_width_scales_the_parameter_count():
+    small = sum(p.numel() for p in models.create("mbv2-tiny", width=0.5).parameters())
+    large = sum(p.numel() for p in models.create("mbv2-tiny", width=2.0).parameters())
+    assert large > 2 * small
+
+
+def test_mbv2_tiny_has_inverted_residuals_with_depthwise_convs():
+    model = models.create("mbv2-tiny")
+    depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d)
+                 and m.groups == m.in_channels == m.out_channels and m.groups > 1]
+    assert depthwise and any(isinstance(m, nn.ReLU6) for m in model.modules())
+
+
+def test_layer_macs_match_hand_counts():
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    out = conv(torch.zeros(2, 4, 5, 5))                      # (2, 6, 5, 5)
+    assert models.layer_macs(conv, (None,), out) == 2 * 6 * 5 * 5 * 4 * 3 * 3
+    dw = nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6)
+    out = dw(torch.zeros(1, 6, 8, 8))                        # (1, 6, 4, 4)
+    assert models.layer_macs(dw, (None,), out) == 6 * 4 * 4 * 1 * 9
+    conv1d = nn.Conv1d(3, 5, 4)
+    out = conv1d(torch.zeros(1, 3, 10))                      # (1, 5, 7)
+    assert models.layer_macs(conv1d, (None,), out) == 5 * 7 * 3 * 4
+    fc = nn.Linear(7, 3)
+    assert models.layer_macs(fc, (None,), fc(torch.zeros(5, 7))) == 5 * 3 * 7
+    relu = nn.ReLU()
+    assert models.layer_macs(relu, (None,), relu(torch.zeros(9))) == 0
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_summary_totals_agree_with_the_model(name):
+    model = models.create(name)
+    s = models.summary(model, models.example_input(model))
+    assert s.total_params == sum(p.numel() for p in model.parameters())
+    assert s.total_macs == sum(r.macs for r in s.rows) > 0
+    text = s.table()
+    assert "total" in text and f"{s.total_params:,}" in text
+    assert "<table>" in s._repr_html_()
+
+
+def test_summary_of_a_hand_built_model():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(2 * 4 * 4, 3))
+    s = models.summary(model, torch.zeros(1, 1, 4, 4))
+    assert [r.output_shape for r in s.rows] == [(1, 2, 4, 4), (1, 2, 4, 4), (1, 32), (1, 3)]
+    assert s.total_macs == 2 * 16 * 9 + 3 * 32
+    assert s.total_params == (2 * 9 + 2) + (32 * 3 + 3)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="mbv2-tiny"):
+        models.create("mbv2tiny-x")
+    with pytest.raises(ValueError, match="num_classes"):
+        models.create("mlp", num_classes=0)
+    with pytest.raises(ValueError, match="width"):
+        models.create("mlp", width=-1)
+    with pytest.raises(ValueError, match="input_shape"):
+        models.create("resnet8", input_shape=(3, 32))
+    with pytest.raises(ValueError, match="in_channels"):
+        models.create("resnet8", in_channels=1, input_shape=(3, 32, 32))
+    with pytest.raises(ValueError, match="input_shape"):
+        models.example_input(nn.Linear(2, 2))
+
+
+def test_pretrained_roundtrip_and_config_check(tmp_path, monkeypatch):
+    monkeypatch.setenv("ODTKIT_DATA_DIR", str(tmp_path))
+    model = models.create("mlp", input_shape=(1, 8, 8), seed=3)
+    path = models.save_pretrained(model, models.pretrained_path("mlp"), source_task="t",
+                                  source_test_acc=0.5)
+    assert path == tmp_path / "pretrained" / "mlp.pt" and path.is_file()
+    assert not list(path.parent.glob("*.tmp"))
+    loaded = models.create("mlp", pretrained=True)
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="num_classes"):
+        models.create("mlp", num_classes=5, pretrained=True)
+
+
+def test_missing_pretrained_file_names_the_build_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("ODTKIT_DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="make data"):
+        models.create("resnet8", pretrained=True)
+
+
+@pytest.mark.parametrize("name", ["mcunet-tiny", "mbv2-tiny", "mlp"])
+def test_shipped_checkpoints_load_and_know_the_source_domain(name):
+    model = models.create(name, pretrained=True)
+    task = odt.datasets.load("digits-shift")
+    source_acc = odt.evaluate(model, task.source.x_test, task.source.y_test)
+    target_acc = odt.evaluate(model, task.x_test, task.y_test)
+    assert source_acc > 0.9                  # it learned the source domain...
+    assert target_acc < source_acc - 0.2     # ...and the shift hurts it, which is the point
