@@ -138,3 +138,21 @@ def test_shipped_checkpoints_load_and_know_the_source_domain(name):
     target_acc = odt.evaluate(model, task.x_test, task.y_test)
     assert source_acc > 0.9                  # it learned the source domain...
     assert target_acc < source_acc - 0.2     # ...and the shift hurts it, which is the point
+
+
+def test_build_script_reproduces_the_shipped_checkpoint(tmp_path, monkeypatch):
+    """data/build_pretrained.py is deterministic: rebuilding gives the committed weights."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "data" / "build_pretrained.py"
+    spec = importlib.util.spec_from_file_location("build_pretrained", script)
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    shipped = torch.load(models.pretrained_path("mlp"), weights_only=True)
+    monkeypatch.setenv("ODTKIT_DATA_DIR", str(tmp_path))
+    build.build("mlp")
+    rebuilt = torch.load(models.pretrained_path("mlp"), weights_only=True)
+    assert shipped["config"] == rebuilt["config"]
+    for key, value in shipped["state_dict"].items():
+        assert torch.equal(value, rebuilt["state_dict"][key]), key
