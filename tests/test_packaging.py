@@ -76,3 +76,12 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^make test\s*$", ci, flags=re.M)
     assert "set -e" in ci
+
+
+def test_readme_library_example_runs():
+    """The README's code block is what a new user pastes first: it must work as written."""
+    block = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(block.group(1).replace("epochs=3", "epochs=1"), "README.md", "exec"), namespace)
+    assert namespace["est"].by_category == namespace["meas"].by_category
+    assert namespace["hist"].epochs == 1

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from .._util import choice_error
 
-__all__ = ["accuracy_curves", "loss_curve"]
+__all__ = ["accuracy_curves", "domain_samples", "loss_curve"]
 
 _METRICS = ("test_acc", "train_acc", "loss")
 _LABELS = {"test_acc": "test accuracy", "train_acc": "train accuracy", "loss": "training loss"}
@@ -75,5 +75,36 @@ def loss_curve(
     acc_ax.set_ylabel("test accuracy", color="C1")
     acc_ax.set_ylim(0.0, 1.0)
     ax.set_title(title if title is not None else "loss and test accuracy per epoch")
+    fig.tight_layout()
+    return fig
+
+
+def domain_samples(task: Any, n: int = 8) -> Figure:
+    """The same classes seen in a transfer task's source domain (top) and target (bottom).
+
+    Shows the first ``n`` classes' first test image in each domain; 2-D inputs only.
+    """
+    source = getattr(task, "source", None)
+    if source is None:
+        raise ValueError(f"task {getattr(task, 'name', task)!r} has no source domain; "
+                         "use a transfer task such as odt.datasets.load('digits-shift')")
+    if len(task.input_shape) != 3:
+        raise ValueError(f"domain_samples shows images; {task.name!r} has input shape "
+                         f"{task.input_shape}")
+    n = min(n, task.num_classes)
+    fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.6), squeeze=False)
+    for row, (domain, label) in enumerate(((source, "source"), (task, "target"))):
+        for col in range(n):
+            index = int((domain.y_test == col).nonzero()[0, 0])
+            image = domain.x_test[index]  # (C, H, W)
+            ax = axes[row][col]
+            ax.imshow(image.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(label)
+            if row == 0:
+                ax.set_title(task.classes[col], fontsize=9)
+    fig.suptitle("the same digits, seen by the lab's camera and the device's")
     fig.tight_layout()
     return fig
