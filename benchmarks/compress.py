@@ -127,7 +127,10 @@ def main() -> None:
     args = parser.parse_args()
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = args.epochs or (3 if args.quick else 30)
-    from odtkit.distributed import LAB_TASK, LAB_WIDTH, SUITE
+    import odtkit as odt
+    from odtkit.distributed import LAB_TASK, LAB_WIDTH, SUITE, lab_model
+
+    parameters = sum(p.numel() for p in lab_model(odt.datasets.load(LAB_TASK)).parameters())
 
     labels = list(SUITE)
     jobs = [(label, seed, epochs) for label in labels for seed in range(seeds)]
@@ -136,7 +139,7 @@ def main() -> None:
         runs = pool.map(run_one, jobs, chunksize=1)
     table = summarize(runs, labels)
     report = {
-        "config": {"task": LAB_TASK, "model": f"mlp width {LAB_WIDTH}", "parameters": 50_826,
+        "config": {"task": LAB_TASK, "model": f"mlp width {LAB_WIDTH}", "parameters": parameters,
                    "workers": WORKERS, "batch_per_worker": BATCH, "default_lr": LR,
                    "optimizer": "sgd-m unless the entry says", "epochs": epochs,
                    "seeds": seeds, "quick": args.quick, "round_time_device": DEVICE,
@@ -149,6 +152,9 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
+    if not args.quick and not any(row["passes"] for row in report["must_show"].values()):
+        raise SystemExit("target missed: no sparsifier at 0.1% density came within 1 point of "
+                         "dense accuracy at >= 250x fewer bytes")
 
 
 if __name__ == "__main__":

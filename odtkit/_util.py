@@ -56,3 +56,30 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def part_lookup(package: str, parts: tuple[str, ...], what: str):
+    """``(__getattr__, __dir__)`` for a package whose public names live in its parts.
+
+    Each part module lists its names in ``__all__``; ``package.NAME`` finds NAME in
+    whichever part has it, importing parts (and matplotlib or ipywidgets) only on use.
+    """
+    from importlib import import_module
+
+    def names() -> dict[str, str]:
+        found: dict[str, str] = {}
+        for part in parts:
+            for name in getattr(import_module(f".{part}", package), "__all__", ()):
+                found[name] = part
+        return found
+
+    def __getattr__(name: str):
+        part = names().get(name)
+        if part is None:
+            raise AttributeError(f"{package} has no {what} {name!r}")
+        return getattr(import_module(f".{part}", package), name)
+
+    def __dir__() -> list[str]:
+        return sorted(names())
+
+    return __getattr__, __dir__

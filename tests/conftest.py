@@ -4,7 +4,16 @@ a headless matplotlib backend."""
 from __future__ import annotations
 
 import matplotlib
+import pytest
 import torch
 
 matplotlib.use("Agg")
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def task():
+    """scikit-learn's digits as an odtkit Task (loaded once per test session)."""
+    import odtkit as odt
+
+    return odt.datasets.load("digits")

@@ -28,19 +28,6 @@ from odtkit.distributed import _exchange, global_batches, simulate
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the spawned ranks run on one thread: compare like with like
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def task():
-    return odt.datasets.load("digits")
-
-
 @pytest.fixture(scope="module")
 def model(task):
     return dd.lab_model(task, seed=0)

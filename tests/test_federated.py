@@ -17,19 +17,6 @@ from odtkit import federated as fl
 from odtkit.distributed import lab_model, simulate
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def task():
-    return odt.datasets.load("digits")
-
-
 @pytest.fixture(scope="module")
 def small(task):
     """The zoo MLP at width 1: 64-128-64-10, 17,226 parameters (fits a 256 KB nRF52840)."""
