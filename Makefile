@@ -1,6 +1,6 @@
 # Two entry points, both working on a fresh machine:
 #   make lab    set everything up, then open the lab book in JupyterLab
-#   make test   set everything up, then run every test (unit tests and notebooks)
+#   make test   set everything up, then lint and run every test (unit tests and notebooks)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -26,6 +26,7 @@ lab: setup
 	$(BIN)/jupyter lab --ServerApp.root_dir=labs $(LAB_FLAGS)
 
 test: setup
+	$(BIN)/ruff check odtkit tests benchmarks data
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -1,0 +1,61 @@
+"""Shared pieces of the local-file loaders: where the files are, limits, helpful errors.
+
+odtkit never downloads anything: these loaders read files the user placed on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+# dataset key -> where its files come from (names of the datasets and publishers, as text)
+SOURCES = {
+    "mnist": "the MNIST database of handwritten digits (Yann LeCun, Corinna Cortes and "
+             "Christopher J. C. Burges): its four idx files, gzipped or not",
+    "cifar10": "the CIFAR-10 dataset (Alex Krizhevsky, Vinod Nair and Geoffrey Hinton, "
+               "University of Toronto), 'CIFAR-10 python version' archive, extracted",
+    "speech-commands": "the Speech Commands dataset (Pete Warden, Google; v0.01 or v0.02, "
+                       "CC BY 4.0), archive extracted as is",
+}
+
+
+def resolve_root(key: str, root: str | os.PathLike | None) -> Path:
+    """``root`` as a Path, or ``<data dir>/<key>`` when None (data dir: see models.data_dir)."""
+    if root is None:
+        from .models import data_dir
+
+        return data_dir() / key
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder path (str or os.PathLike), got "
+                        f"{type(root).__name__} {root!r}")
+    return Path(root).expanduser()
+
+
+def check_limit(what: str, value: object) -> int | None:
+    """Validate a ``limit_*`` keyword: None (all samples) or an int >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be None (all samples) or an int >= 1, got {value!r}")
+    return value
+
+
+def missing_error(key: str, folder: Path, expected: Sequence[str],
+                  missing: Sequence[str], note: str = "") -> FileNotFoundError:
+    """A FileNotFoundError saying which files are missing where, how to point elsewhere and
+    where the data come from."""
+    where = "the folder does not exist" if not folder.is_dir() else \
+        f"missing: {', '.join(missing)}"
+    return FileNotFoundError(
+        f"{key!r} files not found in {folder} ({where}). Expected there: "
+        f"{', '.join(expected)}{(' ' + note) if note else ''}. Put them in that folder, pass "
+        f"another folder with odtkit.datasets.load({key!r}, root=...), or set the "
+        f"ODTKIT_DATA_DIR environment variable (the files then go in "
+        f"$ODTKIT_DATA_DIR/{key}). The data come from {SOURCES[key]}; odtkit downloads "
+        "nothing, so fetch them yourself.")
+
+
+def limited_note(n: int, limit: int | None) -> str:
+    """' (first N)' when a limit cut a split, else ''."""
+    return f" (first {n})" if limit is not None and n == limit else ""
