@@ -1,6 +1,7 @@
 # Two entry points, both working on a fresh machine:
 #   make lab    set everything up, then open the lab book in JupyterLab
 #   make test   set everything up, then lint and run every test (unit tests and notebooks)
+#               notebooks run in smoke mode (short training); ODTKIT_SMOKE=0 make test runs them in full
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -27,7 +28,7 @@ lab: setup
 
 test: setup
 	$(BIN)/ruff check odtkit tests benchmarks data
-	$(BIN)/python -m pytest
+	ODTKIT_SMOKE=$${ODTKIT_SMOKE:-1} $(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check odtkit tests benchmarks
