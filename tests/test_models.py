@@ -71,6 +71,8 @@ def test_layer_macs_match_hand_counts():
     assert models.layer_macs(conv1d, (None,), out) == 5 * 7 * 3 * 4
     fc = nn.Linear(7, 3)
     assert models.layer_macs(fc, (None,), fc(torch.zeros(5, 7))) == 5 * 3 * 7
+    bn = nn.BatchNorm2d(3).eval()
+    assert models.layer_macs(bn, (None,), bn(torch.zeros(2, 3, 4, 4))) == 2 * 3 * 4 * 4
     relu = nn.ReLU()
     assert models.layer_macs(relu, (None,), relu(torch.zeros(9))) == 0
 
