@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block; every module's own train/eval flag is restored after
+    (a plan may keep some modules, e.g. frozen BatchNorm, in eval mode during training)."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
 
 
 def layer_macs(module: nn.Module, inputs: tuple, output: object) -> int:
@@ -122,13 +137,10 @@ def summary(model: nn.Module, example_input: torch.Tensor) -> Summary:
         is_leaf = next(module.children(), None) is None
         if is_leaf or any(True for _ in module.parameters(recurse=False)):
             handles.append(module.register_forward_hook(hook_for(name or type(module).__name__)))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(example_input)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return Summary(

@@ -1,15 +1,10 @@
-"""Small helpers shared by the modules: helpful errors, smoke mode, seeding."""
+"""Small helpers shared by the modules: helpful errors, smoke mode, lazy part lookup."""
 
 from __future__ import annotations
 
 import difflib
 import os
-import random
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # torch is imported where it is used, so the CLI starts fast
-    import torch
 
 
 def normalize_name(name: str) -> str:
@@ -29,6 +24,15 @@ def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return [keyed[k] for k in ordered]
 
 
+def check_positive_int(name: str, value: object, allow_none: bool = False) -> int | None:
+    """Return ``value`` if it is an int >= 1 (or None when allowed), else raise naming it."""
+    if allow_none and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+    return value
+
+
 def choice_error(kind: str, value: object, choices: Iterable[str]) -> ValueError:
     """A ValueError naming the bad value, the nearest valid ones and all choices."""
     choices = list(choices)
@@ -45,17 +49,6 @@ def smoke() -> bool:
     if flag:
         return flag.lower() not in ("0", "false", "no")
     return bool(os.environ.get("CI"))
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a torch Generator seeded the same."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def part_lookup(package: str, parts: tuple[str, ...], what: str):

@@ -11,12 +11,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .optim import check_optimizer
+from .optim import state_copies
 
 __all__ = ["CheckResult", "check_training_state_bytes", "state_copies"]
-
-# extra full-size copies of every trainable tensor an optimizer keeps
-_STATE_COPIES = {"sgd": 0, "sgd-m": 1, "adam": 2}
 
 
 @dataclass(frozen=True)
@@ -38,11 +35,6 @@ def _say(result: CheckResult, quiet: bool) -> CheckResult:
     if not quiet:
         print(result)
     return result
-
-
-def state_copies(optimizer: str) -> int:
-    """How many extra tensors of each trainable parameter's size ``optimizer`` keeps."""
-    return _STATE_COPIES[check_optimizer(optimizer)]
 
 
 def check_training_state_bytes(answer: object, model: nn.Module, optimizer: str = "sgd-m",

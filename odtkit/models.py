@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch import nn
 from . import _zoo
 from ._summary import LayerRow, Summary, layer_macs, summary
 from ._util import choice_error, normalize_name
+from .checkpoint import save_atomic
 
 __all__ = [
     "names", "create", "example_input", "layer_macs", "summary", "Summary", "LayerRow",
@@ -175,7 +175,7 @@ def _check_config(name: str, requested: dict[str, Any], saved: dict[str, Any]) -
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike, config: dict | None = None,
                     **meta: Any) -> Path:
-    """Write {"config", "state_dict", **meta} to ``path`` atomically (temp file + os.replace).
+    """Write {"config", "state_dict", **meta} to ``path`` atomically (`checkpoint.save_atomic`).
 
     ``config`` defaults to ``model.config``; ``meta`` should hold ``source_task`` (str) and
     ``source_test_acc`` (float) for checkpoints under ``data/pretrained``.
@@ -188,15 +188,4 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, config: dict | No
     if tuple(getattr(model, "input_shape", config["input_shape"])) != config["input_shape"]:
         raise ValueError(f"config input_shape {config['input_shape']} differs from the "
                          f"model's {model.input_shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"config": config, "state_dict": model.state_dict(), **meta}
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_atomic({"config": config, "state_dict": model.state_dict(), **meta}, path)

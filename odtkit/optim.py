@@ -13,6 +13,9 @@ import torch
 from ._util import choice_error
 
 OPTIMIZERS = ("sgd", "sgd-m", "adam")
+# full-size state tensors each optimizer keeps per trainable tensor (Adam also keeps a
+# float32 scalar step count per tensor)
+_STATE_COPIES = {"sgd": 0, "sgd-m": 1, "adam": 2}
 
 
 def check_optimizer(name: str) -> str:
@@ -20,6 +23,11 @@ def check_optimizer(name: str) -> str:
     if name not in OPTIMIZERS:
         raise choice_error("optimizer", name, OPTIMIZERS)
     return name
+
+
+def state_copies(name: str) -> int:
+    """How many extra tensors of each trainable parameter's size optimizer ``name`` keeps."""
+    return _STATE_COPIES[check_optimizer(name)]
 
 
 def make_optimizer(

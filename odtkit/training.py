@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ._util import choice_error
+from ._summary import eval_mode
+from ._util import check_positive_int, choice_error
 from .checkpoint import (
     FORMAT,
     check_fingerprint,
@@ -34,7 +35,7 @@ from .checkpoint import (
 )
 from .optim import check_optimizer, make_optimizer
 
-__all__ = ["History", "train", "evaluate", "load_checkpoint"]
+__all__ = ["History", "train", "evaluate", "check_task", "load_checkpoint"]
 
 METRICS = ("loss", "train_acc", "test_acc")
 _TASK_FIELDS = ("name", "x_train", "y_train", "x_test", "y_test", "input_shape", "num_classes")
@@ -129,19 +130,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         raise ValueError(f"x and y differ in length: {len(x)} inputs but {len(y)} labels")
     if len(x) == 0:
         raise ValueError("cannot evaluate on 0 samples: pass a non-empty x and y")
-    _check_positive("batch_size", batch_size)
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
+    check_positive_int("batch_size", batch_size)
     device = _model_device(model)
     correct = 0
-    try:
+    with eval_mode(model):
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size].to(device)  # (B, *input_shape)
             yb = y[start : start + batch_size].to(device)  # (B,)
             correct += int((model(xb).argmax(dim=1) == yb).sum())
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
     return correct / len(x)
 
 
@@ -198,7 +194,7 @@ def train(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got seed={seed!r}")
     check_optimizer(optimizer)
-    _check_task(task)
+    check_task(task)
     model.train()
     if plan is not None:
         if not callable(getattr(plan, "apply_", None)):
@@ -311,27 +307,20 @@ def train(
     return history
 
 
-def _check_positive(name: str, value: object, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
-
-
 def _check_args(
     epochs: object, batch_size: object, every: object, max_steps: object, eval_bs: object,
     lr: float,
 ) -> None:  # fmt: skip
-    _check_positive("epochs", epochs)
-    _check_positive("batch_size", batch_size)
-    _check_positive("checkpoint_every", every, allow_none=True)
-    _check_positive("max_steps", max_steps, allow_none=True)
-    _check_positive("eval_batch_size", eval_bs)
+    check_positive_int("epochs", epochs)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("checkpoint_every", every, allow_none=True)
+    check_positive_int("max_steps", max_steps, allow_none=True)
+    check_positive_int("eval_batch_size", eval_bs)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"learning rate must be a positive finite number, got lr={lr!r}")
 
 
-def _check_task(task: Any) -> None:
+def check_task(task: Any) -> None:
     """Duck-typed check of an odtkit.datasets.Task: fields present, labels usable."""
     missing = [name for name in _TASK_FIELDS if not hasattr(task, name)]
     if missing:
@@ -370,8 +359,6 @@ def _model_layout(model: nn.Module) -> str:
 @torch.no_grad()
 def _probe(model: nn.Module, task: Any, device: torch.device) -> None:
     """Run two training inputs through the model (eval mode: no RNG, no BN update)."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
     xb = task.x_train[:2].to(device)  # (2, *input_shape)
     expects = getattr(model, "input_shape", None)
     hint = (
@@ -379,7 +366,8 @@ def _probe(model: nn.Module, task: Any, device: torch.device) -> None:
         else "the model does not declare an input_shape"
     )  # fmt: skip
     try:
-        out = model(xb)
+        with eval_mode(model):
+            out = model(xb)
     except Exception as err:
         raise ValueError(
             f"the model cannot run on task {task.name!r}: its inputs have shape "
@@ -388,9 +376,6 @@ def _probe(model: nn.Module, task: Any, device: torch.device) -> None:
             "input_shape=task.input_shape, num_classes=task.num_classes). "
             f"({type(err).__name__}: {err})"
         ) from err
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
     if out.ndim != 2 or out.shape[1] != task.num_classes:
         raise ValueError(
             f"the model outputs shape {tuple(out.shape)} for a batch of {len(xb)}, but task "

@@ -7,42 +7,22 @@ DELAY_S slows every forward pass (a sleep, no arithmetic) so the test can kill i
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-try:
-    from odtkit.datasets import Task
-except ImportError:  # the datasets module is optional for these tests
+from odtkit.datasets import Task
 
-    @dataclass(frozen=True)
-    class Task:  # type: ignore[no-redef]
-        """Stand-in with the fields of odtkit.datasets.Task."""
-
-        name: str
-        description: str
-        x_train: torch.Tensor
-        y_train: torch.Tensor
-        x_test: torch.Tensor
-        y_test: torch.Tensor
-        input_shape: tuple[int, ...]
-        classes: tuple[str, ...]
-        source: object = None
-
-        @property
-        def num_classes(self) -> int:
-            return len(self.classes)
-
-
+N_TRAIN = 96
 # 96 samples / batch 8 = 12 steps per epoch; checkpoints every 5 steps fall mid-epoch
 CONFIG = dict(epochs=4, batch_size=8, lr=0.05, optimizer="sgd-m", seed=3, checkpoint_every=5)
-STEPS_PER_EPOCH = 12
+STEPS_PER_EPOCH = math.ceil(N_TRAIN / CONFIG["batch_size"])
 
 
-def make_task(n_train: int = 96, n_test: int = 48, side: int = 4) -> Task:
+def make_task(n_train: int = N_TRAIN, n_test: int = 48, side: int = 4) -> Task:
     """Three classes told apart by which third of a 1 x side x side image is brightest."""
     gen = torch.Generator().manual_seed(123)
     n = n_train + n_test

@@ -97,6 +97,15 @@ def test_summary_of_a_hand_built_model():
     assert s.total_params == (2 * 9 + 2) + (32 * 3 + 3)
 
 
+def test_summary_restores_each_modules_own_mode():
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Dropout(0.5))
+    model.train()
+    model[1].eval()  # a frozen BatchNorm, as a plan may leave it
+    before = [m.training for m in model.modules()]
+    models.summary(model, torch.randn(2, 3))
+    assert [m.training for m in model.modules()] == before == [True, True, False, True]
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="mbv2-tiny"):
         models.create("mbv2tiny-x")
