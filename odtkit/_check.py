@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._util import choice_error
 from .exercises import CheckResult
 
 
@@ -45,6 +46,8 @@ def check_conv_saved_bytes(answer: object, batch_size: int = 8, in_channels: int
     The reference is measured, not computed from the formula the student is asked for; a
     wrong answer gets a hint naming the likely slip. Prints the verdict unless ``quiet``.
     """
+    if engine not in ("pytorch", "lean"):  # odtkit.memory.ENGINES (which imports this module)
+        raise choice_error("engine", engine, ("pytorch", "lean"))
     result = _verdict(answer, batch_size, in_channels, out_channels, size, kernel_size, engine)
     if not quiet:
         print(result)

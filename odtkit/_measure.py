@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ._trace import LayerCall, first_tensor, is_layer, layer_row
+from ._trace import LayerCall, check_logits, first_tensor, is_layer, layer_row
 from .optim import make_optimizer
 
 _PHASE = "odtkit::"  # prefix of the profiler ranges that mark the phases of the step
@@ -125,8 +125,8 @@ def _live_timeline(prof: profile, start_bytes: int) -> list[tuple[str, int]]:
 
 
 @dataclass(frozen=True)
-class StepRecord:
-    """What one measured training step held, in bytes, and the layers it ran."""
+class StepBytes:
+    """The numbers of one training step that the estimate and the measurement share."""
 
     weights_bytes: int
     gradients_bytes: int
@@ -135,6 +135,18 @@ class StepRecord:
     peak_bytes: int
     frozen_weight_bytes: int
     backward_macs: int
+
+    @property
+    def by_category(self) -> dict[str, int]:
+        """The four categories of a MemoryReport, in its order."""
+        return {"weights": self.weights_bytes, "gradients": self.gradients_bytes,
+                "optimizer": self.optimizer_bytes, "activations": self.activations_bytes}
+
+
+@dataclass(frozen=True)
+class StepRecord(StepBytes):
+    """What one measured training step held, in bytes, and the layers it ran."""
+
     rows: tuple[LayerCall, ...]
     saved_by_row: dict[str, int]
     timeline: tuple[tuple[str, int], ...]
@@ -238,7 +250,7 @@ def run_step(
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 logits = model(x)
         layers.forward = False
-        _check_logits(logits, x)
+        check_logits(logits, x.shape, "measure")
         with record_function(_PHASE + "loss"):
             labels = torch.arange(logits.shape[0]) % logits.shape[1]
             loss = F.cross_entropy(logits, labels)
@@ -273,11 +285,3 @@ def run_step(
         timeline=tuple(timeline),
     )
 
-
-def _check_logits(logits: object, x: torch.Tensor) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(
-            f"measure needs a classifier: the model must return logits of shape "
-            f"(batch, classes) for cross-entropy, got {shape} for input {tuple(x.shape)}"
-        )

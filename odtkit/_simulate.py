@@ -14,25 +14,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._measure import StepBytes
 from ._rules import Rule, rule_for, supported_ops
 from ._trace import Trace, UnsupportedOperation, where
+from .optim import state_copies
 
-# optimizer -> (state tensors per trainable tensor, transient copies of it during the step)
-_STATE = {"sgd": (0, 0), "sgd-m": (1, 0), "adam": (2, 2)}
+# optimizer -> transient copies of a trainable tensor while its update is computed
+_UPDATE_TEMPORARIES = {"sgd": 0, "sgd-m": 0, "adam": 2}
 _ADAM_STEP_BYTES = 4  # Adam keeps its step count as a float32 scalar tensor per parameter
 
 
 @dataclass(frozen=True)
-class StepModel:
+class StepModel(StepBytes):
     """The simulated step: bytes per category, peak, per-row saved bytes, the timeline."""
 
-    weights_bytes: int
-    gradients_bytes: int
-    optimizer_bytes: int
-    activations_bytes: int
-    peak_bytes: int
-    frozen_weight_bytes: int
-    backward_macs: int
     row_saved_bytes: tuple[int, ...]
     row_trainable: tuple[bool, ...]
     checkpoint_rows: tuple[tuple[str, int], ...]  # (block, bytes of inputs it keeps)
@@ -288,7 +283,7 @@ class _Step:
     def step(self, param_grad: dict[int, int]) -> int:
         """State appears tensor by tensor, then each update's temporaries; returns state bytes."""
         vbytes = self.t.value_bytes
-        n_state, n_temp = _STATE[self.optimizer]
+        n_state, n_temp = state_copies(self.optimizer), _UPDATE_TEMPORARIES[self.optimizer]
         extra = _ADAM_STEP_BYTES if self.optimizer == "adam" else 0
         for v in param_grad if n_state else ():
             self.live += n_state * vbytes[v] + extra

@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ._shapes import fast_output
-from ._summary import layer_macs
+from ._summary import LayerRow, layer_macs
 
 META = torch.device("meta")
 
@@ -48,15 +48,11 @@ class Op:
 
 
 @dataclass(frozen=True)
-class LayerCall:
+class LayerCall(LayerRow):
     """One call of a layer (a leaf module, or one holding parameters itself), or one
-    functional op outside any layer (a residual add): a row of the per-layer table."""
+    functional op outside any layer (a residual add): a row of the per-layer table.
+    ``params`` counts a module called twice once."""
 
-    name: str
-    type: str
-    output_shape: tuple[int, ...]
-    params: int  # parameters counted here (a module called twice counts them once)
-    macs: int
     param_names: tuple[str, ...]
     input_value: int | None  # value id of the first tensor argument
 
@@ -220,6 +216,15 @@ class _Tracer(TorchDispatchMode):
                                     f"{where(module, leaf)}: {why}")
 
 
+def check_logits(logits: object, input_shape: tuple[int, ...], who: str) -> None:
+    """Raise ValueError unless ``logits`` is a (batch, classes) tensor for cross-entropy."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"{who} needs a classifier: the model must return logits of shape "
+                         f"(batch, classes) for cross-entropy, got {got} for input "
+                         f"{tuple(input_shape)}")
+
+
 def where(module: str, leaf: type) -> str:
     """'torch.nn.modules.rnn.LSTM (in module 'rnn')' or 'the forward of Net'."""
     if module:
@@ -321,11 +326,7 @@ def trace(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> Trace
     try:
         with tracer, torch.no_grad():
             logits = model(x)
-            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-                got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
-                raise ValueError(
-                    f"the memory model needs a classifier: the model must return logits of "
-                    f"shape (batch, classes) for cross-entropy, got {got} for input {shape}")
+            check_logits(logits, shape, "the memory model")
             n_forward = len(tracer.ops)
             tracer.phase = "loss"
             labels = torch.arange(logits.shape[0]) % logits.shape[1]

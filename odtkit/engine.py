@@ -48,13 +48,9 @@ from ._lean_ops import (
     pack_bits,
     unpack_bits,
 )
-from .plans import TrainPlan
-from .plans import plan as make_plan
+from .plans import TrainPlan, as_plan
 
 __all__ = ["lean", "is_lean", "LEAN_TYPES", "pack_bits", "unpack_bits", "lean_functions"]
-
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def _wants_graph(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -318,18 +314,6 @@ def is_lean(model: nn.Module) -> bool:
                for m in model.modules())
 
 
-def _check_precision(model: nn.Module, plan: TrainPlan) -> None:
-    if plan.precision not in _DTYPES:
-        raise ValueError(f"the lean engine computes in the model's own dtype and has no "
-                         f"{plan.precision!r} arithmetic; make the plan with precision='fp32'")
-    want = _DTYPES[plan.precision]
-    have = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    if have and have != {want}:
-        raise ValueError(f"plan precision {plan.precision!r} needs {want} parameters, but the "
-                         f"model has {sorted(map(str, have))}; cast the model "
-                         f"(model.to({want})) or plan with the model's precision")
-
-
 def lean(model: nn.Module, plan: TrainPlan | str) -> nn.Module:
     """A copy of ``model`` whose layers save only what backward needs under ``plan``.
 
@@ -337,16 +321,7 @@ def lean(model: nn.Module, plan: TrainPlan | str) -> nn.Module:
     plan applied (requires_grad), the same parameter names, and checkpoints the modules
     in ``plan.recompute``; ``model`` itself is not modified.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(plan, TrainPlan):
-        if isinstance(plan, str):
-            plan = make_plan(model, plan)
-        else:
-            raise TypeError(f"plan must be a TrainPlan (odt.plan(model, ...)) or a scheme name, "
-                            f"got {type(plan).__name__}")
-    plan.check_model(model)
-    _check_precision(model, plan)
+    plan = as_plan(model, plan)
     modules = dict(model.named_modules())
     for name in plan.recompute:
         if name not in modules or name == "":

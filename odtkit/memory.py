@@ -29,11 +29,11 @@ from ._check import check_conv_saved_bytes
 from ._measure import run_step
 from ._profiles import format_bytes
 from ._simulate import simulate
+from ._summary import LayerRow
 from ._trace import UnsupportedOperation, cached_trace
 from ._util import choice_error
 from .optim import check_optimizer
-from .plans import TrainPlan
-from .plans import plan as make_plan
+from .plans import TrainPlan, as_plan
 
 __all__ = [
     "estimate", "measure", "compare", "MemoryReport", "LayerMemory", "CATEGORIES", "ENGINES",
@@ -43,18 +43,12 @@ __all__ = [
 CATEGORIES = ("weights", "gradients", "optimizer", "activations")
 ENGINES = ("pytorch", "lean")
 METHODS = ("estimate", "measure")
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
-class LayerMemory:
+class LayerMemory(LayerRow):
     """One row of a report: a layer call (or a functional op outside layers)."""
 
-    name: str
-    type: str
-    output_shape: tuple[int, ...]
-    params: int
-    macs: int
     saved_bytes: int  # bytes first kept for backward by this layer (shared tensors count once)
     trainable: bool
 
@@ -155,7 +149,7 @@ class MemoryReport:
 
 def _prepare(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str,
              optimizer: str, engine: str) -> TrainPlan:
-    if not isinstance(model, nn.Module):
+    if not isinstance(model, nn.Module):  # before is_lean walks its modules
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_optimizer(optimizer)
     if engine not in ENGINES:
@@ -165,20 +159,8 @@ def _prepare(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | st
     if is_lean(model):
         raise ValueError("this model was already made lean by odt.lean; pass the original "
                          "model with engine='lean' instead")
-    if isinstance(plan, str):
-        plan = make_plan(model, plan)
-    elif not isinstance(plan, TrainPlan):
-        raise TypeError(f"plan must be a TrainPlan (odt.plan(model, ...)) or a scheme name "
-                        f"such as 'bias-only', got {type(plan).__name__}")
-    plan.check_model(model)
+    plan = as_plan(model, plan)
     _check_input(model, example_input)
-    want = _DTYPES.get(plan.precision)
-    have = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    if want is None or (have and have != {want}):
-        raise ValueError(
-            f"plan precision {plan.precision!r} is not the dtype the model computes in "
-            f"({', '.join(sorted(map(str, have)))}); the memory model counts the dtypes the "
-            f"model really uses: make the plan with the model's precision")
     return plan
 
 
@@ -237,8 +219,7 @@ def estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | st
     rows += tuple(LayerMemory(_checkpoint_row(name), "checkpoint", (), 0, 0, nbytes, False)
                   for name, nbytes in sim.checkpoint_rows)
     return MemoryReport(
-        by_category={"weights": sim.weights_bytes, "gradients": sim.gradients_bytes,
-                     "optimizer": sim.optimizer_bytes, "activations": sim.activations_bytes},
+        by_category=sim.by_category,
         peak_bytes=sim.peak_bytes, frozen_weight_bytes=sim.frozen_weight_bytes,
         forward_macs=sum(r.macs for r in trace.layers), backward_macs=sim.backward_macs,
         batch_size=int(example_input.shape[0]), engine=engine, optimizer=optimizer,
@@ -275,9 +256,7 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
         record = run_step(work, x, optimizer, lr, checkpointed)
     rows = _measured_rows(model, x, plan, record)
     return MemoryReport(
-        by_category={"weights": record.weights_bytes, "gradients": record.gradients_bytes,
-                     "optimizer": record.optimizer_bytes,
-                     "activations": record.activations_bytes},
+        by_category=record.by_category,
         peak_bytes=record.peak_bytes, frozen_weight_bytes=record.frozen_weight_bytes,
         forward_macs=sum(r.macs for r in record.rows), backward_macs=record.backward_macs,
         batch_size=int(x.shape[0]), engine=engine, optimizer=optimizer, method="measure",

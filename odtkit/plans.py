@@ -31,7 +31,7 @@ from torch import nn
 
 from ._util import choice_error, closest, normalize_name
 
-__all__ = ["TrainPlan", "plan", "from_names", "layers", "find_blocks", "SCHEMES", "PRECISIONS"]
+__all__ = ["TrainPlan", "plan", "as_plan", "from_names", "layers", "find_blocks", "SCHEMES", "PRECISIONS"]
 
 SCHEMES = ("full", "none", "bias-only", "last:K", "norm-only")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -39,6 +39,8 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
+# the dtype the model computes in per precision (int8 is a storage format: no int8 training)
+COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _LAST = re.compile(r"^\s*last\s*[:=]\s*(.*)$", re.IGNORECASE)
 Predicate = Callable[[str, nn.Parameter], bool]
 
@@ -104,7 +106,8 @@ class TrainPlan:
         """Raise ValueError if ``model``'s parameter names or shapes differ from the plan's."""
         have = {n: tuple(p.shape) for n, p in model.named_parameters()}
         missing = [n for n in self.names if n not in have]
-        extra = [n for n in have if n not in set(self.names)]
+        names = set(self.names)
+        extra = [n for n in have if n not in names]
         if missing or extra:
             parts = []
             if missing:
@@ -118,6 +121,18 @@ class TrainPlan:
         if bad:
             raise ValueError(f"parameter shapes differ from the plan's: {_short(bad)}; "
                              "make a new plan with odt.plan(model, ...)")
+
+    def check_dtype(self, model: nn.Module) -> None:
+        """Raise ValueError unless ``model``'s parameters have the plan precision's dtype."""
+        want = COMPUTE_DTYPES.get(self.precision)
+        if want is None:
+            raise ValueError(f"odtkit trains in the model's own dtype and has no "
+                             f"{self.precision!r} arithmetic; make the plan with precision='fp32'")
+        have = {p.dtype for p in model.parameters() if p.is_floating_point()}
+        if have and have != {want}:
+            raise ValueError(f"plan precision {self.precision!r} needs {want} parameters, but the "
+                             f"model has {sorted(map(str, have))}; cast the model "
+                             f"(model.to({want})) or plan with the model's precision")
 
     def apply_(self, model: nn.Module) -> nn.Module:
         """Set ``requires_grad`` of every parameter of ``model`` by the plan; return ``model``."""
@@ -341,6 +356,21 @@ def plan(model: nn.Module, scheme: str | Iterable[str] | Predicate, precision: s
         scheme=label, names=tuple(named), shapes=tuple(tuple(p.shape) for p in named.values()),
         trainable=frozenset(trainable), precision=precision,
         recompute=_resolve_recompute(model, recompute))
+
+
+def as_plan(model: nn.Module, scheme_or_plan: TrainPlan | str) -> TrainPlan:
+    """``scheme_or_plan`` if a TrainPlan, else ``plan(model, scheme)``; checked against ``model``
+    (parameter names, shapes and dtype)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(scheme_or_plan, str):
+        scheme_or_plan = plan(model, scheme_or_plan)
+    elif not isinstance(scheme_or_plan, TrainPlan):
+        raise TypeError(f"plan must be a TrainPlan (odt.plan(model, ...)) or a scheme name "
+                        f"such as 'bias-only', got {type(scheme_or_plan).__name__}")
+    scheme_or_plan.check_model(model)
+    scheme_or_plan.check_dtype(model)
+    return scheme_or_plan
 
 
 def from_names(model: nn.Module, names: Iterable[str], precision: str = "fp32",

@@ -45,3 +45,8 @@ def test_placeholder_is_not_done_yet_and_never_raises(capsys):
     assert result.ok is None and not result
     assert "Not done yet" in capsys.readouterr().out
     assert check_conv_saved_bytes("many", quiet=True).ok is False
+
+
+def test_an_unknown_engine_is_named():
+    with pytest.raises(ValueError, match="unknown engine 'leen'.*pytorch, lean"):
+        check_conv_saved_bytes(0, engine="leen", quiet=True)

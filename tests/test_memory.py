@@ -279,6 +279,10 @@ def test_bad_inputs_explain_the_fix():
         odt.estimate(plain, torch.randn(2, 12), "full")
     with pytest.raises(ValueError, match="already made lean"):
         odt.estimate(odt.lean(model, "full"), x, "full")
+    with pytest.raises(ValueError, match="no 'int8' arithmetic"):
+        odt.estimate(model, x, odt.plan(model, "full", precision="int8"))
+    with pytest.raises(ValueError, match="cast the model"):
+        odt.measure(model, x, odt.plan(model, "full", precision="fp16"))
 
 
 def test_report_checks_and_views():

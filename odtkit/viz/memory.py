@@ -16,7 +16,7 @@ from .._profiles import format_bytes
 
 __all__ = ["memory_bars", "saved_bytes_per_layer", "memory_timeline"]
 
-CATEGORIES = ("weights", "gradients", "optimizer", "activations")
+# one colour per category of a MemoryReport, in its order
 _COLORS = {"weights": "#4C72B0", "gradients": "#DD8452", "optimizer": "#55A868",
            "activations": "#C44E52"}
 PHASES = ("forward", "loss", "backward", "step")
@@ -71,9 +71,9 @@ def memory_bars(reports: Any, *, budget_bytes: float | None = None, budget_label
     fig, ax = plt.subplots(figsize=figsize)
     x = np.arange(len(items))
     bottom = np.zeros(len(items))
-    for cat in CATEGORIES:
+    for cat, color in _COLORS.items():
         values = np.array([r.by_category[cat] for r in items.values()]) / size
-        ax.bar(x, values, 0.6, bottom=bottom, color=_COLORS[cat], label=cat)
+        ax.bar(x, values, 0.6, bottom=bottom, color=color, label=cat)
         bottom += values
     peaks = np.array([r.peak_bytes for r in items.values()]) / size
     ax.hlines(peaks, x - 0.4, x + 0.4, color="black", linewidth=2, zorder=3, label="peak")
