@@ -38,15 +38,17 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from .compress import payload_to_bytes
 from .distributed import (
     _check_compressor_vs_optimizer,
+    _dgc_workers,
     _set_epoch,
     average,
     global_batches,
     make_compressor,
 )
 from .optim import make_optimizer
-from .training import evaluate
+from .training import check_task, evaluate
 
 __all__ = ["CompressionHookState", "comm_hook", "compression_hook", "train_ddp",
            "spawn_local", "WorkerLostError", "free_port", "main"]
@@ -93,10 +95,8 @@ def comm_hook(compressor: str | Callable[[], Any], *, model: nn.Module,
                            "dist.init_process_group('gloo', ...) before comm_hook")
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     module = getattr(model, "module", model)
-    if compressor == "dgc" and "num_workers" not in compressor_kwargs:
-        compressor_kwargs["num_workers"] = world
     codec = make_compressor(compressor, error_feedback=error_feedback, seed=seed + rank,
-                            **compressor_kwargs)
+                            **_dgc_workers(compressor, compressor_kwargs, world))
     names = {id(p): n for n, p in module.named_parameters()}
     return CompressionHookState(codec, names, rank, world, group), compression_hook
 
@@ -139,10 +139,8 @@ def _pack(compressed: list[tuple[tuple[torch.Tensor, ...], Any]]) -> torch.Tenso
     layout = [(ctx.meta, [(str(t.dtype).removeprefix("torch."), tuple(t.shape)) for t in p])
               for p, ctx in compressed]
     header = pickle.dumps(layout)
-    chunks = [len(header).to_bytes(8, "little"), header]
-    for payload, _ in compressed:
-        for t in payload:
-            chunks.append(t.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    chunks = [len(header).to_bytes(8, "little"), header,
+              *(payload_to_bytes(payload) for payload, _ in compressed)]
     return torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
 
 
@@ -196,6 +194,7 @@ def train_ddp(model: nn.Module, task: Any, *, compressor: str | Callable[[], Any
     """
     from torch.nn.parallel import DistributedDataParallel
 
+    check_task(task)
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(seed)
     replica = copy.deepcopy(model).train()

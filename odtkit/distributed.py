@@ -34,9 +34,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._util import check_positive_int
 from .exercises import CheckResult
 from .optim import check_optimizer, make_optimizer
-from .training import History, _check_task, evaluate
+from .training import History, check_task, evaluate
 
 _FROM_DDP = ("comm_hook", "CompressionHookState", "train_ddp", "spawn_local",
              "WorkerLostError", "main")
@@ -171,6 +172,13 @@ def _check_compressor_vs_optimizer(comp: Any, optimizer: str) -> None:
             "momentum_correction=False")
 
 
+def _dgc_workers(compressor: Any, kwargs: dict[str, Any], workers: int) -> dict[str, Any]:
+    """``kwargs`` with DGC's ``num_workers`` (its local clipping bound) defaulted to ``workers``."""
+    if compressor == "dgc":
+        return {"num_workers": workers, **kwargs}
+    return kwargs
+
+
 def _set_epoch(comp: Any, epoch: float) -> None:
     """Drive warm-up schedules (DGC) where the compressor has one."""
     setter = getattr(comp, "set_epoch", None)
@@ -210,12 +218,6 @@ def global_batches(num_samples: int, *, workers: int, batch_size: int, epochs: i
             yield epoch, step, perm[step * per_round:(step + 1) * per_round]
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
-    return value
-
-
 # ------------------------------------------------------------------------- simulation
 
 def simulate(
@@ -242,15 +244,14 @@ def simulate(
     ``odt.compress.get``. ``model`` itself is not changed: the trained replica is
     ``history.model``. Same arguments, same numbers.
     """
-    _check_positive_int("workers", workers)
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("workers", workers)
+    check_positive_int("epochs", epochs)
+    check_positive_int("batch_size", batch_size)
     if max_steps is not None:
-        _check_positive_int("max_steps", max_steps)
+        check_positive_int("max_steps", max_steps)
     check_optimizer(optimizer)
-    _check_task(task)
-    if compressor == "dgc" and "num_workers" not in compressor_kwargs:
-        compressor_kwargs["num_workers"] = workers  # DGC's local clipping bound
+    check_task(task)
+    compressor_kwargs = _dgc_workers(compressor, compressor_kwargs, workers)
     codecs = [make_compressor(compressor, error_feedback=error_feedback, seed=seed + w,
                               **compressor_kwargs) for w in range(workers)]
     _check_compressor_vs_optimizer(codecs[0], optimizer)
@@ -258,8 +259,9 @@ def simulate(
     replica = copy.deepcopy(model).train()
     named = [(n, p) for n, p in replica.named_parameters() if p.requires_grad]
     opt = make_optimizer(optimizer, replica.parameters(), lr, momentum, weight_decay)
-    hist = DistHistory(compressor=getattr(codecs[0], "kind", str(compressor)),
-                       workers=workers, dense_bytes=dense_bytes(replica), model=replica)
+    per_epoch = History().as_dict()  # empty per-epoch lists, filled as epochs end
+    bytes_up: list[float] = []
+    bytes_total: list[int] = []
     n = len(task.y_train)
     steps_per_epoch = n // (workers * batch_size)
     timers = {"compute": 0.0, "compress": 0.0}
@@ -295,23 +297,26 @@ def simulate(
         for (_, p), g in zip(named, averaged, strict=True):
             p.grad = g.to(p.dtype)
         opt.step()
-        hist.bytes_up.append(sum(sent) / workers)
-        hist.bytes_total.append(int(sum(sent)))
+        bytes_up.append(sum(sent) / workers)
+        bytes_total.append(int(sum(sent)))
         rounds += 1
         epoch_time += time.perf_counter() - started
         last = step == steps_per_epoch - 1 or rounds == max_steps
         if last:
             acc = evaluate(replica, task.x_test, task.y_test)
-            hist._record(loss=epoch_loss / epoch_seen, train_acc=epoch_correct / epoch_seen,
-                         test_acc=acc, time_s=epoch_time, steps=rounds,
-                         samples=(hist.samples[-1] if hist.samples else 0) + int(epoch_seen))
+            row = {"loss": epoch_loss / epoch_seen, "train_acc": epoch_correct / epoch_seen,
+                   "test_acc": acc, "time_s": epoch_time, "steps": rounds,
+                   "samples": (per_epoch["samples"] or [0])[-1] + int(epoch_seen)}
+            for key, value in row.items():
+                per_epoch[key].append(value)
             epoch_loss = epoch_correct = epoch_seen = 0.0
             epoch_time = 0.0
         if rounds == max_steps:
             break
-    object.__setattr__(hist, "compute_s", timers["compute"])
-    object.__setattr__(hist, "compress_s", timers["compress"])
-    return hist
+    return DistHistory(**per_epoch, bytes_up=bytes_up, bytes_total=bytes_total,
+                       compressor=getattr(codecs[0], "kind", str(compressor)), workers=workers,
+                       dense_bytes=dense_bytes(replica), compute_s=timers["compute"],
+                       compress_s=timers["compress"], model=replica)
 
 
 def _local_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._util import choice_error
+from ._util import check_positive_int, choice_error
 from .distributed import dense_bytes, make_compressor
 from .optim import make_optimizer
-from .training import evaluate
+from .training import check_task, evaluate
 
 __all__ = ["FedHistory", "RoundTime", "federated", "partition", "round_time",
            "worker_round_time", "training_macs", "training_bytes_moved", "PARTITIONS"]
@@ -243,8 +243,8 @@ def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 2
     """
     for name, value in (("clients", clients), ("rounds", rounds), ("local_epochs", local_epochs),
                         ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+        check_positive_int(name, value)
+    check_task(task)
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     if deadline_s is not None and not deadline_s > 0:

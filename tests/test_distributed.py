@@ -190,9 +190,7 @@ def test_ddp_hook_matches_simulation_on_two_ranks(task, model):
         kw = {k: v for k, v in kw.items() if k != "model"}
         runs.append(dict(model=_model_for(dict(DDP_CASES)[name], model), task=task,
                          compressor=name, max_steps=5, seed=7, **kw))
-    started = time.monotonic()
-    ranks = spawn_local(_several, 2, timeout_s=90, runs=runs)
-    assert time.monotonic() - started < 60
+    ranks = spawn_local(_several, 2, timeout_s=60, runs=runs)  # a hang fails, not waits
     for (name, _), run, r0, r1 in zip(DDP_CASES, runs, ranks[0], ranks[1], strict=True):
         for key, _ in run["model"].named_parameters():  # buffers: each rank keeps its last
             assert torch.equal(r0["state_dict"][key], r1["state_dict"][key]), (name, key)

@@ -148,6 +148,8 @@ def test_training_cost_model(small, task):
 def test_federated_bad_input(task, small):
     with pytest.raises(ValueError, match="does not fit client device 'nrf52840'"):
         fl.federated(lab_model(task), task, devices=("nrf52840",), rounds=1)
+    with pytest.raises(ValueError, match="clients must be a positive integer, got clients=0"):
+        fl.federated(small, task, clients=0)
     with pytest.raises(ValueError, match="fraction must be in"):
         fl.federated(small, task, fraction=0.0)
     with pytest.raises(ValueError, match="deadline_s must be > 0"):

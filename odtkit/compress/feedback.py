@@ -72,7 +72,7 @@ class ErrorFeedback(Compressor):
         return self._residuals[name]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": dict(self._steps), "inner": self.inner.state_dict(),
+        return {**super().state_dict(), "inner": self.inner.state_dict(),
                 "residuals": {k: v.clone() for k, v in self._residuals.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,11 +15,7 @@ from .wire import Payload, derive_seed, generator
 
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     """The n x m view PowerSGD compresses: first dim x the rest (conv: out x in*kh*kw)."""
-    n = shape[0]
-    m = 1
-    for s in shape[1:]:
-        m *= s
-    return n, m
+    return shape[0], math.prod(shape[1:])
 
 
 class PowerSGD(Compressor):

@@ -24,10 +24,7 @@ _INDEX_CODES: tuple[tuple[int, torch.dtype, int], ...] = (
 
 def index_dtype(numel: int) -> torch.dtype:
     """The narrowest integer type that addresses ``numel`` entries (see ``encode_index``)."""
-    for limit, dtype, _ in _INDEX_CODES:
-        if numel <= limit:
-            return dtype
-    raise ValueError(f"numel={numel} does not fit in int64 indices")
+    return _index_code(numel)[0]
 
 
 def _index_code(numel: int) -> tuple[torch.dtype, int]:

@@ -7,6 +7,7 @@ the mean is plotted, the spread as an error bar) or a row of benchmarks/compress
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -180,10 +181,7 @@ def federated_progress(runs: Mapping[str, Any], *, title: str = "FedAvg: accurac
         if not getattr(h, "time_s", None):
             raise TypeError(f"run {name!r} is not a FedHistory with rounds; pass what "
                             "odt.federated.federated returns")
-        clock, total = [], 0.0
-        for t in h.time_s:
-            total += t
-            clock.append(total)
+        clock = list(itertools.accumulate(h.time_s))  # seconds since the first round began
         ax.plot(clock, [100 * a for a in h.test_acc], marker=".", label=name)
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("test accuracy (%)")

@@ -71,7 +71,7 @@ class CompressionExplorer:
             kwargs["rank"] = rank
         if compressor == "dgc":
             kwargs.update(optimizer="sgd", warmup_epochs=min(4, max(self.epochs - 1, 0)))
-        elif ef and compressor not in ("none", "ef-signsgd"):
+        elif ef:  # update() passes False where feedback is built in or pointless
             kwargs["error_feedback"] = True
         if compressor == "signsgd":
             kwargs["scale"] = "mean"
