@@ -1,6 +1,6 @@
 """Gradient compressors side by side: 4 simulated data-parallel workers on lab 05's task.
 
-For every compressor of ``odt.distributed.SUITE`` over several seeds: final test accuracy
+For every compressor of ``odt.lab.SUITE`` over several seeds: final test accuracy
 (mean, std), bytes sent, compression ratio against dense fp32 (indices, scales and norms
 counted), compression time relative to the worker's forward + backward, and the time of
 one round over BLE and LTE. Then the real DDP hook on 2 gloo processes against the
@@ -37,10 +37,11 @@ def run_one(job: tuple[str, int, int]) -> dict[str, Any]:
     torch.set_num_threads(1)
     import odtkit as odt
     from odtkit.compress import DGC
-    from odtkit.distributed import SUITE, lab_model, simulate
-    from odtkit.federated import worker_round_time
+    from odtkit.distributed import simulate
+    from odtkit.distributed.federated import worker_round_time
+    from odtkit.lab import SUITE, lab_model
 
-    task = odt.datasets.load(odt.distributed.LAB_TASK)
+    task = odt.datasets.load(odt.lab.LAB_TASK)
     model = lab_model(task, seed=seed)
     kwargs = {"lr": LR, **SUITE[label]}  # a few entries bring their own step size
     hist = simulate(model, task, workers=WORKERS, batch_size=BATCH, epochs=epochs, seed=seed,
@@ -65,11 +66,12 @@ def run_one(job: tuple[str, int, int]) -> dict[str, Any]:
 def ddp_check(steps: int) -> dict[str, Any]:
     """The comm hook on 2 gloo processes against the simulation, same seeds and shards."""
     import odtkit as odt
-    from odtkit.ddp import spawn_local, train_ddp
-    from odtkit.distributed import lab_model, simulate
+    from odtkit.distributed import simulate
+    from odtkit.distributed.ddp import spawn_local, train_ddp
+    from odtkit.lab import lab_model
 
     torch.set_num_threads(1)  # as in the ranks, so the arithmetic matches
-    task = odt.datasets.load(odt.distributed.LAB_TASK)
+    task = odt.datasets.load(odt.lab.LAB_TASK)
     model = lab_model(task, seed=0)
     kw = dict(compressor="topk", density=0.01, error_feedback=True, max_steps=steps, seed=0,
               batch_size=BATCH, lr=LR)
@@ -87,7 +89,7 @@ def ddp_check(steps: int) -> dict[str, Any]:
 
 
 def summarize(runs: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
-    from odtkit.distributed import SUITE
+    from odtkit.lab import SUITE
 
     out = {}
     for label in labels:
@@ -130,7 +132,7 @@ def main() -> None:
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = args.epochs or (3 if args.quick else 30)
     import odtkit as odt
-    from odtkit.distributed import LAB_TASK, LAB_WIDTH, SUITE, lab_model
+    from odtkit.lab import LAB_TASK, LAB_WIDTH, SUITE, lab_model
 
     parameters = sum(p.numel() for p in lab_model(odt.datasets.load(LAB_TASK)).parameters())
 

@@ -33,7 +33,7 @@ def timed_estimates(odt: Any, model: Any, x: torch.Tensor, plan: Any, repeats: i
                     ) -> tuple[float, float]:
     """Median seconds of an odt.estimate call with the model's trace cached (as when a
     widget moves a slider), and of one that traces the model first."""
-    from odtkit._trace import _CACHE
+    from odtkit.memory._trace import _CACHE
 
     cached, uncached = [], []
     for _ in range(repeats):

@@ -1,9 +1,10 @@
-"""Build the small source-pretrained checkpoints under data/pretrained/.
+"""Build the small source-pretrained checkpoints shipped in odtkit/models/pretrained/.
 
 Each zoo model listed below is trained on the *source* domain of the
 ``digits-shift`` task (odt.datasets.load("digits-shift").source), so that the
 labs can adapt it on the shifted target domain, as a device would in the field.
 Deterministic: fixed seeds and one thread, so a rebuild gives the same numbers.
+Set ODTKIT_PRETRAINED_DIR to write them elsewhere.
 
     python data/build_pretrained.py            # all models
     python data/build_pretrained.py mbv2-tiny  # one model

@@ -17,7 +17,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> submodule that defines it
+# public name -> subpackage or module that defines it
 _EXPORTS: dict[str, str] = {
     # hardware catalogue
     "devices": "hardware",
@@ -28,14 +28,14 @@ _EXPORTS: dict[str, str] = {
     "LinkProfile": "hardware",
     "FitReport": "hardware",
     "load_profile": "hardware",
-    "format_bytes": "hardware",
+    "format_bytes": "units",
     # training
     "train": "training",
     "History": "training",
     "evaluate": "training",
     "load_checkpoint": "training",
-    "make_optimizer": "optim",
-    "OPTIMIZERS": "optim",
+    "make_optimizer": "training",
+    "OPTIMIZERS": "training",
     # plans, memory and the lean engine
     "plan": "plans",
     "TrainPlan": "plans",
@@ -43,30 +43,37 @@ _EXPORTS: dict[str, str] = {
     "measure": "memory",
     "MemoryReport": "memory",
     "lean": "engine",
-    # helpers for notebooks
-    "smoke": "_util",
+    # the lab book
+    "smoke": "lab",
 }
 
-_SUBMODULES = (
+_SUBPACKAGES = (
     "hardware",
     "models",
     "datasets",
-    "optim",
-    "training",
     "plans",
     "memory",
     "engine",
+    "training",
     "compress",
     "distributed",
-    "federated",
-    "ddp",
+    "lab",
     "viz",
     "widgets",
+    "units",
     "cli",
-    "exercises",
 )
 
-__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+# old flat modules -> where they live now (still reachable, with a DeprecationWarning)
+_MOVED: dict[str, str] = {
+    "optim": "training.optim",
+    "checkpoint": "training.checkpoint",
+    "federated": "distributed.federated",
+    "ddp": "distributed.ddp",
+    "exercises": "lab",
+}
+
+__all__ = sorted([*_EXPORTS, *_SUBPACKAGES, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
@@ -74,8 +81,14 @@ def __getattr__(name: str) -> Any:
         value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value
-    if name in _SUBMODULES:
+    if name in _SUBPACKAGES:
         return import_module(f".{name}", __name__)
+    if name in _MOVED:
+        import warnings
+
+        warnings.warn(f"odtkit.{name} moved to odtkit.{_MOVED[name]}; import it from there",
+                      DeprecationWarning, stacklevel=2)
+        return import_module(f".{_MOVED[name]}", __name__)
     raise AttributeError(f"module 'odtkit' has no attribute {name!r}")
 
 

@@ -10,8 +10,14 @@ import sys
 from collections.abc import Sequence
 
 from . import hardware
-from ._profiles import show_device_number, show_link_number
-from .hardware import DeviceProfile, LinkProfile, ProfileError, UnknownNameError
+from .hardware import (
+    DeviceProfile,
+    LinkProfile,
+    ProfileError,
+    UnknownNameError,
+    show_device_number,
+    show_link_number,
+)
 
 LEGEND = ("~ derived (e.g. clock x MAC per cycle), ? not known (see `odtkit device NAME`), "
           "- none; peaks in MAC/s (FLOP = 2 MAC)")

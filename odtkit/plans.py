@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._util import choice_error, closest, normalize_name
+from ._checks import choice_error, closest, normalize_name
 
 __all__ = ["TrainPlan", "plan", "as_plan", "from_names", "layers", "find_blocks", "SCHEMES", "PRECISIONS"]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import odtkit.datasets as ds
-from odtkit import _audio
+from odtkit.datasets import _audio
 from odtkit.models import create
 
 # ------------------------------------------------------------------- built-in tasks

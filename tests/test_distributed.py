@@ -22,15 +22,16 @@ from torch.nn import functional as F
 import odtkit as odt
 from odtkit import compress
 from odtkit import distributed as dd
-from odtkit.ddp import free_port, spawn_local, train_ddp
-from odtkit.distributed import _exchange, global_batches, simulate
+from odtkit.distributed.ddp import free_port, spawn_local, train_ddp
+from odtkit.distributed.simulate import _exchange, global_batches, simulate
+from odtkit.lab import lab_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def model(task):
-    return dd.lab_model(task, seed=0)
+    return lab_model(task, seed=0)
 
 
 def bn_model() -> nn.Module:
@@ -115,7 +116,7 @@ def test_deterministic_and_seed_sensitive(task, model):
     for x, y in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.equal(x, y)
     assert a.loss != c.loss
-    untouched = zip(model.parameters(), dd.lab_model(task).parameters(), strict=True)
+    untouched = zip(model.parameters(), lab_model(task).parameters(), strict=True)
     assert all(torch.equal(p, q) for p, q in untouched)
 
 
@@ -271,7 +272,7 @@ def test_figures_plot_what_they_are_given():
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from odtkit.federated import FedHistory, RoundTime
+    from odtkit.distributed.federated import FedHistory, RoundTime
     from odtkit.viz import compression as vc
 
     runs = {"a": [_hist(0.9, [100, 300]), _hist(0.7, [100, 300])], "b": _hist(0.5, [10] * 2),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from odtkit.exercises import check_training_state_bytes, state_copies
+from odtkit.lab import check_training_state_bytes
+from odtkit.training import state_copies
 
 
 def _model() -> nn.Module:

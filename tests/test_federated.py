@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from torch.nn import functional as F
 
 import odtkit as odt
-from odtkit import federated as fl
-from odtkit.distributed import lab_model, simulate
+from odtkit.distributed import federated as fl
+from odtkit.distributed import simulate
+from odtkit.lab import lab_model
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import odtkit as odt  # noqa: E402
 from odtkit import hardware as hw  # noqa: E402
-from odtkit._profiles import DEVICE_FIELDS, LINK_FIELDS  # noqa: E402
+from odtkit import units  # noqa: E402
+from odtkit.hardware._profiles import DEVICE_FIELDS, LINK_FIELDS  # noqa: E402
 from odtkit.viz import catalogue  # noqa: E402
 
 KIB = 1024
@@ -149,7 +150,7 @@ def test_derived_peaks_agree_with_clock_times_mac_per_cycle():
 
 
 def test_bundled_file_names_match_profile_names():
-    root = resources.files("odtkit").joinpath("profiles")
+    root = resources.files("odtkit.hardware").joinpath("profiles")
     stems = sorted(e.name[:-5] for e in root.iterdir() if e.name.endswith(".toml"))
     assert stems == hw.devices()
     link_stems = sorted(e.name[:-5] for e in root.joinpath("links").iterdir()
@@ -313,15 +314,15 @@ def test_variant_changes_numbers_with_their_source():
      (4 * 1024**3, "4 GiB"), (-80 * KIB, "-80 KiB"), (1_600_000, "1.53 MiB")],
 )
 def test_format_bytes(nbytes, text):
-    assert hw.format_bytes(nbytes) == text
+    assert units.format_bytes(nbytes) == text
 
 
 def test_format_si_and_seconds():
-    assert hw.format_si(2.16e8, "Hz") == "216 MHz"
-    assert hw.format_si(4.3839e-7, "J/bit") == "438 nJ/bit"
-    assert hw.format_seconds(0.0123) == "12.3 ms"
+    assert units.format_si(2.16e8, "Hz") == "216 MHz"
+    assert units.format_si(4.3839e-7, "J/bit") == "438 nJ/bit"
+    assert units.format_seconds(0.0123) == "12.3 ms"
     with pytest.raises(TypeError):
-        hw.format_bytes("320 KB")
+        units.format_bytes("320 KB")
 
 
 # ---------------------------------------------------------------- fit

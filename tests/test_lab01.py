@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from odtkit.memory import check_conv_saved_bytes
+from odtkit.lab import check_conv_saved_bytes
 
 
 def test_accepts_the_hand_computed_bytes(capsys):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import odtkit as odt
-from odtkit.distributed import check_topk_ef
+from odtkit.lab import check_topk_ef
 
 LAB = Path(__file__).resolve().parents[1] / "labs" / "05_gradient_compression.ipynb"
 

@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import odtkit
-from odtkit.checkpoint import load_checkpoint, save_atomic
-from odtkit.training import History, evaluate, train
+from odtkit._io import save_atomic
+from odtkit.training import History, evaluate, load_checkpoint, train
 from odtkit.viz.training import accuracy_curves, loss_curve
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import odtkit as odt
-from odtkit.distributed import lab_model, simulate
-from odtkit.federated import worker_round_time
+from odtkit.distributed import simulate
+from odtkit.distributed.federated import worker_round_time
+from odtkit.lab import lab_model
 
 matplotlib.use("Agg")
 

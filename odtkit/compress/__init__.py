@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._util import choice_error, normalize_name
+from .._checks import choice_error, normalize_name
 from .base import Compressor, Ctx
 from .cast import BF16, FP16, NoCompression
 from .dgc import DGC, warmup_density

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .._util import choice_error
+from .._checks import choice_error
 from .base import Compressor, Ctx, check_int, check_real, check_tensor
 from .wire import Payload, derive_seed, generator
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .._util import choice_error
+from .._checks import choice_error
 from .base import Compressor, Ctx, check_int, check_real
 from .wire import Payload, derive_seed, generator, pack_bits, unpack_bits
 

@@ -12,7 +12,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from .. import hardware
-from ..hardware import DeviceProfile, FitReport, device, format_bytes
+from ..hardware import DeviceProfile, FitReport, device
+from ..units import format_bytes
 
 __all__ = ["device_comparison", "memory_catalogue"]
 

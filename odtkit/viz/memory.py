@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from .._profiles import format_bytes
+from ..units import format_bytes
 
 __all__ = ["memory_bars", "saved_bytes_per_layer", "memory_timeline"]
 

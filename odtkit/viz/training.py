@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from .._util import choice_error
+from .._checks import choice_error
 
 __all__ = ["accuracy_curves", "domain_samples", "loss_curve"]
 

@@ -4,6 +4,6 @@ One submodule per theme; every public name is reachable as ``odt.widgets.NAME``.
 This package is the only place in odtkit that imports ipywidgets.
 """
 
-from .._util import part_lookup
+from .._lazy import part_lookup
 
 __getattr__, __dir__ = part_lookup(__name__, ("memory", "compression"), "explorer")

@@ -18,8 +18,9 @@ from typing import Any
 import ipywidgets as w
 import matplotlib.pyplot as plt
 
-from ..distributed import lab_model, simulate
-from ..federated import worker_round_time
+from ..distributed import simulate
+from ..distributed.federated import worker_round_time
+from ..lab import lab_model
 from ..viz.compression import compression_curves
 
 __all__ = ["CompressionExplorer", "compression_explorer"]
@@ -125,7 +126,7 @@ def compression_explorer(task: Any = None, *, epochs: int = 6, device: str = "ra
     ``epochs`` per cached run (a few seconds each on a laptop core).
     """
     from ..datasets import load
-    from ..distributed import LAB_TASK
+    from ..lab import LAB_TASK
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")

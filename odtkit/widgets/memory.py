@@ -21,12 +21,13 @@ from typing import Any
 import ipywidgets as w
 import matplotlib.pyplot as plt
 
-from .._util import choice_error
+from .._checks import choice_error
 from ..hardware import device as get_device
-from ..hardware import devices, format_bytes
+from ..hardware import devices
 from ..memory import ENGINES, MemoryReport, estimate
 from ..models import create, example_input, names
-from ..optim import OPTIMIZERS
+from ..training import OPTIMIZERS
+from ..units import format_bytes
 from ..viz.memory import memory_bars
 
 __all__ = ["MemoryExplorer", "memory_explorer", "explorer_input_shape"]

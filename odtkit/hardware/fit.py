@@ -13,8 +13,9 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._profiles import DTYPES, UnknownSpecError, format_bytes, format_seconds
-from ._util import choice_error
+from .._checks import choice_error
+from ..units import format_bytes, format_seconds
+from ._profiles import DTYPES, UnknownSpecError
 
 MEMORIES = ("sram", "dram", "flash")
 

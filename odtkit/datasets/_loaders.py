@@ -24,6 +24,7 @@ import torch
 
 from ._files import check_limit, limited_note, missing_error, resolve_root
 from ._speech import load_speech_commands
+from .task import Task
 
 __all__ = ["load_mnist", "load_cifar10", "load_speech_commands"]
 
@@ -122,7 +123,6 @@ def load_mnist(root: str | os.PathLike | None = None, limit_train: int | None = 
 
     ``limit_train`` / ``limit_test`` keep the first N samples of a split (quick runs).
     """
-    from .datasets import Task
 
     limits = {"train": check_limit("limit_train", limit_train),
               "test": check_limit("limit_test", limit_test)}
@@ -259,7 +259,6 @@ def load_cifar10(root: str | os.PathLike | None = None, limit_train: int | None 
     are pickles: only read files you placed yourself (a restricted unpickler that rebuilds
     nothing but numpy arrays is used as well). ``limit_*`` keep the first N samples.
     """
-    from .datasets import Task
 
     limits = {"train": check_limit("limit_train", limit_train),
               "test": check_limit("limit_test", limit_test)}

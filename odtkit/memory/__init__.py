@@ -11,9 +11,9 @@ bytes alive at once during forward, loss, backward and the optimizer step, weigh
 included (scratch space a kernel frees before it returns is not a tensor: not counted).
 
 The estimate never runs the model's arithmetic: it traces one forward pass on the meta
-device (odtkit._trace), applies per-op rules of what autograd or the lean engine keeps
-(odtkit._rules) and plays the step through (odtkit._simulate). The measurement runs one
-real step (odtkit._measure). Lab 01 compares the two.
+device (``_trace``), applies per-op rules of what autograd or the lean engine keeps
+(``_rules``) and plays the step through (``_step``). The measurement runs one
+real step (``_measure``). Lab 01 compares the two.
 """
 
 from __future__ import annotations
@@ -25,19 +25,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._check import check_conv_saved_bytes
+from .._checks import choice_error
+from ..models.summary import LayerRow
+from ..plans import TrainPlan, as_plan
+from ..training.optim import check_optimizer
+from ..units import format_bytes
 from ._measure import run_step
-from ._profiles import format_bytes
-from ._simulate import simulate
-from ._summary import LayerRow
+from ._step import play_step
 from ._trace import UnsupportedOperation, cached_trace
-from ._util import choice_error
-from .optim import check_optimizer
-from .plans import TrainPlan, as_plan
 
 __all__ = [
     "estimate", "measure", "compare", "MemoryReport", "LayerMemory", "CATEGORIES", "ENGINES",
-    "UnsupportedOperation", "check_conv_saved_bytes",
+    "UnsupportedOperation",
 ]
 
 CATEGORIES = ("weights", "gradients", "optimizer", "activations")
@@ -154,7 +153,7 @@ def _prepare(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | st
     check_optimizer(optimizer)
     if engine not in ENGINES:
         raise choice_error("engine", engine, ENGINES)
-    from .engine import is_lean
+    from ..engine import is_lean
 
     if is_lean(model):
         raise ValueError("this model was already made lean by odt.lean; pass the original "
@@ -211,7 +210,7 @@ def estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | st
     """
     plan = _prepare(model, example_input, plan, optimizer, engine)
     trace = _trace_of(model, example_input)
-    sim = simulate(trace, plan.trainable, engine, optimizer, _recomputed(plan, engine))
+    sim = play_step(trace, plan.trainable, engine, optimizer, _recomputed(plan, engine))
     rows = tuple(
         LayerMemory(r.name, r.type, r.output_shape, r.params, r.macs, saved, trains)
         for r, saved, trains in zip(trace.layers, sim.row_saved_bytes, sim.row_trainable,
@@ -238,7 +237,7 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
     """
     plan = _prepare(model, example_input, plan, optimizer, engine)
     if engine == "lean":
-        from .engine import lean
+        from ..engine import lean
 
         work = lean(model, plan)
     else:

@@ -40,7 +40,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
-from ._lean_ops import (
+from ..plans import TrainPlan, as_plan
+from ._ops import (
     BatchNormFrozen,
     ClampMask,
     ConvNoInput,
@@ -48,7 +49,6 @@ from ._lean_ops import (
     pack_bits,
     unpack_bits,
 )
-from .plans import TrainPlan, as_plan
 
 __all__ = ["lean", "is_lean", "LEAN_TYPES", "pack_bits", "unpack_bits", "lean_functions"]
 

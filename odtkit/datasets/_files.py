@@ -20,11 +20,21 @@ SOURCES = {
 }
 
 
-def resolve_root(key: str, root: str | os.PathLike | None) -> Path:
-    """``root`` as a Path, or ``<data dir>/<key>`` when None (data dir: see models.data_dir)."""
-    if root is None:
-        from .models import data_dir
+def data_dir() -> Path:
+    """Root of local data files: $ODTKIT_DATA_DIR if set; else the ``data/`` folder of a
+    source checkout (beside the package); else ``~/.odtkit/data`` for an installed wheel."""
+    env = os.environ.get("ODTKIT_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    checkout = Path(__file__).resolve().parents[2] / "data"
+    if (checkout / "build_pretrained.py").is_file():
+        return checkout
+    return Path.home() / ".odtkit" / "data"
 
+
+def resolve_root(key: str, root: str | os.PathLike | None) -> Path:
+    """``root`` as a Path, or ``<data dir>/<key>`` when None (see :func:`data_dir`)."""
+    if root is None:
         return data_dir() / key
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a folder path (str or os.PathLike), got "

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._util import check_positive_int, choice_error
-from .distributed import dense_bytes, make_compressor
-from .optim import make_optimizer
-from .training import check_task, evaluate
+from .._checks import check_positive_int, choice_error
+from ..training import check_task, evaluate
+from ..training.optim import make_optimizer
+from ._common import dense_bytes, make_compressor
 
 __all__ = ["FedHistory", "RoundTime", "federated", "partition", "round_time",
            "worker_round_time", "training_macs", "training_bytes_moved", "PARTITIONS"]
@@ -58,7 +58,7 @@ class RoundTime:
 
 def _forward_profile(model: nn.Module) -> tuple[int, int]:
     """(forward MACs, activation bytes) for one sample, from the model summary."""
-    from .models import example_input, summary
+    from ..models import example_input, summary
 
     rows = summary(model, example_input(model, batch_size=1)).rows
     acts = sum(4 * math.prod(r.output_shape) for r in rows if r.output_shape)
@@ -87,8 +87,8 @@ def round_time(*, device: Any, link: Any, macs: float, bytes_moved: float,
 
     A device without a memory-bandwidth figure is treated as compute-bound (MACs / peak).
     """
-    from .hardware import device as get_device
-    from .hardware import link as get_link
+    from ..hardware import device as get_device
+    from ..hardware import link as get_link
 
     dev, net = get_device(device), get_link(link)
     if dev.bandwidth_bytes_per_s is None:
@@ -219,7 +219,7 @@ def _assign(names: str | Sequence[str], clients: int, rng: np.random.Generator,
 
 def _check_fit(model: nn.Module, device: str, batch_size: int) -> None:
     """Weights + gradients + activations of a batch must fit the device's RAM."""
-    from .hardware import device as get_device
+    from ..hardware import device as get_device
 
     need = 2 * dense_bytes(model) + batch_size * _forward_profile(model)[1]
     report = get_device(device).fit(int(need))

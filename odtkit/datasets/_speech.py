@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._checks import choice_error
 from . import _audio
 from ._files import check_limit, limited_note, missing_error, resolve_root
-from ._util import choice_error
+from .task import Task
 
 _LISTS = {"testing": "testing_list.txt", "validation": "validation_list.txt"}
 _CHUNK = 256  # wavs turned into features at once (bounds the memory of raw audio)
@@ -105,7 +106,6 @@ def load_speech_commands(root: str | os.PathLike | None = None,
     Each split is shuffled with ``seed``; ``limit_*`` keep its first N files (only those
     are read).
     """
-    from .datasets import Task
 
     limits = {"train": check_limit("limit_train", limit_train),
               "test": check_limit("limit_test", limit_test)}

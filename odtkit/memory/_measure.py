@@ -25,8 +25,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ..training.optim import make_optimizer
 from ._trace import LayerCall, check_logits, first_tensor, is_layer, layer_row
-from .optim import make_optimizer
 
 _PHASE = "odtkit::"  # prefix of the profiler ranges that mark the phases of the step
 

@@ -14,9 +14,9 @@ decompresses all N and averages them in rank order, so all replicas apply the sa
 and stay identical (two consequences of the all-gather: PowerSGD approximates each worker's
 gradient alone, where the paper all-reduces P and Q into one shared approximation, same
 bytes; signSGD's decoded signs are averaged, not majority-voted). One model object stands
-for all replicas because they are identical; the real multi-process version (``odtkit.ddp``:
-DDP communication hooks on gloo, re-exported here as ``comm_hook``, ``train_ddp``,
-``spawn_local``) checks that with separate processes.
+for all replicas because they are identical; the real multi-process version
+(``odtkit.distributed.ddp``: DDP communication hooks on gloo) checks that with separate
+processes.
 
     torchrun --nproc_per_node=2 -m odtkit.distributed --compressor topk --arg density=0.01
 """
@@ -34,58 +34,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._util import check_positive_int
-from .exercises import CheckResult
-from .optim import check_optimizer, make_optimizer
-from .training import History, check_task, evaluate
+from .._checks import check_positive_int
+from ..training import History, check_task, evaluate
+from ..training.optim import check_optimizer, make_optimizer
+from ._common import (
+    average,
+    check_compressor_vs_optimizer,
+    dense_bytes,
+    dgc_workers,
+    make_compressor,
+    set_epoch,
+)
 
-_FROM_DDP = ("comm_hook", "CompressionHookState", "train_ddp", "spawn_local",
-             "WorkerLostError", "main")
-__all__ = [
-    "DistHistory", "simulate", "make_compressor", "lab_model", "global_batches", "SUITE",
-    "average", "dense_bytes", "check_topk_ef", *_FROM_DDP,
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FROM_DDP:  # the torch.distributed half lives in odtkit.ddp
-        from . import ddp
-
-        return getattr(ddp, name)
-    raise AttributeError(f"module 'odtkit.distributed' has no attribute {name!r}")
-
-LAB_TASK = "digits"
-LAB_WIDTH = 2.0  # mlp 64-256-128-10: 50,826 parameters, so 0.1% keeps ~55 entries
-
-# The compressors compared in lab 05 and benchmarks/compress.py: label -> simulate keywords
-# (default: SGD with momentum 0.9, lr 0.05). signSGD sends the mean-|g| scale too. Two need
-# other steps: sign methods lr 0.02 (at 0.05 EF-signSGD oscillates), and random-k + EF
-# plain SGD (its residual waits ~1/density rounds; heavy-ball momentum on those stale
-# bursts diverges, at 10% density too).
-SUITE: dict[str, dict[str, Any]] = {
-    "dense fp32": {"compressor": "none"},
-    "fp16": {"compressor": "fp16"},
-    "bf16": {"compressor": "bf16"},
-    "top-k 0.1% + EF": {"compressor": "topk", "density": 0.001, "error_feedback": True},
-    "top-k 0.1%": {"compressor": "topk", "density": 0.001},
-    "random-k 1% + EF": {"compressor": "randomk", "density": 0.01, "error_feedback": True,
-                         "optimizer": "sgd", "lr": 0.1},
-    "threshold + EF": {"compressor": "threshold", "threshold": 0.01, "error_feedback": True},
-    "DGC 0.1%": {"compressor": "dgc", "density": 0.001, "optimizer": "sgd"},
-    "QSGD 4 bit": {"compressor": "qsgd", "levels": 15},
-    "TernGrad": {"compressor": "terngrad"},
-    "signSGD": {"compressor": "signsgd", "scale": "mean", "lr": 0.02},
-    "EF-signSGD": {"compressor": "ef-signsgd", "lr": 0.02},
-    "PowerSGD r2 + EF": {"compressor": "powersgd", "rank": 2, "error_feedback": True},
-}
-
-
-def lab_model(task: Any, seed: int = 0) -> nn.Module:
-    """The model of lab 05 and the benchmark: the zoo MLP at width 2 sized for ``task``."""
-    from .models import create
-
-    return create("mlp", num_classes=task.num_classes, input_shape=task.input_shape,
-                  width=LAB_WIDTH, seed=seed)
+__all__ = ["DistHistory", "simulate", "global_batches"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -135,68 +96,6 @@ class DistHistory(History):
         base = History.__repr__(self)[len("History("):-1]
         return (f"DistHistory({self.compressor}, {self.workers} workers, {base}, "
                 f"{len(self.bytes_up)} rounds, {self.compression_ratio:.1f}x fewer bytes)")
-
-
-# ------------------------------------------------------------------------- compressors
-
-def make_compressor(compressor: str | Callable[[], Any], *, error_feedback: bool = False,
-                    seed: int = 0, **kwargs: Any) -> Any:
-    """A fresh compressor (one per worker): by name via ``odt.compress.get`` or a factory.
-
-    ``error_feedback=True`` wraps it in ``ErrorFeedback`` (per-worker residuals).
-    A ready compressor object is refused: workers must not share residuals or state.
-    """
-    from . import compress
-
-    if isinstance(compressor, str):
-        comp = compress.get(compressor, seed=seed, **kwargs)
-    elif callable(compressor) and not hasattr(compressor, "compress"):
-        if kwargs:
-            raise ValueError(f"compressor keywords {sorted(kwargs)} only apply to a name; "
-                             "put them in your factory")
-        comp = compressor()
-    else:
-        raise TypeError(
-            f"compressor must be a name such as 'topk' or a zero-argument factory, got "
-            f"{type(compressor).__name__}: every worker needs its own instance "
-            "(own residual and state), e.g. lambda: odt.compress.get('topk', density=0.01)")
-    return compress.ErrorFeedback(comp) if error_feedback else comp
-
-
-def _check_compressor_vs_optimizer(comp: Any, optimizer: str) -> None:
-    inner = getattr(comp, "inner", comp)
-    if getattr(inner, "momentum_correction", False) and optimizer != "sgd":
-        raise ValueError(
-            f"{inner.kind!r} applies momentum itself (momentum correction), so the optimizer "
-            f"must be plain 'sgd', got optimizer={optimizer!r}; or pass "
-            "momentum_correction=False")
-
-
-def _dgc_workers(compressor: Any, kwargs: dict[str, Any], workers: int) -> dict[str, Any]:
-    """``kwargs`` with DGC's ``num_workers`` (its local clipping bound) defaulted to ``workers``."""
-    if compressor == "dgc":
-        return {"num_workers": workers, **kwargs}
-    return kwargs
-
-
-def _set_epoch(comp: Any, epoch: float) -> None:
-    """Drive warm-up schedules (DGC) where the compressor has one."""
-    setter = getattr(comp, "set_epoch", None)
-    if callable(setter):
-        setter(epoch)
-
-
-def average(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean in the given (rank) order: the simulation and the DDP hook share it bit for bit."""
-    total = tensors[0].detach().clone().float()
-    for t in tensors[1:]:
-        total += t
-    return total / len(tensors)
-
-
-def dense_bytes(model: nn.Module) -> int:
-    """Bytes of one fp32 gradient of the trainable parameters."""
-    return sum(4 * p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # ------------------------------------------------------------------------- data
@@ -251,10 +150,10 @@ def simulate(
         check_positive_int("max_steps", max_steps)
     check_optimizer(optimizer)
     check_task(task)
-    compressor_kwargs = _dgc_workers(compressor, compressor_kwargs, workers)
+    compressor_kwargs = dgc_workers(compressor, compressor_kwargs, workers)
     codecs = [make_compressor(compressor, error_feedback=error_feedback, seed=seed + w,
                               **compressor_kwargs) for w in range(workers)]
-    _check_compressor_vs_optimizer(codecs[0], optimizer)
+    check_compressor_vs_optimizer(codecs[0], optimizer)
     torch.manual_seed(seed)
     replica = copy.deepcopy(model).train()
     named = [(n, p) for n, p in replica.named_parameters() if p.requires_grad]
@@ -291,7 +190,7 @@ def simulate(
             b.copy_(kept)
         t0 = time.perf_counter()
         for codec in codecs:
-            _set_epoch(codec, epoch + step / steps_per_epoch)
+            set_epoch(codec, epoch + step / steps_per_epoch)
         averaged, sent = _exchange(codecs, [name for name, _ in named], grads)
         timers["compress"] += (time.perf_counter() - t0) / workers
         for (_, p), g in zip(named, averaged, strict=True):
@@ -342,88 +241,3 @@ def _exchange(codecs: Sequence[Any], names: Sequence[str],
             decoded.append(codec.decompress(payload, ctx))
         averaged.append(average(decoded))
     return averaged, sent
-
-
-# ------------------------------------------------------------------------- the exercise
-
-def check_topk_ef(fn: Callable[..., Any] | None, *, density: float = 0.05, steps: int = 4,
-                  quiet: bool = False) -> CheckResult:
-    """Check a student's top-k with error feedback against the library's, over ``steps``.
-
-    ``fn(grad, residual, density) -> (sent, new_residual)``: ``sent`` dense (zeros where
-    nothing is sent) with the ceil(density * numel) entries of largest |grad + residual|.
-    Never raises: returns a ``CheckResult`` (ok True, False with the first difference
-    explained, or None for the lab's placeholder that raises NotImplementedError) and
-    prints it unless ``quiet``.
-    """
-    result = _check_topk_ef(fn, density, steps)
-    if not quiet:
-        print(result)
-    return result
-
-
-def _check_topk_ef(fn: Callable[..., Any] | None, density: float, steps: int) -> CheckResult:
-    from . import compress
-
-    todo = CheckResult(None, "fill in topk_ef_step, then run this cell again")
-    if fn is None:
-        return todo
-    ref = compress.ErrorFeedback(compress.get("topk", density=density))
-    gen = torch.Generator().manual_seed(0)
-    residual = torch.zeros(7, 19)
-    for step in range(steps):
-        grad = torch.randn(7, 19, generator=gen)  # (7, 19): 5% of 133 is 6.65, so k = 7
-        payload, ctx = ref.compress(grad, "w")
-        want_sent, want_residual = ref.decompress(payload, ctx), ref.residual("w")
-        try:
-            sent, new_residual = fn(grad.clone(), residual.clone(), density)
-        except NotImplementedError:
-            return todo
-        except Exception as err:  # the student's code: report, do not crash the check
-            return CheckResult(False, f"calling fn(grad, residual, density) failed at step "
-                                      f"{step}: {type(err).__name__}: {err}")
-        problem = _diagnose(grad, residual, density, sent, new_residual, want_sent,
-                            want_residual, step)
-        if problem:
-            return CheckResult(False, problem)
-        residual = want_residual.clone()
-    return CheckResult(True, f"matches odt.compress top-k with error feedback over {steps} "
-                             "steps")
-
-
-def _diagnose(grad: torch.Tensor, residual: torch.Tensor, density: float, sent: Any,
-              new_residual: Any, want_sent: torch.Tensor, want_residual: torch.Tensor,
-              step: int) -> str:
-    """An explanation of the first difference from the reference, or '' if none."""
-    for what, value in (("sent", sent), ("new_residual", new_residual)):
-        if not isinstance(value, torch.Tensor) or value.shape != grad.shape:
-            return (f"{what} must be a tensor shaped like grad {tuple(grad.shape)}, got "
-                    f"{getattr(value, 'shape', type(value).__name__)}")
-    k = want_sent.ne(0).sum().item()
-    nonzero = int(sent.ne(0).sum())
-    if nonzero != k:
-        return (f"step {step}: sent has {nonzero} nonzero entries, expected k = "
-                f"ceil(density * numel) = ceil({density} * {grad.numel()}) = {k}")
-    if not torch.allclose(sent, want_sent, atol=1e-6):
-        plain = grad.flatten().abs().topk(k).indices
-        if sent.flatten().ne(0).nonzero().flatten().sort().values.equal(plain.sort().values):
-            return (f"step {step}: you picked the top-k of |grad|; error feedback picks the "
-                    "top-k of |grad + residual| and sends those entries of grad + residual")
-        signed = (grad + residual).flatten().topk(k).indices
-        if sent.flatten().ne(0).nonzero().flatten().sort().values.equal(signed.sort().values):
-            return (f"step {step}: you picked the k largest values; pick the k largest "
-                    "magnitudes (abs) so that large negative entries are sent too")
-        return (f"step {step}: sent differs from the reference (max difference "
-                f"{float((sent - want_sent).abs().max()):.3g}): send (grad + residual) at "
-                "the k positions of largest |grad + residual|")
-    if not torch.allclose(new_residual, want_residual, atol=1e-6):
-        return (f"step {step}: new_residual differs (max difference "
-                f"{float((new_residual - want_residual).abs().max()):.3g}); it must be "
-                "grad + residual - sent: everything not sent waits for the next step")
-    return ""
-
-
-if __name__ == "__main__":
-    from odtkit.ddp import main as _main
-
-    _main()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._util import choice_error
-from .exercises import CheckResult
+from .._checks import choice_error
+from .checks import CheckResult
 
 
 def conv_saved_bytes(batch_size: int, in_channels: int, out_channels: int, size: int,
@@ -19,8 +19,8 @@ def conv_saved_bytes(batch_size: int, in_channels: int, out_channels: int, size:
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
     conv.weight.requires_grad_(False)
     if engine == "lean":
-        from .engine import lean
-        from .plans import plan
+        from ..engine import lean
+        from ..plans import plan
 
         conv = lean(conv, plan(conv, "bias-only"))
     params = {p.untyped_storage()._cdata for p in conv.parameters()}

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..training.optim import state_copies
 from ._measure import StepBytes
 from ._rules import Rule, rule_for, supported_ops
 from ._trace import Trace, UnsupportedOperation, where
-from .optim import state_copies
 
 # optimizer -> transient copies of a trainable tensor while its update is computed
 _UPDATE_TEMPORARIES = {"sgd": 0, "sgd-m": 0, "adam": 2}
@@ -315,7 +315,7 @@ class _Step:
             checkpoint_rows=tuple(self.checkpoint_rows), timeline=tuple(self.timeline))
 
 
-def simulate(trace: Trace, trainable: frozenset[str], engine: str, optimizer: str,
+def play_step(trace: Trace, trainable: frozenset[str], engine: str, optimizer: str,
              recompute: tuple[str, ...] = ()) -> StepModel:
     """Simulate forward, loss, backward and one ``optimizer`` step under a plan.
 

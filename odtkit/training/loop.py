@@ -23,14 +23,14 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ._summary import eval_mode
-from ._util import check_positive_int, choice_error
+from .._checks import check_positive_int, choice_error
+from .._io import save_atomic
+from ..models import eval_mode
 from .checkpoint import (
     FORMAT,
     check_fingerprint,
     load_checkpoint,
     rng_state,
-    save_atomic,
     set_rng_state,
 )
 from .optim import check_optimizer, make_optimizer

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ._util import choice_error
+from .._checks import choice_error
 
 OPTIMIZERS = ("sgd", "sgd-m", "adam")
 # full-size state tensors each optimizer keeps per trainable tensor (Adam also keeps a

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_positive_int, choice_error, normalize_name
+from .._io import save_atomic
 from . import _zoo
-from ._summary import LayerRow, Summary, layer_macs, summary
-from ._util import choice_error, normalize_name
-from .checkpoint import save_atomic
+from .summary import LayerRow, Summary, eval_mode, layer_macs, summary
 
 __all__ = [
     "names", "create", "example_input", "layer_macs", "summary", "Summary", "LayerRow",
-    "pretrained_path", "save_pretrained", "data_dir",
+    "pretrained_path", "save_pretrained", "eval_mode",
 ]
 
 # name -> (builder, default input shape, required input rank or None for any rank)
@@ -53,12 +53,6 @@ def _canonical(name: str) -> str:
     return keyed[normalize_name(name)]
 
 
-def _positive_int(what: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return value
-
-
 def _resolve_shape(name: str, in_channels: int | None,
                    input_shape: tuple[int, ...] | None) -> tuple[int, ...]:
     """The model's input shape from its default, ``in_channels`` and ``input_shape``."""
@@ -69,8 +63,8 @@ def _resolve_shape(name: str, in_channels: int | None,
         if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__iter__"):
             raise ValueError(f"input_shape must be a tuple of positive ints, got {input_shape!r}")
         shape = tuple(input_shape)
-        for d in shape:
-            _positive_int(f"every input_shape entry (in {input_shape!r})", d)
+        for i, d in enumerate(shape):
+            check_positive_int(f"input_shape[{i}]", d)
         want = rank if rank is not None else len(shape)
         if len(shape) != want or not shape:
             meaning = _RANK_MEANING.get(rank, "a non-empty tuple")
@@ -78,7 +72,7 @@ def _resolve_shape(name: str, in_channels: int | None,
                 f"input_shape {input_shape!r} does not suit {name!r}: it takes {meaning} "
                 f"without the batch dimension, e.g. {default}")
     if in_channels is not None:
-        _positive_int("in_channels", in_channels)
+        check_positive_int("in_channels", in_channels)
         if input_shape is not None and shape[0] != in_channels:
             raise ValueError(f"in_channels={in_channels} contradicts input_shape={shape}; "
                              "give one of them or make them agree")
@@ -96,7 +90,7 @@ def create(name: str, num_classes: int = 10, in_channels: int | None = None,
     arguments left as None then come from the checkpoint's config.
     """
     key = _canonical(name)
-    _positive_int("num_classes", num_classes)
+    check_positive_int("num_classes", num_classes)
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not (
             math.isfinite(width) and width > 0):
         raise ValueError(f"width must be a finite number > 0, got {width!r}")
@@ -127,22 +121,21 @@ def example_input(model: nn.Module, batch_size: int = 1, seed: int = 0) -> torch
     if shape is None:
         raise ValueError(f"{type(model).__name__} has no input_shape attribute; "
                          "create it with odtkit.models.create or set model.input_shape")
-    _positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch_size, *shape, generator=gen)
 
 
 # ---------------------------------------------------------------- pretrained weights
 
-def data_dir() -> Path:
-    """Root of local data: $ODTKIT_DATA_DIR if set, else the repository's ``data/`` folder."""
-    env = os.environ.get("ODTKIT_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"  # package data
 
 
 def pretrained_path(name: str) -> Path:
-    """Where the pretrained checkpoint of model ``name`` lives: <data dir>/pretrained/<name>.pt."""
-    return data_dir() / "pretrained" / f"{_canonical(name)}.pt"
+    """The pretrained checkpoint of model ``name``: ``odtkit/models/pretrained/<name>.pt``
+    (package data, so an installed wheel has it), or under $ODTKIT_PRETRAINED_DIR if set."""
+    root = os.environ.get("ODTKIT_PRETRAINED_DIR")
+    return (Path(root).expanduser() if root else PRETRAINED_DIR) / f"{_canonical(name)}.pt"
 
 
 def _load_checkpoint(name: str) -> dict[str, Any]:
@@ -178,7 +171,7 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, config: dict | No
     """Write {"config", "state_dict", **meta} to ``path`` atomically (`checkpoint.save_atomic`).
 
     ``config`` defaults to ``model.config``; ``meta`` should hold ``source_task`` (str) and
-    ``source_test_acc`` (float) for checkpoints under ``data/pretrained``.
+    ``source_test_acc`` (float) for the shipped checkpoints.
     """
     config = dict(model.config if config is None else config)
     missing = [k for k in CONFIG_KEYS if k not in config]

@@ -19,8 +19,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from ..models.summary import LayerRow, layer_macs
 from ._shapes import fast_output
-from ._summary import LayerRow, layer_macs
 
 META = torch.device("meta")
 

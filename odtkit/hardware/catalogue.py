@@ -22,7 +22,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
-from ._fit import FitReport, MemoryCheck, fit_device
+from .._checks import choice_error, normalize_name
 from ._profiles import (
     DEVICE_FIELDS,
     DTYPES,
@@ -34,9 +34,6 @@ from ._profiles import (
     UnknownSpecError,
     check_numbers,
     describe_numbers,
-    format_bytes,
-    format_seconds,
-    format_si,
     parse_device,
     parse_link,
     read_path,
@@ -44,7 +41,7 @@ from ._profiles import (
     show_device_number,
     show_link_number,
 )
-from ._util import choice_error, normalize_name
+from .fit import FitReport, MemoryCheck, fit_device
 
 __all__ = [
     "DTYPES",
@@ -59,9 +56,6 @@ __all__ = [
     "UnknownSpecError",
     "device",
     "devices",
-    "format_bytes",
-    "format_seconds",
-    "format_si",
     "link",
     "links",
     "load_link",
@@ -302,8 +296,8 @@ def load_link(path: str | os.PathLike[str]) -> LinkProfile:
 
 
 def _bundled(folder: str, build: Any) -> dict[str, Any]:
-    """Profiles shipped in ``odtkit/profiles/<folder>``, keyed by normalized name and alias."""
-    root = resources.files("odtkit")
+    """Profiles shipped in ``odtkit/hardware/profiles/<folder>``, keyed by normalized name and alias."""
+    root = resources.files("odtkit.hardware")
     for part in folder.split("/"):
         root = root.joinpath(part)
     table: dict[str, Any] = {}

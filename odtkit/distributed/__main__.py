@@ -1,0 +1,5 @@
+"""``torchrun --nproc_per_node=N -m odtkit.distributed --compressor topk ...``"""
+
+from .ddp import main
+
+main()

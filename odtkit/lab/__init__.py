@@ -1,0 +1,27 @@
+"""What only the lab book needs: exercise checks, the suites the labs run, smoke mode.
+
+A check never raises on a wrong or missing answer: it returns a `CheckResult`
+(truthy only when right) and prints a message, so a notebook with the exercise
+still open runs from top to bottom. Library code never imports this package.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._memory import check_conv_saved_bytes, conv_saved_bytes
+from .checks import CheckResult, check_topk_ef, check_training_state_bytes
+from .suites import LAB_TASK, LAB_WIDTH, SUITE, lab_model
+
+__all__ = [
+    "CheckResult", "check_training_state_bytes", "check_conv_saved_bytes", "check_topk_ef",
+    "conv_saved_bytes", "LAB_TASK", "LAB_WIDTH", "SUITE", "lab_model", "smoke",
+]
+
+
+def smoke() -> bool:
+    """True under CI or ODTKIT_SMOKE=1: notebooks and scripts shrink their work."""
+    flag = os.environ.get("ODTKIT_SMOKE", "")
+    if flag:
+        return flag.lower() not in ("0", "false", "no")
+    return bool(os.environ.get("CI"))
