@@ -56,6 +56,7 @@ _SUBPACKAGES = (
     "engine",
     "training",
     "compress",
+    "quant",
     "distributed",
     "lab",
     "viz",

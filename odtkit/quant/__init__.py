@@ -1,0 +1,33 @@
+"""Quantized training: quantizers, fake-quant QAT, the int8 graph a microcontroller runs,
+quantization-aware scaling (QAS).
+
+    q = odt.quant.quantize(w, bits=8, axis=0)          # QTensor: integers, scale, zero point
+    odt.quant.prepare_qat_(model, odt.quant.QATConfig())
+    int8 = odt.quant.to_int8(odt.quant.fold_bn_(model), calibration_inputs)
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+# public name -> module of this package that defines it (loaded on first use)
+_EXPORTS = {
+    "QTensor": "quantizers", "quantize": "quantizers", "dequantize": "quantizers",
+    "fake_quantize": "quantizers", "ROUNDINGS": "quantizers",
+    "QATConfig": "qat", "prepare_qat_": "qat", "fold_bn_": "qat",
+    "to_int8": "int8", "Int8Model": "int8",
+    "qas_": "qas", "norm_ratios": "qas",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'odtkit.quant' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
