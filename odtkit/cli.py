@@ -67,7 +67,7 @@ def links_table() -> str:
     show = show_link_number
     rows = [
         [p.name, *(_cell(p, k, show) for k in (
-            "throughput_bps", "latency_s", "energy_per_bit_j", "duty_cycle"))]
+            "throughput_bits_per_s", "latency_s", "energy_per_bit_j", "duty_cycle"))]
         for p in (hardware.link(n) for n in hardware.links())
     ]
     headers = ["name", "throughput", "latency", "energy/bit", "duty cycle"]

@@ -186,6 +186,9 @@ def test_unknown_names_suggest_the_closest():
     with pytest.raises(hw.UnknownNameError, match=r"Did you mean 'stm32f746'") as err:
         hw.device("stm32f74")
     assert isinstance(err.value, ValueError) and isinstance(err.value, LookupError)
+    # the prefix match first, then the nearest spelling; aliases resolve but are not offered
+    assert "Did you mean 'stm32f746', 'stm32h743'?" in str(err.value)
+    assert "stm32f746ng" not in str(err.value)
     with pytest.raises(ValueError, match=r"Did you mean 'lorawan'"):
         hw.link("lorawn")
     with pytest.raises(TypeError, match="string"):
@@ -265,7 +268,7 @@ def test_a_missing_file_is_named(tmp_path):
 
 
 def test_user_link_profiles(tmp_path):
-    text = ('name = "my-radio"\n[throughput_bps]\nvalue = 1000\nsource = "spec"\n'
+    text = ('name = "my-radio"\n[throughput_bits_per_s]\nvalue = 1000\nsource = "spec"\n'
             '[latency_s]\nunknown = "n/a"\n[energy_per_bit_j]\nunknown = "n/a"\n'
             '[duty_cycle]\nvalue = 0.5\nsource = "regulator"\n')
     lk = hw.load_link(write(tmp_path, text, "radio.toml"))
@@ -273,6 +276,112 @@ def test_user_link_profiles(tmp_path):
     path = write(tmp_path, text.replace("value = 0.5", "value = 1.5"), "bad.toml")
     with pytest.raises(hw.ProfileError, match=r"bad\.toml.*duty_cycle"):
         hw.load_link(path)
+
+
+def test_a_folder_is_not_a_profile_and_the_message_names_the_files_inside(tmp_path):
+    with pytest.raises(hw.ProfileError, match="is a folder.*no .toml file") as err:
+        hw.load_profile(tmp_path)
+    assert err.value.path == str(tmp_path)
+    write(tmp_path, VALID, "my-board.toml")
+    with pytest.raises(hw.ProfileError, match=r"is a folder.*holds my-board\.toml.*e\.g\. "):
+        hw.load_profile(tmp_path)
+    with pytest.raises(hw.ProfileError, match="is a folder"):
+        hw.load_link(tmp_path)
+    with pytest.raises(hw.ProfileError, match="is a folder"):
+        hw.device(tmp_path)  # a path goes to load_profile
+
+
+def test_a_file_that_is_not_text_is_named(tmp_path):
+    path = tmp_path / "board.toml"
+    path.write_bytes(b"name = \"\xff\xfe\"\n")
+    with pytest.raises(hw.ProfileError, match="not UTF-8 text") as err:
+        hw.load_profile(path)
+    assert err.value.path == str(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "hints"),
+    [
+        # inf is a TOML float: greater than zero, yet no clock
+        ("value = 100000000\nsource", "value = inf\nsource", "clock_hz.value",
+         ("finite", "greater than zero", "got inf")),
+        ("value = 100000000\nsource", "value = nan\nsource", "clock_hz.value",
+         ("finite", "got nan")),
+        ("value = 100000000\nsource", "value = -5\nsource", "clock_hz.value",
+         ("greater than zero", "got -5")),
+        # 1e23 bytes of SRAM: as a TOML integer and as a float
+        ("value = 262144", "value = 100000000000000000000000", "sram_bytes.value",
+         ("at most 1 PiB", "not the memory of one device")),
+        ("value = 262144", "value = 1e23", "sram_bytes.value", ("whole number", "1 PiB")),
+        ("value = 1048576", "value = -1048576", "flash_bytes.value", ("zero or more",)),
+        ("value = 400000000", "value = 4e20", "bandwidth_bytes_per_s.value", ("1 PB/s",)),
+        ("value = 200000000", "value = 2e30", "peak_macs_per_s.int8.value", ("100 PMAC/s",)),
+    ],
+)
+def test_numbers_must_be_finite_positive_and_sane(tmp_path, old, new, field, hints):
+    path = write(tmp_path, VALID.replace(old, new, 1))
+    with pytest.raises(hw.ProfileError) as err:
+        hw.load_profile(path)
+    message = str(err.value)
+    assert str(path) in message and field in message and "e.g. value = " in message
+    for hint in hints:
+        assert hint in message, (hint, message)
+
+
+def test_the_upper_bound_is_inclusive_and_holds_in_python_too():
+    pib = 2**50  # 1 PiB: the largest memory a profile may state
+    q = hw.Quantity(pib, "what-if")
+    assert hw.DeviceProfile(name="x", kind="mcu", sram_bytes=pib,
+                            sources={"sram_bytes": q}).sram_bytes == pib
+    big = hw.Quantity(pib + 1, "what-if")
+    with pytest.raises(hw.ProfileError, match="sram_bytes.*at most 1 PiB.*got 1125899906842625"):
+        hw.DeviceProfile(name="x", kind="mcu", sram_bytes=pib + 1, sources={"sram_bytes": big})
+    f746 = hw.device("stm32f746")
+    with pytest.raises(hw.ProfileError, match="sram_bytes.*1 PiB.*got 100000000000000000000000"):
+        f746.variant("absurd", sram_bytes=10**23, source="typo")
+    with pytest.raises(hw.ProfileError, match="clock_hz.*greater than zero.*got inf"):
+        f746.variant("inf", clock_hz=float("inf"), source="typo")
+    with pytest.raises(hw.ProfileError, match="clock_hz.*got -1"):
+        f746.variant("neg", clock_hz=-1, source="typo")
+
+
+def test_link_numbers_are_checked_like_device_numbers(tmp_path):
+    text = ('name = "my-radio"\n[throughput_bits_per_s]\nvalue = 1000\nsource = "spec"\n'
+            '[latency_s]\nvalue = 0.01\nsource = "spec"\n[energy_per_bit_j]\nunknown = "n/a"\n'
+            '[duty_cycle]\nunknown = "n/a"\n')
+    assert hw.load_link(write(tmp_path, text, "ok.toml")).latency_s == 0.01
+    cases = [("value = 0.01", "value = -0.01", "latency_s.value", "zero or more"),
+             ("value = 1000", "value = inf", "throughput_bits_per_s.value", "got inf"),
+             ("value = 1000", "value = 1e15", "throughput_bits_per_s.value", "10 Tbit/s")]
+    for old, new, field, hint in cases:
+        path = write(tmp_path, text.replace(old, new, 1), "bad.toml")
+        with pytest.raises(hw.ProfileError, match=rf"bad\.toml.*{field}.*{hint}"):
+            hw.load_link(path)
+
+
+def test_the_old_throughput_name_says_it_was_renamed(tmp_path):
+    text = ('name = "my-radio"\n[throughput_bps]\nvalue = 1000\nsource = "spec"\n'
+            '[latency_s]\nunknown = "n/a"\n[energy_per_bit_j]\nunknown = "n/a"\n'
+            '[duty_cycle]\nunknown = "n/a"\n')
+    with pytest.raises(hw.ProfileError, match=r"throughput_bps.*renamed to "
+                                              r"throughput_bits_per_s.*bits, not bytes"):
+        hw.load_link(write(tmp_path, text, "old.toml"))
+    with pytest.raises(hw.ProfileError, match="throughput_bps is now throughput_bits_per_s"):
+        hw.LinkProfile.from_quantities(
+            name="r", quantities={"throughput_bps": hw.Quantity(1000, "spec")})
+    lk = hw.link("lorawan")
+    assert lk.throughput_bits_per_s == 5470 and not hasattr(lk, "throughput_bps")
+
+
+def test_every_profile_field_has_its_unit_in_its_name():
+    """Units live in names: bytes, Hz, s, W, J, bits; a count of MACs is its own unit."""
+    suffixes = ("_bytes", "_hz", "_bytes_per_s", "_w", "_bits_per_s", "_s", "_j")
+    numbers = [*DEVICE_FIELDS, "peak_macs_per_s", *LINK_FIELDS]
+    numbers += [f.name for f in dataclasses.fields(hw.FitReport)
+                if f.type in ("int", "float | None", "int | None")]
+    dimensionless = {"duty_cycle"}  # a fraction of the time
+    for name in numbers:
+        assert name in dimensionless or name.endswith(suffixes), name
 
 
 def test_profiles_validate_in_post_init():

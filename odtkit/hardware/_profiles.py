@@ -8,13 +8,12 @@ keyword arguments and name the file, the field and the fix on any mistake.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._checks import choice_error
+from .._checks import check_int, check_real, choice_error
 from ..units import format_bytes, format_seconds, format_si
 
 try:
@@ -25,21 +24,44 @@ except ModuleNotFoundError:  # Python 3.10
 KINDS = ("mcu", "sbc", "gpu-module", "phone", "laptop")
 DTYPES = ("int8", "fp16", "fp32")
 
-# device field -> (unit word for messages, must be a whole number, zero allowed)
-DEVICE_FIELDS: dict[str, tuple[str, bool, bool]] = {
-    "sram_bytes": ("bytes", True, True),
-    "dram_bytes": ("bytes", True, True),
-    "flash_bytes": ("bytes", True, True),
-    "clock_hz": ("Hz", False, False),
-    "bandwidth_bytes_per_s": ("bytes/s", False, False),
-    "power_w": ("W", False, False),
+
+@dataclass(frozen=True)
+class Spec:
+    """How one profile number is checked: its unit, whole or not, zero allowed or not, and
+    an upper bound past which a number cannot describe one device or link (a typo in the
+    exponent, or the wrong unit), with that bound in words and an example of a good value."""
+
+    unit: str
+    whole: bool
+    zero_ok: bool
+    high: float
+    limit: str
+    example: str
+
+
+_PIB = 2**50
+_BYTES = Spec("bytes", True, True, _PIB, "1 PiB (more is not the memory of one device)",
+              "value = 327680 for 320 KiB")
+DEVICE_FIELDS: dict[str, Spec] = {
+    "sram_bytes": _BYTES,
+    "dram_bytes": _BYTES,
+    "flash_bytes": _BYTES,
+    "clock_hz": Spec("Hz", False, False, 1e11, "100 GHz", "value = 216000000 for 216 MHz"),
+    "bandwidth_bytes_per_s": Spec("bytes/s", False, False, 1e15, "1 PB/s",
+                                  "value = 1.728e9 for 1.728 GB/s"),
+    "power_w": Spec("W", False, False, 1e4, "10 kW", "value = 0.5 for 500 mW"),
 }
 PEAK_FIELD = "peak_macs_per_s"
-LINK_FIELDS: dict[str, tuple[str, bool, bool]] = {
-    "throughput_bps": ("bit/s", False, False),
-    "latency_s": ("s", False, True),
-    "energy_per_bit_j": ("J/bit", False, False),
-    "duty_cycle": ("fraction of time on air", False, False),
+PEAK_SPEC = Spec("MAC/s", False, False, 1e17, "100 PMAC/s (FLOP = 2 MAC)",
+                 "value = 4.32e8 for 432 MMAC/s")
+LINK_FIELDS: dict[str, Spec] = {
+    "throughput_bits_per_s": Spec("bit/s", False, False, 1e13, "10 Tbit/s",
+                                  "value = 1000000 for 1 Mbit/s"),
+    "latency_s": Spec("s", False, True, 86_400.0, "one day", "value = 0.0075 for 7.5 ms"),
+    "energy_per_bit_j": Spec("J/bit", False, False, 1.0, "1 J/bit",
+                             "value = 1e-8 for 10 nJ/bit"),
+    "duty_cycle": Spec("fraction of time on air", False, False, 1.0,
+                       "1 (always on air; 0.01 is 1 %)", "value = 0.01 for 1 %"),
 }
 _QUANTITY_KEYS = ("value", "source", "derived", "note")
 
@@ -69,10 +91,7 @@ class Quantity:
     note: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)):
-            raise TypeError(f"Quantity value must be a number, got {self.value!r}")
-        if not math.isfinite(self.value):
-            raise ValueError(f"Quantity value must be finite, got {self.value!r}")
+        check_real("Quantity value", self.value)  # a finite int or float
         if not isinstance(self.source, str) or not self.source.strip():
             raise ValueError("Quantity needs a non-empty source (datasheet, paper or URL)")
         if not isinstance(self.derived, bool):
@@ -81,19 +100,31 @@ class Quantity:
             raise TypeError(f"Quantity note must be a string, got {self.note!r}")
 
 
-def check_numbers(owner: str, specs: Mapping[str, tuple[str, bool, bool]],
-                  values: dict[str, Any], sources: Mapping[str, Quantity],
-                  unknown: Mapping[str, str]) -> None:
+def check_number(field: str, value: object, spec: Spec, path: str | None = None) -> None:
+    """A ProfileError naming ``field`` (and the file) unless ``value`` is a finite number in
+    the spec's range: a whole one for byte counts, zero only where the spec allows it,
+    never above the spec's upper bound. The checks are those of ``odtkit._checks``."""
+    try:
+        if spec.whole:
+            check_int(field, value, low=0 if spec.zero_ok else 1, high=int(spec.high))
+        else:
+            check_real(field, value, low=0.0, low_open=not spec.zero_ok, high=spec.high)
+    except (TypeError, ValueError):
+        kind, hint = ("a whole number", " (a TOML integer: no decimal point, no quotes)") \
+            if spec.whole else ("a finite number", "")
+        bound = "zero or more" if spec.zero_ok else "greater than zero"
+        shown = f"{type(value).__name__} {value!r}" if isinstance(value, (str, bool)) \
+            else repr(value)
+        raise ProfileError(f"must be {kind} ({spec.unit}), {bound} and at most {spec.limit}; "
+                           f"got {shown}. Write the plain number{hint}, e.g. {spec.example}.",
+                           path=path, field=field) from None
+
+
+def check_numbers(owner: str, specs: Mapping[str, Spec], values: dict[str, Any],
+                  sources: Mapping[str, Quantity], unknown: Mapping[str, str]) -> None:
     """Every present number is well-formed and sourced with the same value; nothing extra."""
     for name, value in values.items():
-        unit, whole, zero_ok = specs[name]
-        ok_type = isinstance(value, int) if whole else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok_type or not math.isfinite(value):
-            raise ProfileError(f"expected a {'whole ' if whole else ''}number in {unit}, "
-                               f"got {value!r}.", field=name)
-        if value < 0 or (value == 0 and not zero_ok):
-            raise ProfileError(f"must be {'>= 0' if zero_ok else '> 0'} {unit}, got {value!r}.",
-                               field=name)
+        check_number(name, value, specs[name])
     unsourced = sorted(set(values) - set(sources))
     if unsourced:
         raise ProfileError(f"{owner}: no source. Pass sources={{{unsourced[0]!r}: "
@@ -134,7 +165,7 @@ def show_link_number(key: str, value: float) -> str:
         return format_seconds(value)
     if key == "duty_cycle":
         return f"{value:g}"
-    return format_si(value, {"throughput_bps": "bit/s", "energy_per_bit_j": "J/bit"}[key])
+    return format_si(value, {"throughput_bits_per_s": "bit/s", "energy_per_bit_j": "J/bit"}[key])
 
 
 def describe_numbers(title: str, description: str, keys: list[str],
@@ -174,14 +205,24 @@ def read_toml(text: str, origin: str) -> dict[str, Any]:
 def read_path(path: str | Path) -> tuple[str, str]:
     """The text of a profile file and the name to report it under."""
     p = Path(path)
+    if p.is_dir():
+        found = sorted(f.name for f in p.glob("*.toml"))
+        hint = (f"it holds {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}; pass one "
+                f"of them, e.g. {p / found[0]}" if found else
+                "it holds no .toml file; pass the path of a profile file, e.g. my-board.toml")
+        raise ProfileError(f"is a folder, not a profile file: {hint}.", path=str(p))
     if not p.is_file():
         raise ProfileError(f"no such profile file. Check the path ({p.resolve()}).", path=str(p))
-    return p.read_text(encoding="utf-8"), str(p)
+    try:
+        return p.read_text(encoding="utf-8"), str(p)
+    except UnicodeDecodeError as err:
+        raise ProfileError(f"not UTF-8 text ({err}); a profile is a TOML text file, saved "
+                           "as UTF-8.", path=str(p)) from None
 
 
-def _quantity(table: Any, field: str, spec: tuple[str, bool, bool], origin: str):
+def _quantity(table: Any, field: str, spec: Spec, origin: str):
     """A checked Quantity, or the reason string of an unknown one."""
-    unit, whole, zero_ok = spec
+    unit = spec.unit
     if not isinstance(table, dict):
         raise ProfileError(
             f"expected a table with value and source, got {type(table).__name__} {table!r}. "
@@ -217,22 +258,7 @@ def _quantity(table: Any, field: str, spec: tuple[str, bool, bool], origin: str)
                 field=f"{field}.{key}",
             )
     value = table["value"]
-    number_ok = isinstance(value, int) if whole else isinstance(value, (int, float))
-    if isinstance(value, bool) or not number_ok:
-        want = "a whole number (TOML integer)" if whole else "a number"
-        raise ProfileError(
-            f"expected {want} in {unit}, got {type(value).__name__} {value!r}. "
-            f"Write the plain number, e.g. value = 327680 for 320 KiB.",
-            path=origin,
-            field=f"{field}.value",
-        )
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-        bound = "zero or more" if zero_ok else "greater than zero"
-        raise ProfileError(
-            f"must be {bound} ({unit}), got {value!r}.",
-            path=origin,
-            field=f"{field}.value",
-        )
+    check_number(f"{field}.value", value, spec, origin)
     for key, kind in (("source", str), ("derived", bool), ("note", str)):
         if key in table and not isinstance(table[key], kind):
             raise ProfileError(
@@ -259,7 +285,7 @@ def _text(data: Mapping[str, Any], key: str, origin: str, *, required: bool) -> 
     return value.strip()
 
 
-def _collect(data: Mapping[str, Any], fields: Mapping[str, tuple[str, bool, bool]],
+def _collect(data: Mapping[str, Any], fields: Mapping[str, Spec],
              origin: str) -> tuple[dict[str, Quantity], dict[str, str]]:
     known: dict[str, Quantity] = {}
     unknown: dict[str, str] = {}
@@ -284,8 +310,18 @@ def _aliases(data: Mapping[str, Any], origin: str) -> tuple[str, ...]:
     return tuple(aliases)
 
 
+# fields renamed so that their unit is in the name: old name -> new name
+RENAMED = {"throughput_bps": "throughput_bits_per_s"}
+
+
 def _check_keys(data: Mapping[str, Any], allowed: set[str], origin: str) -> None:
     extra = sorted(set(data) - allowed)
+    old = [k for k in extra if RENAMED.get(k) in allowed]
+    if old:
+        raise ProfileError(f"renamed to {RENAMED[old[0]]} (the unit in the name: bits, not "
+                           f"bytes, per second). Rename the table [{old[0]}] to "
+                           f"[{RENAMED[old[0]]}]; the value stays the same.",
+                           path=origin, field=old[0])
     if extra:
         raise ProfileError(f"unexpected key(s) {extra}. Allowed: {sorted(allowed)}.",
                            path=origin, field=extra[0])
@@ -311,7 +347,7 @@ def parse_device(data: Mapping[str, Any], origin: str) -> dict[str, Any]:
                 {f"{PEAK_FIELD}.{d}" for d in DTYPES}, origin)
     peak_known, peak_unknown = _collect(
         {f"{PEAK_FIELD}.{k}": v for k, v in peaks.items()},
-        {f"{PEAK_FIELD}.{d}": ("MAC/s", False, False) for d in DTYPES}, origin)
+        {f"{PEAK_FIELD}.{d}": PEAK_SPEC for d in DTYPES}, origin)
     return {
         "name": name,
         "kind": kind,
@@ -326,12 +362,9 @@ def parse_link(data: Mapping[str, Any], origin: str) -> dict[str, Any]:
     """Checked keyword arguments for `LinkProfile.from_quantities` from parsed TOML."""
     _check_keys(data, {"name", "description", "aliases"} | set(LINK_FIELDS), origin)
     known, unknown = _collect(data, LINK_FIELDS, origin)
-    if "throughput_bps" in unknown:
+    if "throughput_bits_per_s" in unknown:
         raise ProfileError("a link needs a known throughput (value and source).", path=origin,
-                           field="throughput_bps")
-    if "duty_cycle" in known and known["duty_cycle"].value > 1:
-        raise ProfileError("a duty cycle is a fraction in (0, 1], e.g. 0.01 for 1 %.",
-                           path=origin, field="duty_cycle.value")
+                           field="throughput_bits_per_s")
     aliases = _aliases(data, origin)
     return {
         "name": _text(data, "name", origin, required=True),

@@ -14,7 +14,6 @@ multiply-accumulate; FLOP = 2 MAC, so a vendor's 472 GFLOP/s is 236 GMAC/s).
 from __future__ import annotations
 
 import functools
-import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,16 +21,19 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
-from .._checks import choice_error, normalize_name
+from .._checks import check_choice, check_real, lookup, normalize_name
 from ._profiles import (
     DEVICE_FIELDS,
     DTYPES,
     KINDS,
     LINK_FIELDS,
     PEAK_FIELD,
+    PEAK_SPEC,
+    RENAMED,
     ProfileError,
     Quantity,
     UnknownSpecError,
+    check_number,
     check_numbers,
     describe_numbers,
     parse_device,
@@ -67,7 +69,7 @@ class UnknownNameError(ValueError, LookupError):
     """No device or link by that name; the message suggests the closest known ones."""
 
 
-_PEAK_SPECS = {f"{PEAK_FIELD}.{d}": ("MAC/s", False, False) for d in DTYPES}
+_PEAK_SPECS = {f"{PEAK_FIELD}.{d}": PEAK_SPEC for d in DTYPES}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,15 +100,19 @@ class DeviceProfile:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not normalize_name(self.name):
             raise ProfileError(f"a device needs a name, got {self.name!r}.", field="name")
-        if self.kind not in KINDS:
-            raise ProfileError(str(choice_error("device kind", self.kind, KINDS)), field="kind")
+        try:
+            check_choice("device kind", self.kind, KINDS)
+        except ValueError as err:
+            raise ProfileError(str(err), field="kind") from None
         peaks = dict(self.peak_macs_per_s)
         for dtype in peaks:
-            if dtype not in DTYPES:
-                raise ProfileError(str(choice_error("dtype", dtype, DTYPES)), field=PEAK_FIELD)
-        numbers = {f: getattr(self, f) for f in DEVICE_FIELDS if getattr(self, f) is not None}
-        numbers.update({f"{PEAK_FIELD}.{d}": v for d, v in peaks.items()})
-        check_numbers(self.name, {**DEVICE_FIELDS, **_PEAK_SPECS}, numbers, self.sources,
+            try:
+                check_choice("dtype", dtype, DTYPES)
+            except ValueError as err:
+                raise ProfileError(str(err), field=PEAK_FIELD) from None
+        values = {f: getattr(self, f) for f in DEVICE_FIELDS if getattr(self, f) is not None}
+        values.update({f"{PEAK_FIELD}.{d}": v for d, v in peaks.items()})
+        check_numbers(self.name, {**DEVICE_FIELDS, **_PEAK_SPECS}, values, self.sources,
                        self.unknown)
         if self.kind == "mcu" and self.sram_bytes is None:
             raise ProfileError(f"{self.name}: a microcontroller needs sram_bytes.",
@@ -144,6 +150,9 @@ class DeviceProfile:
         unknown = dict(self.unknown)
         for key, value in values.items():
             key = f"{PEAK_FIELD}.{key[5:]}" if key.startswith("peak_") else key
+            spec = {**DEVICE_FIELDS, **_PEAK_SPECS}.get(key)
+            if spec is not None:  # an unknown key is named by from_quantities below
+                check_number(key, value, spec)
             quantities[key] = Quantity(value, source, note=f"changed from {self.name}")
             unknown.pop(key, None)
         return DeviceProfile.from_quantities(name=name, kind=self.kind, quantities=quantities,
@@ -156,8 +165,7 @@ class DeviceProfile:
 
     def peak(self, dtype: str = "fp32") -> float:
         """Peak MAC/s for ``dtype``; a clear error when no source gives it."""
-        if dtype not in DTYPES:
-            raise choice_error("dtype", dtype, DTYPES)
+        check_choice("dtype", dtype, DTYPES)
         if dtype not in self.peak_macs_per_s:
             why = self.unknown.get(f"{PEAK_FIELD}.{dtype}", "no source gives it")
             known = ", ".join(self.peak_macs_per_s) or "none"
@@ -167,9 +175,8 @@ class DeviceProfile:
 
     def roofline_s(self, macs: float, bytes_moved: float, dtype: str = "fp32") -> float:
         """Roofline time of a workload: max(macs / peak MAC/s, bytes / bandwidth), in seconds."""
-        for what, value in (("macs", macs), ("bytes_moved", bytes_moved)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-                raise ValueError(f"{what} must be a number >= 0, got {value!r}")
+        check_real("macs", macs, low=0)
+        check_real("bytes_moved", bytes_moved, low=0)
         peak = self.peak(dtype)
         if self.bandwidth_bytes_per_s is None:
             why = self.unknown.get("bandwidth_bytes_per_s", "no source gives it")
@@ -197,12 +204,13 @@ class DeviceProfile:
 class LinkProfile:
     """A network link: application throughput, latency, energy per bit and duty cycle.
 
+    ``throughput_bits_per_s`` is in bits (not bytes) per second, as links are specified;
     ``duty_cycle`` is the share of time a sender may be on air (e.g. 1 % on EU868
     LoRaWAN), so ``transfer_s`` stretches by 1 / duty_cycle.
     """
 
     name: str
-    throughput_bps: float
+    throughput_bits_per_s: float
     latency_s: float | None = None
     energy_per_bit_j: float | None = None
     duty_cycle: float | None = None
@@ -214,13 +222,11 @@ class LinkProfile:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not normalize_name(self.name):
             raise ProfileError(f"a link needs a name, got {self.name!r}.", field="name")
-        numbers = {f: getattr(self, f) for f in LINK_FIELDS if getattr(self, f) is not None}
-        check_numbers(self.name, LINK_FIELDS, numbers, self.sources, self.unknown)
-        if "throughput_bps" not in numbers:
-            raise ProfileError(f"{self.name}: throughput_bps is required.", field="throughput_bps")
-        if self.duty_cycle is not None and self.duty_cycle > 1:
-            raise ProfileError(f"{self.name}: a duty cycle is a fraction in (0, 1].",
-                               field="duty_cycle")
+        values = {f: getattr(self, f) for f in LINK_FIELDS if getattr(self, f) is not None}
+        check_numbers(self.name, LINK_FIELDS, values, self.sources, self.unknown)
+        if "throughput_bits_per_s" not in values:
+            raise ProfileError(f"{self.name}: throughput_bits_per_s is required.",
+                               field="throughput_bits_per_s")
         object.__setattr__(self, "sources", MappingProxyType(dict(self.sources)))
         object.__setattr__(self, "unknown", MappingProxyType(dict(self.unknown)))
         object.__setattr__(self, "aliases", tuple(self.aliases))
@@ -232,20 +238,19 @@ class LinkProfile:
         """Build a link from sourced numbers keyed by field name."""
         for key in quantities:
             if key not in LINK_FIELDS:
-                raise ProfileError(f"no such link number. Known: {', '.join(LINK_FIELDS)}.",
-                                   field=key)
+                new = f" ({key} is now {RENAMED[key]})" if key in RENAMED else ""
+                raise ProfileError(f"no such link number{new}. Known: "
+                                   f"{', '.join(LINK_FIELDS)}.", field=key)
         return cls(name=name, **{k: q.value for k, q in quantities.items()}, sources=quantities,
                    unknown=unknown or {}, description=description, aliases=aliases)
 
     @staticmethod
     def _bits(nbytes: float) -> float:
-        if isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Real) or not nbytes >= 0:
-            raise ValueError(f"nbytes must be a number >= 0, got {nbytes!r}")
-        return 8.0 * nbytes
+        return 8.0 * check_real("nbytes", nbytes, low=0)
 
     def transfer_s(self, nbytes: float) -> float:
         """Seconds to send ``nbytes``: latency + bits / throughput, stretched by the duty cycle."""
-        on_air = self._bits(nbytes) / self.throughput_bps
+        on_air = self._bits(nbytes) / self.throughput_bits_per_s
         return (self.latency_s or 0.0) + on_air / (self.duty_cycle or 1.0)
 
     def energy_j(self, nbytes: float) -> float:
@@ -296,19 +301,20 @@ def load_link(path: str | os.PathLike[str]) -> LinkProfile:
 
 
 def _bundled(folder: str, build: Any) -> dict[str, Any]:
-    """Profiles shipped in ``odtkit/hardware/profiles/<folder>``, keyed by normalized name and alias."""
+    """Profiles shipped in ``odtkit/hardware/profiles/<folder>``, keyed by name (sorted)."""
     root = resources.files("odtkit.hardware")
     for part in folder.split("/"):
         root = root.joinpath(part)
     table: dict[str, Any] = {}
+    taken: dict[str, str] = {}  # normalized name or alias -> profile name
     for entry in sorted(root.iterdir(), key=lambda e: e.name):
         if not entry.name.endswith(".toml"):
             continue
         profile = build(entry.read_text(encoding="utf-8"), f"odtkit/{folder}/{entry.name}")
         for key in (profile.name, *profile.aliases):
-            if table.get(normalize_name(key), profile) is not profile:
+            if taken.setdefault(normalize_name(key), profile.name) != profile.name:
                 raise ProfileError(f"name {key!r} is used twice", path=f"odtkit/{folder}")
-            table[normalize_name(key)] = profile
+        table[profile.name] = profile
     return table
 
 
@@ -322,25 +328,35 @@ def _links() -> dict[str, LinkProfile]:
     return _bundled("profiles/links", _link_from_text)
 
 
+@functools.cache
+def _aliases(table_of: Any) -> dict[str, str]:
+    """Normalized alias -> profile name of the bundled profiles ``table_of()`` returns."""
+    return {normalize_name(a): p.name for p in table_of().values() for a in p.aliases}
+
+
 def devices(kind: str | None = None) -> list[str]:
     """Names of the bundled devices, sorted; only those of ``kind`` when given."""
-    if kind is not None and kind not in KINDS:
-        raise choice_error("device kind", kind, KINDS)
-    return sorted({p.name for p in _devices().values() if kind in (None, p.kind)})
+    if kind is not None:
+        check_choice("device kind", kind, KINDS)
+    return [name for name, p in _devices().items() if kind in (None, p.kind)]
 
 
 def links() -> list[str]:
     """Names of the bundled links, sorted."""
-    return sorted({p.name for p in _links().values()})
+    return list(_links())
 
 
-def _lookup(kind: str, name: Any, table: dict[str, Any], names: list[str]) -> Any:
+def _find(kind: str, name: Any, table_of: Any) -> Any:
+    """The bundled profile ``name`` means: a name or alias, case and separators ignored
+    (``lookup``); else UnknownNameError suggesting the closest names (a prefix first)."""
     if not isinstance(name, str):
-        raise TypeError(f"{kind} name must be a string, got {type(name).__name__}")
-    found = table.get(normalize_name(name))
-    if found is None:
-        raise UnknownNameError(str(choice_error(kind, name, names)))
-    return found
+        raise TypeError(f"{kind} name must be a string, got {type(name).__name__} {name!r}")
+    table = table_of()
+    key = _aliases(table_of).get(normalize_name(name), name)
+    try:
+        return table[lookup(kind, key, table)]
+    except ValueError as err:
+        raise UnknownNameError(str(err)) from None
 
 
 def _is_toml(name: str) -> bool:
@@ -354,7 +370,7 @@ def device(name: str | DeviceProfile | os.PathLike[str]) -> DeviceProfile:
         return name
     if isinstance(name, os.PathLike) or (isinstance(name, str) and _is_toml(name)):
         return load_profile(name)
-    return _lookup("device", name, _devices(), devices())
+    return _find("device", name, _devices)
 
 
 def link(name: str | LinkProfile | os.PathLike[str]) -> LinkProfile:
@@ -363,4 +379,4 @@ def link(name: str | LinkProfile | os.PathLike[str]) -> LinkProfile:
         return name
     if isinstance(name, os.PathLike) or (isinstance(name, str) and _is_toml(name)):
         return load_link(name)
-    return _lookup("link", name, _links(), links())
+    return _find("link", name, _links)

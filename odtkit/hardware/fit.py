@@ -13,7 +13,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._checks import choice_error
+from .._checks import check_choice, check_int
 from ..units import format_bytes, format_seconds
 from ._profiles import DTYPES, UnknownSpecError
 
@@ -29,12 +29,9 @@ class MemoryCheck:
     available_bytes: int
 
     def __post_init__(self) -> None:
-        if self.memory not in MEMORIES:
-            raise choice_error("memory", self.memory, MEMORIES)
+        check_choice("memory", self.memory, MEMORIES)
         for name in ("needed_bytes", "available_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"MemoryCheck.{name} must be a whole number >= 0, got {value!r}")
+            _whole(getattr(self, name), f"MemoryCheck.{name}")
 
     @property
     def headroom_bytes(self) -> int:
@@ -107,9 +104,13 @@ class FitReport:
 
 
 def _whole(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{what} must be a whole number of bytes >= 0, got {value!r}")
-    return int(value)
+    """``value`` as an int if it is a whole number of bytes >= 0 (``check_int``), else a
+    ValueError that says so."""
+    try:
+        return check_int(what, value, low=0)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{err}: a whole number of bytes >= 0 (round a float with "
+                         "int(...))") from None
 
 
 def ram_of(device: Any) -> tuple[str, int]:
@@ -129,8 +130,8 @@ def step_bytes_moved(by_category: dict[str, int]) -> int:
 def fit_device(device: Any, need: Any, *, dtype: str | None = None,
                weights_in_flash: bool | None = None) -> FitReport:
     """Build the FitReport of ``device.fit`` (see DeviceProfile.fit)."""
-    if dtype is not None and dtype not in DTYPES:
-        raise choice_error("dtype", dtype, DTYPES)
+    if dtype is not None:
+        check_choice("dtype", dtype, DTYPES)
     ram, ram_bytes = ram_of(device)
     if isinstance(need, numbers.Integral) and not isinstance(need, bool):
         if weights_in_flash:
