@@ -198,14 +198,38 @@ def test_error_feedback_refuses_compressors_with_their_own_residual():
 
 # -- wire helpers against independent references ---------------------------
 @pytest.mark.parametrize("bits", range(1, 9))
-def test_pack_bits_matches_a_bit_by_bit_reference(bits):
+def test_pack_bits_matches_numpy_packbits_of_the_msb_first_stream(bits):
     codes = torch.randint(0, 2**bits, (37,), generator=torch.Generator().manual_seed(bits))
     packed = pack_bits(codes, bits)
-    stream = [(int(c) >> b) & 1 for c in codes for b in range(bits)]  # little-endian bits
+    # each code most significant bit first, the stream packed as numpy does (bitorder big)
+    stream = [(int(c) >> b) & 1 for c in codes for b in reversed(range(bits))]
     assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(37 * bits / 8)
-    ref = np.packbits(np.array(stream, dtype=np.uint8), bitorder="little")
-    assert packed.tolist() == ref.tolist()
+    assert packed.tolist() == np.packbits(np.array(stream, dtype=np.uint8)).tolist()
     assert torch.equal(unpack_bits(packed, bits, 37), codes.to(torch.uint8))
+
+
+def test_pack_bits_by_hand():
+    assert pack_bits(torch.tensor([1, 0, 0, 0, 0, 0, 0, 1, 1]), 1).tolist() == [0x81, 0x80]
+    assert pack_bits(torch.tensor([0xA, 0x3, 0xF]), 4).tolist() == [0xA3, 0xF0]
+    assert pack_bits(torch.tensor([2, 1, 0, 3, 1]), 2).tolist() == [0b10010011, 0b01000000]
+    assert pack_bits(torch.tensor([5, 2, 7]), 3).tolist() == [0b10101011, 0b10000000]
+
+
+def test_one_bit_order_for_masks_and_codes():
+    mask = torch.rand(3, 7, generator=torch.Generator().manual_seed(0)) > 0.5
+    assert torch.equal(odt.engine.pack_bits(mask), pack_bits(mask.to(torch.uint8), 1))
+    assert torch.equal(odt.engine.pack_bits(mask), pack_bits(mask, 1))
+
+
+def test_pack_bits_refuses_codes_that_do_not_fit():
+    with pytest.raises(ValueError, match="code 4 does not fit in bits=2"):
+        pack_bits(torch.tensor([1, 4]), 2)
+    with pytest.raises(ValueError, match="code -1 does not fit in bits=3"):
+        pack_bits(torch.tensor([-1, 2]), 3)
+    with pytest.raises(ValueError, match="bits must be an integer in \\[1, 8\\], got bits=9"):
+        pack_bits(torch.tensor([1]), 9)
+    with pytest.raises(ValueError, match="5 codes of 3 bits need 2 uint8 bytes, got 3"):
+        unpack_bits(torch.zeros(3, dtype=torch.uint8), 3, 5)
 
 
 def test_index_type_is_the_narrowest_that_fits():

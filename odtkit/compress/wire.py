@@ -1,5 +1,9 @@
 """What travels: bit packing, narrow index codes, the byte image of a payload, seeds.
 
+Bit-level codes (signs, levels) are packed by ``pack_bits`` (the package's one bit
+packer): codes most significant bit first, bytes filled from their top bit down, as
+``numpy.packbits``; QSGD's 4-bit levels put code 2j in the high nibble of byte j.
+
 Every helper here is pure and deterministic, so a sender and a receiver that
 share a configuration agree bit for bit.
 """
@@ -7,9 +11,14 @@ share a configuration agree bit for bit.
 from __future__ import annotations
 
 import hashlib
-import math
 
 import torch
+
+from .._bits import pack_bits, unpack_bits
+
+__all__ = ["Payload", "decode_index", "derive_seed", "encode_index", "generator", "index_dtype",
+           "pack_bits", "payload_from_bytes", "payload_nbytes", "payload_to_bytes",
+           "unpack_bits"]
 
 Payload = tuple[torch.Tensor, ...]
 
@@ -49,48 +58,6 @@ def decode_index(code: torch.Tensor, numel: int) -> torch.Tensor:
     """Inverse of ``encode_index``: int64 positions."""
     _, offset = _index_code(numel)
     return code.to(torch.int64) + offset
-
-
-def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack small unsigned codes (each < 2**bits) into bytes, little-endian bit order.
-
-    (n,) integer codes -> (ceil(n * bits / 8),) uint8.
-    """
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
-    codes = codes.reshape(-1).to(torch.uint8)
-    n = codes.numel()
-    if 8 % bits == 0:  # whole codes per byte: shift and add, no bit planes
-        per = 8 // bits
-        padded = torch.zeros(math.ceil(n / per) * per, dtype=torch.uint8, device=codes.device)
-        padded[:n] = codes
-        shifts = torch.arange(per, device=codes.device, dtype=torch.uint8) * bits
-        return (padded.view(-1, per) << shifts).sum(1, dtype=torch.uint8)
-    shifts = torch.arange(bits, device=codes.device, dtype=torch.uint8)
-    planes = ((codes.unsqueeze(1) >> shifts) & 1).reshape(-1)  # (n * bits,) in {0, 1}
-    flat = torch.zeros(math.ceil(n * bits / 8) * 8, dtype=torch.uint8, device=codes.device)
-    flat[: planes.numel()] = planes
-    weights = torch.arange(8, device=codes.device, dtype=torch.uint8)
-    return (flat.view(-1, 8) << weights).sum(1, dtype=torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """Inverse of ``pack_bits``: (n,) uint8 codes."""
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
-    expected = math.ceil(n * bits / 8)
-    if packed.numel() != expected:
-        raise ValueError(f"{n} codes of {bits} bits need {expected} bytes, got {packed.numel()}")
-    packed = packed.reshape(-1).to(torch.uint8)
-    mask = (1 << bits) - 1
-    if 8 % bits == 0:
-        per = 8 // bits
-        shifts = torch.arange(per, device=packed.device, dtype=torch.uint8) * bits
-        return ((packed.unsqueeze(1) >> shifts) & mask).reshape(-1)[:n]
-    weights = torch.arange(8, device=packed.device, dtype=torch.uint8)
-    planes = ((packed.unsqueeze(1) >> weights) & 1).reshape(-1)[: n * bits].view(n, bits)
-    shifts = torch.arange(bits, device=packed.device, dtype=torch.uint8)
-    return (planes << shifts).sum(1, dtype=torch.uint8)
 
 
 def payload_nbytes(payload: Payload) -> int:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .. import _bits
 
 
 def _internal(forward: Callable) -> Callable:
@@ -30,39 +31,17 @@ def _internal(forward: Callable) -> Callable:
     return run
 
 
-# Bit layout as numpy.packbits (bitorder "big"): element 8*j + i is bit 7 - i of byte j.
-# On little-endian int64 words of eight 0/1 bytes, multiplying by _SPREAD moves byte i to
-# bit 63 - i with no carries (all partial products land on distinct bits); unpacking
-# multiplies a byte by the same constant, which copies bit 7 - i into bit 8*i + 7.
-_SPREAD = 0x8040201008040201 - (1 << 64)  # as a signed int64
-_LOW_BITS = 0x0101010101010101
-_BIT_VALUES = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
-_FAST = sys.byteorder == "little"
-
-
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """Bool tensor -> uint8 tensor of ceil(numel/8) bytes, laid out as numpy.packbits."""
+    """Bool tensor -> uint8 tensor of ceil(numel/8) bytes, laid out as numpy.packbits
+    (the package's one bit packer, ``odtkit._bits``, with 1-bit codes)."""
     if mask.dtype != torch.bool:
         raise TypeError(f"pack_bits takes a bool tensor, got {mask.dtype}")
-    flat = mask.reshape(-1).view(torch.uint8)  # (n,) of 0/1, no copy if contiguous
-    pad = (-flat.numel()) % 8
-    if pad or flat.storage_offset() % 8:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    if _FAST:
-        return ((flat.view(torch.int64) * _SPREAD) >> 56).to(torch.uint8)  # (ceil(n/8),)
-    return (flat.view(-1, 8) * _BIT_VALUES.to(flat.device)).sum(dim=1, dtype=torch.uint8)
+    return _bits.pack_bits(mask, 1)
 
 
 def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Inverse of pack_bits: uint8 (ceil(n/8),) -> uint8 0/1 tensor of ``shape``."""
-    n = math.prod(shape)
-    if _FAST:
-        words = packed.to(torch.int64) * _SPREAD  # bit 8i+7 <- element i (other bits: junk)
-        bytes_ = ((words >> 7) & _LOW_BITS).view(torch.uint8)  # (8 * len(packed),) of 0/1
-    else:
-        bytes_ = (packed.unsqueeze(1) & _BIT_VALUES.to(packed.device)).ne(0).view(-1)
-        bytes_ = bytes_.to(torch.uint8)
-    return bytes_[:n].view(shape)
+    return _bits.unpack_bits(packed, 1, math.prod(shape)).view(shape)
 
 
 def _inside(y: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
