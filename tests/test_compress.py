@@ -39,6 +39,14 @@ def grad(shape=(64, 64), seed=0, dtype=torch.float32) -> torch.Tensor:
     return torch.randn(shape, generator=g).to(dtype)
 
 
+def test_measure_is_a_deprecated_alias_of_wire_report():
+    c, x = odt.compress.get("fp16"), grad((8, 8))
+    with pytest.warns(DeprecationWarning, match="use odtkit.compress.wire_report"):
+        old = odt.compress.measure(c, x)
+    assert old == odt.compress.wire_report(c, x)
+    assert old.wire_bytes == 2 * 64 and old.dense_bytes == 4 * 64
+
+
 def test_registry_lists_every_family():
     assert set(NAMES) == {"none", "fp16", "bf16", "topk", "randomk", "threshold", "dgc",
                           "qsgd", "terngrad", "signsgd", "ef-signsgd", "powersgd"}
@@ -135,7 +143,7 @@ def test_ratio_matches_the_encoding(name):
     x = grad((64, 64))
     c = make(name, **({"sample_ratio": 1.0} if name == "dgc" else {}))
     want = expected_wire_bytes(name, x)
-    report = odt.compress.measure(c, x)
+    report = odt.compress.wire_report(c, x)
     assert report.wire_bytes == want
     assert odt.compress.compression_ratio(c, x) == pytest.approx(4 * x.numel() / want)
     assert odt.compress.bits_per_element(c, x) == pytest.approx(8 * want / x.numel())
@@ -154,17 +162,23 @@ def test_non_finite_gradient_is_refused_naming_the_tensor(name, bad):
 @pytest.mark.parametrize("name", ["topk", "randomk", "dgc"])
 @pytest.mark.parametrize("density", [0.0, -0.1, 1.5])
 def test_density_outside_unit_interval_is_refused(name, density):
-    with pytest.raises(ValueError, match=f"density must be in \\(0, 1\\], got {density}"):
+    with pytest.raises(ValueError, match=rf"density must be a finite number in \(0, 1\], "
+                                         rf"got density={density}"):
         odt.compress.get(name, density=density)
 
 
 @pytest.mark.parametrize(("name", "kwargs", "pattern"), [
-    ("powersgd", {"rank": 0}, "rank must be >= 1, got 0"),
-    ("qsgd", {"levels": 0}, "levels must be in \\[1, 255\\], got 0"),
-    ("topk", {"k": 0}, "k must be >= 1, got 0"),
+    ("powersgd", {"rank": 0}, "rank must be an integer >= 1, got rank=0"),
+    ("qsgd", {"levels": 0}, "levels must be an integer in \\[1, 255\\], got levels=0"),
+    ("topk", {"k": 0}, "k must be an integer >= 1, got k=0"),
     ("topk", {"k": 3, "density": 0.1}, "exactly one of density or k"),
     ("signsgd", {"scale": "max"}, "unknown signsgd scale 'max'"),
-    ("dgc", {"momentum": 1.0}, "momentum must be in \\[0.0, 1.0\\)"),
+    ("dgc", {"momentum": 1.0}, "momentum must be a finite number in \\[0, 1\\), got momentum=1.0"),
+    ("dgc", {"clip_norm": 0.0}, "clip_norm must be a finite number in \\(0, inf\\)"),
+    ("terngrad", {"clip_sigma": 0.0}, "clip_sigma must be a finite number in \\(0, inf\\)"),
+    ("threshold", {"threshold": float("nan")}, "threshold must be a finite number in \\[0, inf\\)"),
+    ("qsgd", {"seed": -1}, "seed must be a non-negative integer, got seed=-1"),
+    ("powersgd", {"rank_too_large": "drop"}, "unknown rank_too_large policy 'drop'"),
 ])
 def test_bad_settings_are_refused(name, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):

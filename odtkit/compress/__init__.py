@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 from dataclasses import dataclass
 
 import torch
 
-from .._checks import choice_error, normalize_name
+from .._checks import lookup
 from .base import Compressor, Ctx
 from .cast import BF16, FP16, NoCompression
 from .dgc import DGC, warmup_density
@@ -69,9 +70,9 @@ __all__ = [
     "BF16", "DGC", "FP16", "QSGD", "Compressor", "Ctx", "EFSignSGD", "ErrorFeedback",
     "NoCompression", "PowerSGD", "RandomK", "SignSGD", "TernGrad", "Threshold", "TopK",
     "WireReport", "bits_per_element", "compression_ratio", "decode_index", "encode_index",
-    "get", "index_dtype", "matrix_shape", "measure", "names", "orthogonalize", "pack_bits",
+    "get", "index_dtype", "matrix_shape", "names", "orthogonalize", "pack_bits",
     "payload_from_bytes", "payload_nbytes", "payload_to_bytes", "unpack_bits",
-    "warmup_density",
+    "warmup_density", "wire_report",
 ]
 
 _REGISTRY: dict[str, type[Compressor]] = {
@@ -101,10 +102,7 @@ def get(name: str, *, error_feedback: bool = False, **kwargs: object) -> Compres
     ``error_feedback=True`` wraps it in ErrorFeedback (refused for compressors that
     keep their own residual: 'dgc', 'ef-signsgd').
     """
-    keyed = {normalize_name(k): k for k in _REGISTRY}
-    key = keyed.get(normalize_name(name))
-    if key is None:
-        raise choice_error("compressor", name, _REGISTRY)
+    key = lookup("compressor", name, _REGISTRY)
     cls = _REGISTRY[key]
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(kwargs) - set(allowed))
@@ -135,12 +133,14 @@ class WireReport:
         return 8.0 * self.wire_bytes / self.numel
 
 
-def measure(compressor: Compressor, tensor: torch.Tensor, name: str = "tensor") -> WireReport:
-    """Compress ``tensor`` once on a copy of ``compressor`` (its own state is untouched)."""
+def wire_report(compressor: Compressor, tensor: torch.Tensor,
+                name: str = "tensor") -> WireReport:
+    """Compress ``tensor`` once on a copy of ``compressor`` (its own state is untouched):
+    bytes before and after and the relative error (``odt.measure`` is the memory one)."""
     probe = copy.deepcopy(compressor)
     payload, ctx = probe.compress(tensor, name)
-    approx = probe.decompress(payload, ctx).float()
-    ref = tensor.detach().float()
+    approx = probe.decompress(payload, ctx).double()
+    ref = tensor.detach().double()
     norm = float(torch.linalg.vector_norm(ref))
     err = float(torch.linalg.vector_norm(approx - ref)) / norm if norm > 0 else 0.0
     return WireReport(compressor=compressor.kind, numel=tensor.numel(),
@@ -148,11 +148,19 @@ def measure(compressor: Compressor, tensor: torch.Tensor, name: str = "tensor") 
                       wire_bytes=probe.nbytes(payload), relative_error=err)
 
 
+def measure(compressor: Compressor, tensor: torch.Tensor, name: str = "tensor") -> WireReport:
+    """Deprecated name of ``wire_report`` (``odt.measure`` measures memory)."""
+    warnings.warn("odtkit.compress.measure is deprecated and will be removed: use "
+                  "odtkit.compress.wire_report (odt.measure is the memory measurement)",
+                  DeprecationWarning, stacklevel=2)
+    return wire_report(compressor, tensor, name)
+
+
 def compression_ratio(compressor: Compressor, tensor: torch.Tensor, name: str = "tensor") -> float:
     """Dense bytes of ``tensor`` over the bytes its payload puts on the wire."""
-    return measure(compressor, tensor, name).ratio
+    return wire_report(compressor, tensor, name).ratio
 
 
 def bits_per_element(compressor: Compressor, tensor: torch.Tensor, name: str = "tensor") -> float:
     """Wire bits per tensor entry (32 for fp32 sent as is)."""
-    return measure(compressor, tensor, name).bits_per_element
+    return wire_report(compressor, tensor, name).bits_per_element

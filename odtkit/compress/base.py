@@ -1,4 +1,4 @@
-"""The Compressor base class, the receiver's context and the argument checks.
+"""The Compressor base class, the receiver's context and the tensor checks.
 
 Subclasses implement ``_encode`` (fp32 tensor -> payload, meta) and ``_decode``
 (payload, ctx -> fp32 tensor); the base class validates input, counts steps per
@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .._checks import check_real, check_seed
 from .wire import Payload, payload_nbytes
 
 
@@ -42,7 +43,7 @@ class Compressor:
     keep_dtype: bool = False  # _encode sees the caller's dtype instead of fp32
 
     def __init__(self, *, seed: int = 0) -> None:
-        self.seed = check_int("seed", seed, low=0)
+        self.seed = check_seed("seed", seed)
         self._steps: dict[str, int] = {}
 
     @property
@@ -120,35 +121,9 @@ def check_tensor(tensor: torch.Tensor, name: str) -> torch.Tensor:
     return tensor
 
 
-def check_fraction(kind: str, value: float) -> float:
-    """A float in (0, 1], e.g. a density."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{kind} must be a number in (0, 1], got {value!r}")
-    if not (0.0 < float(value) <= 1.0):
-        raise ValueError(f"{kind} must be in (0, 1], got {value!r}; e.g. {kind}=0.01 keeps 1%")
-    return float(value)
-
-
-def check_int(kind: str, value: int, *, low: int, high: int | None = None) -> int:
-    """An int in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{kind} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{kind} must be {bound}, got {value!r}")
-    return value
-
-
-def check_real(kind: str, value: float, *, low: float, high: float | None = None,
-               open_high: bool = False) -> float:
-    """A finite float in [low, high] (or [low, high) with ``open_high``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{kind} must be a finite number, got {value!r}")
-    too_high = high is not None and (value >= high if open_high else value > high)
-    if value < low or too_high:
-        right = "" if high is None else (f", {high})" if open_high else f", {high}]")
-        raise ValueError(f"{kind} must be in [{low}{right or ', inf)'}, got {value!r}")
-    return float(value)
+def check_fraction(name: str, value: object) -> float:
+    """A number in (0, 1], e.g. a density (0.01 keeps 1%)."""
+    return check_real(name, value, low=0.0, high=1.0, low_open=True)
 
 
 def keep_count(numel: int, density: float | None, k: int | None, name: str) -> int:

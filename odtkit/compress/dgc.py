@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from .base import Compressor, Ctx, check_fraction, check_int, check_real, keep_count
+from .._checks import check_int, check_real
+from .base import Compressor, Ctx, check_fraction, keep_count
 from .sparsify import scatter, sparse_payload
 from .wire import Payload, derive_seed, generator
 
@@ -53,14 +54,14 @@ class DGC(Compressor):
                  seed: int = 0):
         super().__init__(seed=seed)
         self.density = check_fraction("density", density)
-        self.momentum = check_real("momentum", momentum, low=0.0, high=1.0, open_high=True)
+        self.momentum = check_real("momentum", momentum, low=0.0, high=1.0, high_open=True)
         self.momentum_correction = bool(momentum_correction)
         self.momentum_masking = bool(momentum_masking)
         self.warmup = bool(warmup)
         self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, low=0)
-        self.clip_norm = None if clip_norm is None else check_real("clip_norm", clip_norm, low=0.0)
-        if self.clip_norm == 0.0:
-            raise ValueError("clip_norm must be > 0, or None to switch local clipping off")
+        # None switches local clipping off
+        self.clip_norm = check_real("clip_norm", clip_norm, low=0.0, low_open=True,
+                                    allow_none=True)
         self.num_workers = check_int("num_workers", num_workers, low=1)
         self.sample_ratio = check_fraction("sample_ratio", sample_ratio)
         self.min_sample = check_int("min_sample", min_sample, low=1)

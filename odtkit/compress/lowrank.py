@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from .._checks import choice_error
-from .base import Compressor, Ctx, check_int, check_real, check_tensor
+from .._checks import check_choice, check_int, check_real
+from .base import Compressor, Ctx, check_tensor
 from .wire import Payload, derive_seed, generator
 
 
@@ -40,9 +40,8 @@ class PowerSGD(Compressor):
         self.rank = check_int("rank", rank, low=1)
         self.min_compression_rate = check_real("min_compression_rate", min_compression_rate,
                                                low=1.0)
-        if rank_too_large not in self.TOO_LARGE:
-            raise choice_error("rank_too_large policy", rank_too_large, self.TOO_LARGE)
-        self.rank_too_large = rank_too_large
+        self.rank_too_large = check_choice("rank_too_large policy", rank_too_large,
+                                           self.TOO_LARGE)
         self._q: dict[str, torch.Tensor] = {}
 
     def config(self) -> dict[str, Any]:

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from .._checks import choice_error
-from .base import Compressor, Ctx, check_int, check_real
+from .._checks import check_choice, check_int, check_real
+from .base import Compressor, Ctx
 from .wire import Payload, derive_seed, generator, pack_bits, unpack_bits
 
 
@@ -38,8 +38,7 @@ class QSGD(Compressor):
     def __init__(self, *, levels: int = 15, bucket_size: int | None = 512, seed: int = 0):
         super().__init__(seed=seed)
         self.levels = check_int("levels", levels, low=1, high=255)
-        self.bucket_size = None if bucket_size is None else check_int(
-            "bucket_size", bucket_size, low=1)
+        self.bucket_size = check_int("bucket_size", bucket_size, low=1, allow_none=True)
         self.bits = math.ceil(math.log2(self.levels + 1))
 
     def config(self) -> dict:
@@ -89,10 +88,9 @@ class TernGrad(Compressor):
 
     def __init__(self, *, clip_sigma: float | None = None, seed: int = 0):
         super().__init__(seed=seed)
-        self.clip_sigma = None if clip_sigma is None else check_real(
-            "clip_sigma", clip_sigma, low=0.0)
-        if self.clip_sigma is not None and self.clip_sigma == 0.0:
-            raise ValueError("clip_sigma must be > 0 (e.g. 2.5) or None for no clipping")
+        # e.g. 2.5 as in the paper; None: no clipping
+        self.clip_sigma = check_real("clip_sigma", clip_sigma, low=0.0, low_open=True,
+                                     allow_none=True)
         self.unbiased = self.clip_sigma is None
 
     def config(self) -> dict:
@@ -132,9 +130,7 @@ class SignSGD(Compressor):
 
     def __init__(self, *, scale: str = "none", seed: int = 0):
         super().__init__(seed=seed)
-        if scale not in self.SCALES:
-            raise choice_error("signsgd scale", scale, self.SCALES)
-        self.scale = scale
+        self.scale = check_choice("signsgd scale", scale, self.SCALES)
 
     def config(self) -> dict:
         return {"scale": self.scale, "seed": self.seed}

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Compressor, Ctx, check_fraction, check_int, check_real, keep_count
+from .._checks import check_int, check_real
+from .base import Compressor, Ctx, check_fraction, keep_count
 from .wire import Payload, decode_index, derive_seed, encode_index, generator
 
 
