@@ -134,9 +134,54 @@ def test_subset_draws_real_rows_deterministically():
     assert torch.equal(task.subset(n_train=10).x_test, task.x_test)  # None keeps a split
     shifted = ds.load("digits-shift")
     assert shifted.subset(n_train=5).source is shifted.source
-    for bad in (0, len(task.y_train) + 1, True, 2.5):
-        with pytest.raises(ValueError, match="n_train"):
+    for bad in (0, len(task.y_train) + 1):
+        with pytest.raises(ValueError, match=rf"n_train must be an integer in \[1, "
+                                             rf"{len(task.y_train)}\], got n_train={bad}"):
             task.subset(n_train=bad)
+    for bad in (True, 2.5):
+        with pytest.raises(TypeError, match=f"n_train must be an integer, got n_train={bad}"):
+            task.subset(n_train=bad)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        task.subset(n_train=5, seed=-1)
+
+
+@pytest.mark.parametrize("name", ["digits", "digits-shift", "mnist1d"])
+def test_a_negative_seed_is_refused_with_the_fix(name):
+    kw = {"num_samples": 200} if name == "mnist1d" else {}
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer, got "
+                                         r"seed=-1; e\.g\. seed=0"):
+        ds.load(name, seed=-1, **kw)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5, float("nan"), float("inf")])
+def test_a_fraction_outside_zero_one_is_refused(fraction):
+    with pytest.raises(ValueError, match=rf"test_fraction must be a finite number in \(0, 1\), "
+                                         rf"got test_fraction={fraction!r}"):
+        ds.load("digits", test_fraction=fraction)
+    with pytest.raises(ValueError, match=r"source_fraction must be a finite number in \(0, 1\)"):
+        ds.load("digits-shift", source_fraction=fraction)
+
+
+def test_a_fraction_that_empties_a_split_names_the_class_and_the_usable_range():
+    # digits: the smallest class ('8') has 174 samples; 0.9999 puts all of them in the test
+    # split, so training would see none of it. The usable range is (0.5/174, 1 - 0.5/174).
+    with pytest.raises(ValueError, match=r"test_fraction=0\.9999 leaves no train samples of "
+                                         r"class 0 \(178 samples: 178 test, 0 train\).*"
+                                         r"between 0\.00287 and 0\.997") as err:
+        ds.load("digits", test_fraction=0.9999)
+    assert "e.g. test_fraction=0.3" in str(err.value)
+    with pytest.raises(ValueError, match=r"test_fraction=0\.001 leaves no test samples"):
+        ds.load("digits", test_fraction=0.001)
+    with pytest.raises(ValueError, match=r"source_fraction=0\.999 leaves no target samples"):
+        ds.load("digits-shift", source_fraction=0.999)
+    edge = ds.load("digits", test_fraction=0.003)  # round(174 * 0.003) = 1: one per class
+    assert len(edge.y_test) == 10 and set(edge.y_test.tolist()) == set(range(10))
+
+
+def test_a_keyword_the_loader_does_not_take_is_named():
+    with pytest.raises(TypeError, match=r"keyword of load\('digits'\) 'sed'.*Did you mean "
+                                        r"'seed'.*seed, test_fraction"):
+        ds.load("digits", sed=1)
 
 
 def test_unknown_task_suggests_the_closest_name():

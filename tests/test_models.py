@@ -121,6 +121,30 @@ def test_bad_arguments_are_named():
         models.example_input(nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_a_seed_must_be_a_non_negative_int(seed):
+    # torch.manual_seed(-1) is accepted by torch and silently means 2**64 - 1
+    with pytest.raises(ValueError, match=rf"seed must be a non-negative integer, got "
+                                         rf"seed={seed!r}.*seed=0"):
+        models.create("mlp", seed=seed)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        models.example_input(models.create("mlp"), seed=seed)
+
+
+@pytest.mark.parametrize("width", [float("inf"), float("nan"), 0, -0.5])
+def test_width_must_be_finite_and_positive(width):
+    with pytest.raises(ValueError, match=rf"width must be a finite number in \(0, inf\), "
+                                         rf"got width={width!r}"):
+        models.create("mlp", width=width)
+
+
+def test_model_names_ignore_case_and_separators():
+    a = models.create("MCUNet Tiny")
+    assert a.config["name"] == "mcunet-tiny"
+    with pytest.raises(ValueError, match=r"unknown model 'resnet9'.*Did you mean 'resnet8'"):
+        models.create("resnet9")
+
+
 def test_pretrained_roundtrip_and_config_check(tmp_path, monkeypatch):
     monkeypatch.setenv("ODTKIT_PRETRAINED_DIR", str(tmp_path))
     model = models.create("mlp", input_shape=(1, 8, 8), seed=3)

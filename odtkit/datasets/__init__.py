@@ -12,13 +12,14 @@ read the original files from a local folder (see ``odtkit._loaders``).
 from __future__ import annotations
 
 import functools
+import inspect
 import random
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from .._checks import choice_error, normalize_name
+from .._checks import check_int, check_real, check_seed, choice_error, lookup
 from . import _loaders
 from ._files import data_dir
 from ._shift import DIGITS_SHIFT_DESCRIPTION, sensor_shift
@@ -32,16 +33,29 @@ __all__ = ["Task", "names", "load", "data_dir"]
 _DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
 
-def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray,
-                                                                               np.ndarray]:
-    """Indices (first, second) with ``test_fraction`` of every class in the second part."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+def _stratified_split(y: np.ndarray, fraction: float, seed: int, name: str = "test_fraction",
+                      parts: tuple[str, str] = ("train", "test")) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+    """Indices (first, second) with ``fraction`` of every class in the second part.
+
+    Each part must keep at least one sample of every class: a class with n samples puts
+    round(n * fraction) in the second part, so ``fraction`` must lie strictly between
+    0.5 / n and 1 - 0.5 / n for the smallest class.
+    """
+    check_real(name, fraction, low=0, high=1, low_open=True, high_open=True)
     rng = np.random.default_rng(seed)
     first, second = [], []
-    for c in np.unique(y):
+    classes, counts = np.unique(y, return_counts=True)
+    for c, n in zip(classes, counts, strict=True):
         idx = rng.permutation(np.flatnonzero(y == c))
-        k = int(round(len(idx) * test_fraction))
+        k = int(round(n * fraction))
+        if k == 0 or k == n:
+            low, high = 0.5 / counts.min(), 1 - 0.5 / counts.min()
+            raise ValueError(
+                f"{name}={fraction!r} leaves no {parts[1] if k == 0 else parts[0]} samples of "
+                f"class {c} ({n} samples: {k} {parts[1]}, {n - k} {parts[0]}); every class "
+                f"needs samples on both sides, so choose {name} between {low:.3g} and "
+                f"{high:.3g} (exclusive), e.g. {name}=0.3")
         second.append(idx[:k])
         first.append(idx[k:])
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
@@ -67,7 +81,7 @@ def _make_task(name: str, description: str, x: np.ndarray, y: np.ndarray, train:
 def _digits(seed: int = 0, test_fraction: float = 0.3) -> Task:
     """scikit-learn's 1797 handwritten digits, 1x8x8 in [0, 1], stratified split by ``seed``."""
     x, y = _digits_arrays()
-    train, test = _stratified_split(y, test_fraction, seed)
+    train, test = _stratified_split(y, test_fraction, check_seed("seed", seed))
     return _make_task("digits", "scikit-learn handwritten digits (UCI optdigits test set), "
                       "1x8x8 grey levels in [0, 1], 10 classes", x, y, train, test,
                       _DIGIT_CLASSES)
@@ -76,8 +90,11 @@ def _digits(seed: int = 0, test_fraction: float = 0.3) -> Task:
 def _digits_shift(seed: int = 0, test_fraction: float = 0.3, severity: float = 1.0,
                   source_fraction: float = 0.5) -> Task:
     """Transfer task: disjoint source and target digits; the target seen by a new sensor."""
+    check_seed("seed", seed)
+    check_real("test_fraction", test_fraction, low=0, high=1, low_open=True, high_open=True)
     x, y = _digits_arrays()
-    target_idx, source_idx = _stratified_split(y, source_fraction, seed)
+    target_idx, source_idx = _stratified_split(y, source_fraction, seed, "source_fraction",
+                                               ("target", "source"))
     xs, ys = x[source_idx], y[source_idx]
     s_train, s_test = _stratified_split(ys, test_fraction, seed + 1)
     source = _make_task("digits-shift/source", "source domain of digits-shift: the original "
@@ -107,8 +124,8 @@ def _mnist1d_arrays(num_samples: int, seed: int) -> dict[str, np.ndarray]:
 
 def _mnist1d(num_samples: int = 5000, seed: int = 42) -> Task:
     """MNIST-1D generated offline with its reference generator: (1, 40) sequences, 10 classes."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 20:
-        raise ValueError(f"num_samples must be an int >= 20, got {num_samples!r}")
+    check_int("num_samples", num_samples, low=20)
+    check_seed("seed", seed)
     d = _mnist1d_arrays(num_samples, seed)
 
     def x(a: np.ndarray) -> torch.Tensor:
@@ -140,8 +157,12 @@ def names() -> list[str]:
 
 
 def load(name: str, **kw) -> Task:
-    """Load task ``name``; keywords go to its loader (e.g. ``seed=``, ``root=``)."""
-    keyed = {normalize_name(n): n for n in _TASKS}
-    if not isinstance(name, str) or normalize_name(name) not in keyed:
-        raise choice_error("task", name, _TASKS)
-    return _TASKS[keyed[normalize_name(name)]](**kw)
+    """Load task ``name`` (case and separators ignored); keywords go to its loader (e.g.
+    ``seed=``, ``root=``), and one it does not take is named with the ones it does."""
+    key = lookup("task", name, _TASKS)
+    loader = _TASKS[key]
+    takes = list(inspect.signature(loader).parameters)
+    for keyword in kw:
+        if keyword not in takes:
+            raise TypeError(str(choice_error(f"keyword of load({key!r})", keyword, takes)))
+    return loader(**kw)

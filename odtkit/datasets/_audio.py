@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._checks import check_int
+
 SAMPLE_RATE_HZ = 16_000
 CLIP_SAMPLES = 16_000  # every clip is padded or cropped to 1 s
 N_FFT = 480            # 30 ms window
@@ -42,10 +44,8 @@ def mel_bins(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate_hz: int = SAM
 
     Filter m rises from bin[m] to its peak at bin[m + 1] and falls to bin[m + 2].
     """
-    if isinstance(n_mels, bool) or not isinstance(n_mels, int) or n_mels < 1:
-        raise ValueError(f"n_mels must be an int >= 1, got {n_mels!r}")
-    if isinstance(n_fft, bool) or not isinstance(n_fft, int) or n_fft < 2:
-        raise ValueError(f"n_fft must be an int >= 2, got {n_fft!r}")
+    check_int("n_mels", n_mels, low=1)
+    check_int("n_fft", n_fft, low=2)
     nyquist = sample_rate_hz / 2
     if not (math.isfinite(f_min_hz) and math.isfinite(f_max_hz)
             and 0 <= f_min_hz < f_max_hz <= nyquist):

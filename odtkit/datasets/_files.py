@@ -9,6 +9,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._checks import check_positive_int
+
 # dataset key -> where its files come from (names of the datasets and publishers, as text)
 SOURCES = {
     "mnist": "the MNIST database of handwritten digits (Yann LeCun, Corinna Cortes and "
@@ -43,12 +45,11 @@ def resolve_root(key: str, root: str | os.PathLike | None) -> Path:
 
 
 def check_limit(what: str, value: object) -> int | None:
-    """Validate a ``limit_*`` keyword: None (all samples) or an int >= 1."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be None (all samples) or an int >= 1, got {value!r}")
-    return value
+    """A ``limit_*`` keyword: None (all samples) or a positive int (``check_positive_int``)."""
+    try:
+        return check_positive_int(what, value, allow_none=True)
+    except ValueError as err:
+        raise ValueError(f"{err}; or None for all samples") from None
 
 
 def missing_error(key: str, folder: Path, expected: Sequence[str],

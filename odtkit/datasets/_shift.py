@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+
+from .._checks import check_real
 
 DIGITS_SHIFT_DESCRIPTION = (
     "digits-shift (severity {severity}): the target domain of a transfer task. The 1797 "
@@ -34,8 +34,7 @@ def sensor_shift(x: torch.Tensor, severity: float = 1.0) -> torch.Tensor:
     Same input and severity give the same output (the randomness has a fixed seed);
     ``severity`` 0 returns the images unchanged, 1 is the calibrated default.
     """
-    if not (isinstance(severity, (int, float)) and math.isfinite(severity) and severity >= 0):
-        raise ValueError(f"severity must be a finite number >= 0, got {severity!r}")
+    check_real("severity", severity, low=0)
     if x.ndim != 4 or x.shape[1] != 1:
         raise ValueError(f"expected images of shape (N, 1, H, W), got {tuple(x.shape)}")
     if severity == 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import choice_error
+from .._checks import check_choice, check_seed, choice_error
 from . import _audio
 from ._files import check_limit, limited_note, missing_error, resolve_root
 from .task import Task
@@ -109,8 +109,8 @@ def load_speech_commands(root: str | os.PathLike | None = None,
 
     limits = {"train": check_limit("limit_train", limit_train),
               "test": check_limit("limit_test", limit_test)}
-    if test_split not in _LISTS:
-        raise choice_error("test_split", test_split, _LISTS)
+    check_choice("test_split", test_split, _LISTS)
+    check_seed("seed", seed)
     folder = resolve_root("speech-commands", root)
     chosen = _choose_words(words, _check_root(folder))
     _audio.mel_bins(n_mels)  # validates n_mels early

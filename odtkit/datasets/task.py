@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .._checks import check_int, check_seed
+
 __all__ = ["Task"]
 
 
@@ -67,14 +69,13 @@ class Task:
     def subset(self, n_train: int | None = None, n_test: int | None = None,
                seed: int = 0) -> Task:
         """A random subset (None keeps a split whole); ``source`` is kept unchanged."""
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(check_seed("seed", seed))
         changes: dict[str, torch.Tensor] = {}
         for split, n in (("train", n_train), ("test", n_test)):
             if n is None:
                 continue
             total = len(getattr(self, f"y_{split}"))
-            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= total:
-                raise ValueError(f"n_{split} must be an int in 1..{total}, got {n!r}")
+            check_int(f"n_{split}", n, low=1, high=total)
             idx = torch.randperm(total, generator=gen)[:n].sort().values
             changes[f"x_{split}"] = getattr(self, f"x_{split}")[idx]
             changes[f"y_{split}"] = getattr(self, f"y_{split}")[idx]

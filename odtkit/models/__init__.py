@@ -9,7 +9,6 @@ Every model carries ``input_shape`` (no batch dimension) and ``config`` (the res
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_positive_int, choice_error, normalize_name
+from .._checks import check_positive_int, check_real, check_seed, lookup
 from .._io import save_atomic
 from . import _zoo
 from .summary import LayerRow, Summary, eval_mode, layer_macs, summary
@@ -47,10 +46,9 @@ def names() -> list[str]:
 
 
 def _canonical(name: str) -> str:
-    keyed = {normalize_name(n): n for n in _ZOO}
-    if not isinstance(name, str) or normalize_name(name) not in keyed:
-        raise choice_error("model", name, _ZOO)
-    return keyed[normalize_name(name)]
+    """The zoo name ``name`` means (case and separators ignored), else a ValueError with
+    the closest names."""
+    return lookup("model", name, _ZOO)
 
 
 def _resolve_shape(name: str, in_channels: int | None,
@@ -91,9 +89,8 @@ def create(name: str, num_classes: int = 10, in_channels: int | None = None,
     """
     key = _canonical(name)
     check_positive_int("num_classes", num_classes)
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not (
-            math.isfinite(width) and width > 0):
-        raise ValueError(f"width must be a finite number > 0, got {width!r}")
+    width = check_real("width", width, low=0, low_open=True)
+    check_seed("seed", seed)
     checkpoint = None
     if pretrained:
         checkpoint = _load_checkpoint(key)
@@ -122,7 +119,7 @@ def example_input(model: nn.Module, batch_size: int = 1, seed: int = 0) -> torch
         raise ValueError(f"{type(model).__name__} has no input_shape attribute; "
                          "create it with odtkit.models.create or set model.input_shape")
     check_positive_int("batch_size", batch_size)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(check_seed("seed", seed))
     return torch.randn(batch_size, *shape, generator=gen)
 
 
