@@ -29,11 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import choice_error, closest, normalize_name
+from ._checks import check_choice, choice_error, closest, lookup
 
 __all__ = ["TrainPlan", "plan", "as_plan", "from_names", "layers", "find_blocks", "SCHEMES", "PRECISIONS"]
 
-SCHEMES = ("full", "none", "bias-only", "last:K", "norm-only")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
@@ -195,9 +194,7 @@ def _short(items: list[str], n: int = 8) -> str:
 
 def check_precision(precision: str) -> str:
     """Return ``precision`` if it is one of PRECISIONS, else raise naming the choices."""
-    if precision not in PRECISIONS:
-        raise choice_error("precision", precision, PRECISIONS)
-    return precision
+    return check_choice("precision", precision, PRECISIONS)
 
 
 def layers(model: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
@@ -298,25 +295,39 @@ def _scheme_trainable(model: nn.Module, scheme: str) -> tuple[str, set[str]]:
                              f"{type(model).__name__} has only {len(found)} layers with "
                              f"parameters; use K <= {len(found)} or 'full'")
         return f"last:{k}", {n for _, names in found[-k:] for n in names}
-    key = normalize_name(scheme)
-    if key == "full":
-        return "full", set(named)
-    if key == "none":
-        return "none", set()
-    if key == "biasonly":
-        return "bias-only", {n for n in named if n.rsplit(".", 1)[-1] == "bias"}
-    if key == "normonly":
-        out = set()
-        for mod_name, m in model.named_modules():
-            if isinstance(m, _NORM_TYPES):
-                for p_name, _ in m.named_parameters(recurse=False):
-                    out.add(f"{mod_name}.{p_name}" if mod_name else p_name)
-        return "norm-only", out & set(named)
-    err = choice_error("scheme", scheme, SCHEMES)
-    if scheme in named or closest(scheme, named, n=1):
-        raise ValueError(f"{err} To train named parameters pass a list, e.g. "
-                         f"odt.plan(model, [{scheme!r}]).")
-    raise err
+    try:
+        key = lookup("scheme", scheme, _SCHEME_RULES)
+    except ValueError as err:
+        if scheme in named or closest(scheme, named, n=1):
+            raise ValueError(f"{err} To train named parameters pass a list, e.g. "
+                             f"odt.plan(model, [{scheme!r}]).") from None
+        raise
+    rule = _SCHEME_RULES[key]
+    if rule is None:  # 'last-k' or 'lastK': the number of layers is missing
+        raise ValueError(f"scheme {scheme!r} needs the number of layers: write 'last:K' with "
+                         "K a positive integer, e.g. 'last:2'")
+    return key, rule(model, named)
+
+
+def _norm_only(model: nn.Module, named: dict[str, nn.Parameter]) -> set[str]:
+    out = set()
+    for mod_name, m in model.named_modules():
+        if isinstance(m, _NORM_TYPES):
+            for p_name, _ in m.named_parameters(recurse=False):
+                out.add(f"{mod_name}.{p_name}" if mod_name else p_name)
+    return out & set(named)
+
+
+# scheme name -> the names it trains, given the model and its named parameters; looked up
+# with case and separators ignored ('Bias Only' is 'bias-only'); "last:K" is parsed above
+_SCHEME_RULES: dict[str, Callable[[nn.Module, dict[str, nn.Parameter]], set[str]] | None] = {
+    "full": lambda model, named: set(named),
+    "none": lambda model, named: set(),
+    "bias-only": lambda model, named: {n for n in named if n.rsplit(".", 1)[-1] == "bias"},
+    "last:K": None,
+    "norm-only": _norm_only,
+}
+SCHEMES = tuple(_SCHEME_RULES)
 
 
 def plan(model: nn.Module, scheme: str | Iterable[str] | Predicate, precision: str = "fp32",

@@ -166,6 +166,14 @@ def test_describe_table(model: nn.Module) -> None:
     assert "15/" in repr(p) and "'last:1'" in repr(p)
 
 
+def test_scheme_names_ignore_case_and_separators(model: nn.Module) -> None:
+    biases = {n for n, _ in model.named_parameters() if n.endswith(".bias")}
+    for spelling in ("bias-only", "Bias Only", "BIAS_ONLY"):
+        p = odt.plan(model, spelling)
+        assert p.scheme == "bias-only" and p.trainable == biases
+    assert odt.plan(model, "Norm-Only").scheme == "norm-only"
+
+
 def test_bad_schemes(model: nn.Module) -> None:
     with pytest.raises(ValueError, match=r"unknown scheme 'bias-onyl'.*'bias-only'.*Valid"):
         odt.plan(model, "bias-onyl")
@@ -180,6 +188,10 @@ def test_bad_schemes(model: nn.Module) -> None:
             odt.plan(model, bad)
     with pytest.raises(ValueError, match=r"unknown parameter 'fc.wieght'.*'fc.weight'"):
         odt.plan(model, ["fc.wieght"])
+    for spelling in ("last-k", "LastK"):  # the scheme's name without its number
+        with pytest.raises(ValueError, match=rf"scheme '{spelling}' needs the number of layers.*"
+                                             r"'last:2'"):
+            odt.plan(model, spelling)
     with pytest.raises(TypeError, match="True or False"):
         odt.plan(model, lambda name, param: 1)
     with pytest.raises(TypeError, match="scheme must be"):

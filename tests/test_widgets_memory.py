@@ -69,8 +69,13 @@ def test_bad_settings_name_the_choices():
         odt.widgets.memory_explorer(engine="fast")
     with pytest.raises(ValueError, match="unknown device"):
         odt.widgets.memory_explorer(device="stm32")
-    with pytest.raises(ValueError, match="multiple of 8"):
+    with pytest.raises(ValueError, match=r"multiple of 8.*got resolution=30; e\.g\. 32"):
         odt.widgets.memory_explorer(resolution=30)
+    with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, 64\], "
+                                         r"got batch_size=65"):
+        odt.widgets.memory_explorer(batch_size=65)
+    with pytest.raises(ValueError, match=r"resolution must be an integer in \[8, 128\]"):
+        odt.widgets.memory_explorer(resolution=136)
 
 
 def test_a_setting_that_cannot_run_is_explained_not_raised(explorer):

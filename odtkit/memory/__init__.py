@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .._checks import choice_error
+from .._checks import check_choice
 from ..models.summary import LayerRow
 from ..plans import TrainPlan, as_plan
 from ..training.optim import check_optimizer
@@ -83,10 +83,8 @@ class MemoryReport:
                             ("backward_macs", self.backward_macs)]:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
-        if self.method not in METHODS:
-            raise choice_error("method", self.method, METHODS)
-        if self.engine not in ENGINES:
-            raise choice_error("engine", self.engine, ENGINES)
+        check_choice("method", self.method, METHODS)
+        check_choice("engine", self.engine, ENGINES)
         check_optimizer(self.optimizer)
 
     @property
@@ -151,8 +149,7 @@ def _prepare(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | st
     if not isinstance(model, nn.Module):  # before is_lean walks its modules
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_optimizer(optimizer)
-    if engine not in ENGINES:
-        raise choice_error("engine", engine, ENGINES)
+    check_choice("engine", engine, ENGINES)
     from ..engine import is_lean
 
     if is_lean(model):

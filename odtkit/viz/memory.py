@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from .._checks import check_positive_int
 from ..units import format_bytes
 
 __all__ = ["memory_bars", "saved_bytes_per_layer", "memory_timeline"]
@@ -111,8 +112,7 @@ def saved_bytes_per_layer(reports: Any, *, top: int | None = None, title: str | 
         raise ValueError("the report has no per-layer rows")
     per = [{r.name: r.saved_bytes for r in rep.rows} for rep in items.values()]
     if top is not None:
-        if top < 1:
-            raise ValueError(f"top must be >= 1, got {top}")
+        check_positive_int("top", top)
         keep = set(sorted(names, key=lambda n: -max(p.get(n, 0) for p in per))[:top])
         names = [n for n in names if n in keep]
     size, unit = _scale(max(max(p.values(), default=0) for p in per) or 1)

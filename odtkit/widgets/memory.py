@@ -21,7 +21,7 @@ from typing import Any
 import ipywidgets as w
 import matplotlib.pyplot as plt
 
-from .._checks import choice_error
+from .._checks import check_choice, check_int
 from ..hardware import device as get_device
 from ..hardware import devices
 from ..memory import ENGINES, MemoryReport, estimate
@@ -144,11 +144,12 @@ def memory_explorer(model: str = "mbv2-tiny", *, batch_size: int = 8, resolution
     for what, value, choices in (("model", model, names()), ("scheme", scheme, SCHEMES),
                                  ("optimizer", optimizer, OPTIMIZERS),
                                  ("engine", engine, ENGINES)):
-        if value not in choices:
-            raise choice_error(what, value, choices)
-    if not 1 <= batch_size <= 64 or not 8 <= resolution <= 128 or resolution % 8:
-        raise ValueError(f"batch_size must be in 1..64 and resolution a multiple of 8 in "
-                         f"8..128, got batch_size={batch_size}, resolution={resolution}")
+        check_choice(what, value, choices)
+    check_int("batch_size", batch_size, low=1, high=64)  # the ranges of the sliders
+    check_int("resolution", resolution, low=8, high=128)
+    if resolution % 8:
+        raise ValueError(f"resolution must be a multiple of 8 in [8, 128] (the slider's "
+                         f"steps), got resolution={resolution}; e.g. {8 * round(resolution / 8)}")
     return MemoryExplorer(model=model, batch_size=batch_size, resolution=resolution,
                           scheme=scheme, optimizer=optimizer, engine=engine, device=device,
                           frozen_statistics=frozen_statistics)
