@@ -20,6 +20,11 @@ The contract (every compressor, and ErrorFeedback around any of them):
   compressor counts steps per name, stateful ones document what else they keep.
 - Bad input raises ValueError naming the value and tensor: a density outside
   (0, 1], a rank outside [1, min(n, m)], levels < 1, a NaN/Inf gradient.
+- Range: ``decompress(compress(g))`` is finite for every finite g (norms and means are
+  summed in float64, products scaled by powers of two). Where the exact result is not
+  representable in the tensor's dtype (|g| above the fp16/bf16 maximum for those casts,
+  a QSGD bucket norm or a PowerSGD column norm above 3.4e38, a float16 tensor decoding
+  above 65504), ``compress`` refuses with a ValueError that names the tensor and value.
 
 Wire layouts (n entries; idx = uint8 / int16 / int32 / int64 for n <= 2**8 / 2**16 /
 2**32 / more, see ``encode_index``):

@@ -7,6 +7,7 @@ tensor name, builds the context and casts back to the caller's dtype.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,10 +56,11 @@ class Compressor:
         """Encode ``tensor`` (known as ``name``) into wire tensors and a local context."""
         x = check_tensor(tensor, name)
         step = self._steps.get(name, 0)
-        work = x.detach() if self.keep_dtype else x.detach().float()
+        work = x.detach() if self.keep_dtype else as_fp32(x.detach(), name)
         payload, meta = self._encode(work, name, step)
-        self._steps[name] = step + 1
         ctx = Ctx(name=name, shape=tuple(tensor.shape), dtype=tensor.dtype, step=step, meta=meta)
+        check_decodable(self, tuple(payload), ctx)
+        self._steps[name] = step + 1
         return tuple(payload), ctx
 
     def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
@@ -119,6 +121,36 @@ def check_tensor(tensor: torch.Tensor, name: str) -> torch.Tensor:
             "loss scale, or clip gradients before compressing"
         )
     return tensor
+
+
+FP32_MAX = torch.finfo(torch.float32).max
+
+
+def as_fp32(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``x`` as float32, refusing float64 values beyond float32's range (they would be inf)."""
+    if x.dtype == torch.float64:
+        peak = float(x.abs().max())
+        if peak > FP32_MAX:
+            raise ValueError(
+                f"tensor {name!r} has |value| {peak:.4g} above the float32 maximum "
+                f"{FP32_MAX:.4g}; compressors work in float32: scale or clip the gradient down")
+    return x.float()
+
+
+def check_decodable(codec: Compressor, payload: Payload, ctx: Ctx) -> None:
+    """For float16/bfloat16 tensors, refuse a payload whose decoded values overflow that
+    dtype (e.g. QSGD levels of a bucket norm above 65504). Float32 decodes are kept finite
+    by each compressor's own arithmetic."""
+    if ctx.dtype not in (torch.float16, torch.bfloat16):
+        return
+    top = torch.finfo(ctx.dtype).max
+    peak = float(codec.decompress(payload, dataclasses.replace(ctx, dtype=torch.float32))
+                 .abs().max())
+    if peak > top:
+        raise ValueError(
+            f"tensor {ctx.name!r} ({ctx.dtype}) would decode to |value| {peak:.4g} above the "
+            f"{ctx.dtype} maximum {top:g} under {codec.kind!r}; compress a float32 copy "
+            "(tensor.float()) or scale the gradient down")
 
 
 def check_fraction(name: str, value: object) -> float:

@@ -29,9 +29,10 @@ class _Cast(Compressor):
         top = torch.finfo(self.target).max
         peak = float(x.abs().max())
         if peak > top:
+            other = "use 'bf16'" if self.target == torch.float16 else "send it as 'none'"
             raise ValueError(
                 f"tensor {name!r} has |value| {peak:.4g} above the {self.kind} maximum {top:.4g}: "
-                "the cast would give inf. Scale the gradient down or use 'bf16'"
+                f"the cast would give inf. Scale the gradient down or {other}"
             )
         return (x.reshape(-1).to(self.target),), {}
 

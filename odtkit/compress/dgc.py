@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .._checks import check_int, check_real
-from .base import Compressor, Ctx, check_fraction, keep_count
+from .base import FP32_MAX, Compressor, Ctx, check_fraction, keep_count
 from .sparsify import scatter, sparse_payload
 from .wire import Payload, derive_seed, generator
 
@@ -103,7 +103,7 @@ class DGC(Compressor):
         if self.clip_norm is None:
             return g
         bound = self.clip_norm / math.sqrt(self.num_workers)
-        norm = float(torch.linalg.vector_norm(g))
+        norm = float(torch.linalg.vector_norm(g, dtype=torch.float64))  # no overflow
         return g * (bound / norm) if norm > bound else g
 
     def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
@@ -120,6 +120,11 @@ class DGC(Compressor):
             v = v + u
         else:
             v = v + g
+        if not bool(v.isfinite().all()):
+            raise ValueError(
+                f"the accumulated gradient of {name!r} overflowed float32 (|v| above "
+                f"{FP32_MAX:.4g}); scale or clip the gradients down (clip_norm=...) or "
+                "call reset()")
         k = keep_count(g.numel(), self.current_density, None, name)
         index = self._select(v, k, derive_seed(self.seed, name, step))
         payload = sparse_payload(v[index], index, g.numel())

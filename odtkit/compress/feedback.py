@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .base import Compressor, Ctx, check_tensor
+from .base import FP32_MAX, Compressor, Ctx, as_fp32, check_decodable, check_tensor
 from .quantize import SignSGD
 from .wire import Payload
 
@@ -51,10 +51,18 @@ class ErrorFeedback(Compressor):
                 f"tensor {name!r} changed shape from {tuple(old.shape)} to {tuple(tensor.shape)}; "
                 "call reset() between models or use distinct names"
             )
-        p = tensor.detach().float() if old is None else tensor.detach().float() + old
+        p = as_fp32(tensor.detach(), name)
+        if old is not None:
+            p = p + old
+            if not bool(p.isfinite().all()):
+                raise ValueError(
+                    f"gradient plus error-feedback residual of {name!r} overflowed float32 "
+                    f"(|value| above {FP32_MAX:.4g}); scale or clip the gradients down or "
+                    "call reset()")
         payload, ctx = self.inner.compress(p, name)
         ctx = Ctx(name=name, shape=tuple(tensor.shape), dtype=tensor.dtype, step=ctx.step,
                   meta=ctx.meta)
+        check_decodable(self, payload, ctx)
         self._residuals[name] = p - self.inner.decompress(payload, _as_fp32(ctx))
         self._steps[name] = ctx.step + 1
         return payload, ctx

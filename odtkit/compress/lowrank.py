@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .._checks import check_choice, check_int, check_real
-from .base import Compressor, Ctx, check_tensor
+from .base import FP32_MAX, Compressor, Ctx, check_tensor
 from .wire import Payload, derive_seed, generator
 
 
@@ -27,6 +27,8 @@ class PowerSGD(Compressor):
     N(0, 1) with a seed from (seed, name)). 1-D tensors and matrices where rank r
     saves less than ``min_compression_rate`` (n*m <= rate * r(n+m)) travel as fp32,
     as in the paper. A rank above min(n, m) raises unless ``rank_too_large="dense"``.
+    M and Q are scaled by powers of two inside the products (exact), so only a column of
+    M with L2 norm near float32's maximum (it bounds Q and P Q^T) is refused.
     Biased: the paper always uses error feedback (wrap in ErrorFeedback).
     """
 
@@ -81,11 +83,25 @@ class PowerSGD(Compressor):
         if self.mode(shape, name) == "dense":
             return (x.reshape(-1).clone(),), {"mode": "dense"}
         n, m = matrix_shape(shape)
-        matrix = x.reshape(n, m)
-        p = orthogonalize(matrix @ self._warm_q(name, m, x.device))  # (n, r)
-        q = matrix.T @ p  # (m, r)
+        p, q = power_step([x.reshape(n, m)], self._warm_q(name, m, x.device))
+        self._check_range(p, q, x.reshape(n, m), name)
         self._q[name] = q.clone()
         return (p.contiguous(), q.contiguous()), {"mode": "lowrank"}
+
+    def _check_range(self, p: torch.Tensor, q: torch.Tensor, matrix: torch.Tensor,
+                     name: str) -> None:
+        """Refuse factors that overflow float32: Q, and P Q^T, are bounded by the column
+        norms of M, so this happens only for columns of L2 norm near 3.4e38."""
+        peak = float(q.abs().max())
+        if math.isfinite(peak) and math.sqrt(self.rank) * peak * 1.001 < FP32_MAX:
+            return  # every |(P Q^T)_ij| <= ||Q_j||_2 <= sqrt(r) max|Q|
+        if math.isfinite(peak) and bool(low_rank_product(p, q).isfinite().all()):
+            return
+        worst = float(torch.linalg.vector_norm(matrix, dim=0, dtype=torch.float64).max())
+        raise ValueError(
+            f"tensor {name!r} viewed as {matrix.shape[0]} x {matrix.shape[1]} has a column of "
+            f"L2 norm {worst:.4g}: its rank-{self.rank} factors P Q^T exceed the float32 "
+            f"maximum {FP32_MAX:.4g}; scale or clip the gradient down")
 
     def allreduce(self, tensors: Sequence[torch.Tensor], name: str) -> torch.Tensor:
         """The paper's multi-worker step: P = mean_k M_k Q, orthogonalize, Q = mean_k M_k^T P.
@@ -106,11 +122,10 @@ class PowerSGD(Compressor):
         else:
             n, m = matrix_shape(shape)
             ms = [x.reshape(n, m) for x in xs]
-            q = self._warm_q(name, m, xs[0].device)
-            p = orthogonalize(torch.stack([mk @ q for mk in ms]).mean(0))  # (n, r)
-            q = torch.stack([mk.T @ p for mk in ms]).mean(0)  # (m, r)
+            p, q = power_step(ms, self._warm_q(name, m, xs[0].device))
+            self._check_range(p, q, torch.stack(ms).mean(0), name)
             self._q[name] = q.clone()
-            out = p @ q.T
+            out = low_rank_product(p, q)
         self._steps[name] = step + 1
         return out.reshape(shape).to(tensors[0].dtype)
 
@@ -118,7 +133,7 @@ class PowerSGD(Compressor):
         if ctx.meta["mode"] == "dense":
             return payload[0].float()
         p, q = payload
-        return p.float() @ q.float().T
+        return low_rank_product(p.float(), q.float())
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "q": {k: v.clone() for k, v in self._q.items()}}
@@ -130,6 +145,45 @@ class PowerSGD(Compressor):
     def reset(self) -> None:
         super().reset()
         self._q = {}
+
+
+def power_step(matrices: Sequence[torch.Tensor],
+               q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """P = orthogonalize(mean_k M_k Q), Q' = mean_k M_k^T P for (n, m) matrices M_k, (m, r) Q.
+
+    M and Q are first divided by powers of two near their largest magnitudes (exact in
+    floating point; P does not depend on their scale), so M Q cannot overflow; Q' is
+    scaled back and overflows only if its true value is above float32's range.
+    """
+    e_m = _exponent(max(float(mk.abs().max()) for mk in matrices))
+    scaled = [_ldexp(mk, -e_m) for mk in matrices]
+    q = _ldexp(q, -_exponent(float(q.abs().max())))
+    p = orthogonalize(_mean([mk @ q for mk in scaled]))  # (n, r)
+    return p, _ldexp(_mean([mk.T @ p for mk in scaled]), e_m)  # (m, r)
+
+
+def low_rank_product(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """P Q^T, (n, r) x (m, r) -> (n, m), with Q scaled by a power of two during the product
+    so that partial sums stay in range whenever the result does."""
+    e_q = _exponent(float(q.abs().max()))
+    return _ldexp(p @ _ldexp(q, -e_q).T, e_q)
+
+
+def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.stack(tensors).mean(0)
+
+
+def _exponent(peak: float) -> int:
+    """e with peak / 2**e in [0.5, 1) (0 for a zero or non-finite peak)."""
+    return math.frexp(peak)[1] if peak > 0 and math.isfinite(peak) else 0
+
+
+def _ldexp(t: torch.Tensor, e: int) -> torch.Tensor:
+    """t * 2**e in two exact steps (2**128 itself is beyond float32)."""
+    if e == 0:
+        return t
+    half = e // 2
+    return t * (2.0 ** half) * (2.0 ** (e - half))
 
 
 def orthogonalize(p: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import torch
 
 from .._checks import check_choice, check_int, check_real
-from .base import Compressor, Ctx
+from .base import FP32_MAX, Compressor, Ctx
 from .wire import Payload, derive_seed, generator, pack_bits, unpack_bits
 
 
@@ -29,6 +29,8 @@ class QSGD(Compressor):
     up with probability equal to the remainder. Wire: one fp32 norm per bucket,
     1 sign bit per entry and ceil(log2(s+1)) level bits per entry (fixed width;
     no Elias coding). Variance: E||Q(v)-v||^2 <= min(d/s^2, sqrt(d)/s) ||v||^2 per bucket.
+    Norms are summed in float64; a bucket whose norm is above float32's maximum is
+    refused (its levels, multiples of norm/s, could not be decoded in float32).
     """
 
     kind = "qsgd"
@@ -55,14 +57,28 @@ class QSGD(Compressor):
         padded = torch.zeros(size * count, dtype=torch.float32, device=flat.device)
         padded[:n] = flat
         buckets = padded.view(count, size)
-        norms = torch.linalg.vector_norm(buckets, dim=1)  # (count,)
-        scale = torch.where(norms > 0, self.levels / norms, torch.zeros_like(norms))
-        ratio = (buckets.abs() * scale[:, None]).reshape(-1)[:n]  # in [0, s]
+        norms = self._norms(buckets, name)  # (count,) fp32, finite
+        safe = torch.where(norms > 0, norms, torch.ones_like(norms))
+        # |v|/norm <= 1 first, then times s: no overflow for any finite v
+        ratio = (buckets.abs() / safe[:, None] * self.levels).reshape(-1)[:n]  # in [0, s]
         low = ratio.floor()
         draw = torch.rand(n, generator=generator(derive_seed(self.seed, name, step), flat.device),
                           device=flat.device)
         level = (low + (draw < ratio - low).float()).clamp_(0, self.levels)
         return (norms, _signs(flat), pack_bits(level.to(torch.uint8), self.bits)), {}
+
+    def _norms(self, buckets: torch.Tensor, name: str) -> torch.Tensor:
+        """L2 norm per bucket, summed in float64 (squares of 1e20 overflow float32); a norm
+        above float32's maximum is refused: the levels are multiples of it."""
+        norms = torch.linalg.vector_norm(buckets, dim=1, dtype=torch.float64)  # (count,)
+        worst = int(norms.argmax())
+        if float(norms[worst]) > FP32_MAX:
+            raise ValueError(
+                f"tensor {name!r}: bucket {worst} (bucket_size={self.bucket_size}) has "
+                f"L2 norm {float(norms[worst]):.4g}, above the float32 maximum {FP32_MAX:.4g}, "
+                "so its QSGD levels cannot be sent or decoded; use a smaller bucket_size "
+                "(bucket_size=1 always fits) or scale or clip the gradient down")
+        return norms.float()
 
     def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         norms, signs, codes = payload
@@ -70,7 +86,7 @@ class QSGD(Compressor):
         size, _ = self._buckets(n)
         level = unpack_bits(codes, self.bits, n).float()
         norm = norms.float()[:, None].expand(-1, size).reshape(-1)[:n]  # (n,) bucket norms
-        return norm * _unsigns(signs, n) * level / self.levels
+        return norm * _unsigns(signs, n) * (level / self.levels)  # level/s <= 1: no overflow
 
 
 class TernGrad(Compressor):
@@ -99,7 +115,7 @@ class TernGrad(Compressor):
     def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
         flat = x.reshape(-1)
         if self.clip_sigma is not None and flat.numel() > 1:
-            bound = float(self.clip_sigma * flat.std())
+            bound = float(self.clip_sigma * flat.double().std())  # float64: no overflow
             flat = flat.clamp(-bound, bound)
         scale = flat.abs().max()
         prob = flat.abs() / scale if scale > 0 else torch.zeros_like(flat)
@@ -139,7 +155,8 @@ class SignSGD(Compressor):
         flat = x.reshape(-1)
         if self.scale == "none":
             return (_signs(flat),), {}
-        return (flat.abs().mean().reshape(1), _signs(flat)), {}
+        mean = flat.abs().mean(dtype=torch.float64).float()  # float64 sum: no overflow
+        return (mean.reshape(1), _signs(flat)), {}
 
     def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         signs = _unsigns(payload[-1], ctx.numel)
