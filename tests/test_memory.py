@@ -166,6 +166,29 @@ def test_hand_computed_conv_relu_linear():
     assert adam.by_category["optimizer"] == 2 * 4 * n_params + 4 * 4  # + a step per tensor
 
 
+@pytest.mark.parametrize("scheme", ["full", "bias-only", "last:1", "last:2", "none"])
+def test_macs_match_pytorchs_flop_counter(scheme):
+    """PyTorch's FlopCounterMode counts the convolutions and matmuls autograd really runs
+    (2 FLOP per MAC): the first conv computes no input gradient, a frozen weight no weight
+    gradient, and nothing before the first trainable layer any gradient at all."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 4, 3, stride=2), nn.Flatten(), nn.Linear(36, 5))
+    x = torch.randn(2, 3, 8, 8)
+    plan = odt.plan(model, scheme)
+    est, meas = odt.estimate(model, x, plan), odt.measure(model, x, plan, rss=False)
+    work = plan.apply_(copy.deepcopy(model))
+    with FlopCounterMode(display=False) as forward:
+        loss = F.cross_entropy(work(x), torch.arange(2))
+    with FlopCounterMode(display=False) as backward:
+        if loss.requires_grad:
+            loss.backward()
+    assert 2 * est.forward_macs == 2 * meas.forward_macs == forward.get_total_flops()
+    assert 2 * est.backward_macs == 2 * meas.backward_macs == backward.get_total_flops()
+
+
 def test_optimizer_state_matches_torch():
     model = odt.models.create("mlp")
     x = odt.models.example_input(model, batch_size=2)

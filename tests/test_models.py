@@ -97,6 +97,97 @@ def test_summary_of_a_hand_built_model():
     assert s.total_params == (2 * 9 + 2) + (32 * 3 + 3)
 
 
+class _Twice(nn.Module):
+    """A shared Linear called twice, then a block with a parameter of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.block = nn.Sequential(nn.ReLU(), nn.Linear(4, 2))
+        self.scale = nn.Parameter(torch.ones(2))
+
+    def forward(self, x):
+        return self.block(self.fc(self.fc(x))) * self.scale
+
+
+def test_layer_calls_yields_every_layer_call_with_its_real_output():
+    model = _Twice()
+    x = torch.randn(3, 4)
+    with torch.no_grad(), models.layer_calls(model) as calls:
+        out = model(x)
+    # leaves and modules holding parameters themselves (the model: `scale`), in the order
+    # their calls finish; the shared fc twice
+    assert [c.name for c in calls] == ["fc", "fc", "block.0", "block.1", ""]
+    with torch.no_grad():  # the outputs are what the layers compute, by hand
+        first = x @ model.fc.weight.T + model.fc.bias
+        second = first @ model.fc.weight.T + model.fc.bias
+    assert torch.allclose(calls[0].output, first) and calls[1].inputs[0] is calls[0].output
+    assert torch.allclose(calls[1].output, second)
+    assert calls[-1].module is model and torch.equal(calls[-1].output, out)
+    for module in model.modules():  # the hooks are gone
+        assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def test_layer_calls_callbacks_see_every_module_and_hooks_go_on_error():
+    model = _Twice()
+    seen = []
+    with models.layer_calls(model, lambda n, m, i, o: seen.append(("out", n)),
+                            on_enter=lambda n, m: seen.append(("in", n)),
+                            every_module=True) as calls:
+        model(torch.randn(1, 4))
+    assert calls == []  # with a callback nothing is kept
+    assert seen[:3] == [("in", ""), ("in", "fc"), ("out", "fc")]
+    assert ("in", "block") in seen and ("out", "block") in seen  # a container, not a layer
+    assert not models.is_layer(model.block) and models.is_layer(model) and \
+        models.is_layer(model.block[0])
+    with pytest.raises(RuntimeError), models.layer_calls(model):
+        model(torch.randn(1, 5))  # wrong width: torch raises inside fc
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv2d", "conv1d"])
+@pytest.mark.parametrize(("input_grad", "weight_grad"),
+                         [(True, True), (True, False), (False, True), (False, False)])
+def test_backward_macs_match_pytorchs_flop_counter(layer, input_grad, weight_grad):
+    """PyTorch's FlopCounterMode counts the backward matmuls/convolutions autograd really
+    runs (2 FLOP per MAC); the formula must predict them from the forward MACs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module, x = {
+        "linear": (nn.Linear(7, 3), torch.randn(5, 7)),
+        "conv2d": (nn.Conv2d(4, 6, 3, stride=2, padding=1), torch.randn(2, 4, 9, 9)),
+        "conv1d": (nn.Conv1d(3, 5, 4), torch.randn(2, 3, 11)),
+    }[layer]
+    module.weight.requires_grad_(weight_grad)
+    module.bias.requires_grad_(True)  # a bias gradient is a sum: no MACs
+    x.requires_grad_(input_grad)
+    out = module(x)
+    forward = models.layer_macs(module, (x,), out)
+    with FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    assert 2 * models.backward_macs(forward, weight_grad=weight_grad,
+                                    input_grad=input_grad) == counter.get_total_flops()
+
+
+def test_backward_macs_of_a_depthwise_conv_by_hand():
+    # (FlopCounterMode multiplies a grouped conv's weight gradient by the groups: a torch
+    # bug fixed upstream in pytorch/pytorch#183405, so the reference here is a hand count.)
+    # 2 images, 6 channels, 3x3 kernel, 7x7 -> 5x5: forward 2*6*25*9 = 2700 MACs.
+    # dL/dW: each of the 6*9 weights sums x*g over 2 images x 25 positions = 54*50 = 2700;
+    # dL/dx: each of the 2*6*25 output gradients reaches 9 inputs = 2700.
+    conv = nn.Conv2d(6, 6, 3, groups=6)
+    forward = models.layer_macs(conv, (None,), conv(torch.zeros(2, 6, 7, 7)))
+    assert forward == 2700
+    assert models.backward_macs(forward, weight_grad=True, input_grad=True) == 2700 + 2700
+    assert models.backward_macs(forward, weight_grad=False, input_grad=True) == 2700
+    assert models.backward_macs(forward, weight_grad=False, input_grad=False) == 0
+
+
+def test_backward_macs_rejects_a_negative_count():
+    with pytest.raises(ValueError, match="forward_macs must be an integer >= 0"):
+        models.backward_macs(-1, weight_grad=True, input_grad=True)
+
+
 def test_summary_restores_each_modules_own_mode():
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Dropout(0.5))
     model.train()

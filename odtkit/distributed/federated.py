@@ -66,8 +66,13 @@ def _forward_profile(model: nn.Module) -> tuple[int, int]:
 
 
 def training_macs(model: nn.Module, samples: int) -> int:
-    """MACs to train on ``samples`` samples: 3 x forward (backward ~ 2 x forward)."""
-    return 3 * _forward_profile(model)[0] * samples
+    """MACs to train on ``samples`` samples: forward plus ``odtkit.models.backward_macs``
+    with every weight gradient and every input gradient, the first layer's included
+    (a coarse upper bound: 3 x forward)."""
+    from ..models import backward_macs
+
+    forward = _forward_profile(model)[0]
+    return (forward + backward_macs(forward, weight_grad=True, input_grad=True)) * samples
 
 
 def training_bytes_moved(model: nn.Module, samples: int, batch_size: int) -> int:
@@ -262,7 +267,7 @@ def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 2
     hist = FedHistory(devices=client_devices, links=client_links,
                       shard_sizes=tuple(len(s) for s in shards), model=glob)
     model_bytes = dense_bytes(glob)
-    fwd_macs, act_bytes = _forward_profile(glob)
+    step_macs, act_bytes = training_macs(glob, 1), _forward_profile(glob)[1]
     work = copy.deepcopy(glob)
     per_round = max(1, round(fraction * clients))
     for r in range(rounds):
@@ -279,7 +284,7 @@ def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 2
                 sent += codecs[k].nbytes(payload)
                 decoded[name] = codecs[k].decompress(payload, ctx)
             t = round_time(device=client_devices[k], link=client_links[k],
-                           macs=3 * fwd_macs * samples,
+                           macs=step_macs * samples,
                            bytes_moved=_bytes_moved(model_bytes, act_bytes, samples, batch_size),
                            upload_bytes=sent, download_bytes=model_bytes, dtype=dtype)
             if deadline_s is not None and t.total_s > deadline_s:

@@ -25,8 +25,9 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ..models.summary import backward_macs, is_layer, layer_calls
 from ..training.optim import make_optimizer
-from ._trace import LayerCall, check_logits, first_tensor, is_layer, layer_row
+from ._trace import LayerCall, check_logits, first_tensor, layer_row
 
 _PHASE = "odtkit::"  # prefix of the profiler ranges that mark the phases of the step
 
@@ -153,7 +154,8 @@ class StepRecord(StepBytes):
 
 
 class _Layers:
-    """Module hooks: the running module stack, a row per layer call, backward MACs."""
+    """Through ``layer_calls`` on every module: the running module stack, a row per layer
+    call, and the backward MACs of each (``backward_macs``)."""
 
     def __init__(self, model: torch.nn.Module, watch: _OpWatch,
                  checkpointed: frozenset[str]) -> None:
@@ -162,29 +164,28 @@ class _Layers:
         self.calls: list[tuple[int, LayerCall]] = []
         self.backward_macs = 0
         self.forward = True  # False once backward starts (a checkpoint reruns forwards)
-        self.handles = []
-        counted: set[int] = set()
-        for name, module in model.named_modules():
-            layer = name != "" and is_layer(module)
-            own = tuple(f"{name}.{n}" for n, _ in module.named_parameters(recurse=False))
+        self.counted: set[int] = set()
+        self.own = {name: tuple(f"{name}.{n}" for n, _ in module.named_parameters(recurse=False))
+                    for name, module in model.named_modules()}
+        self.watch = watch
+        self.hooks = contextlib.ExitStack()
+        self.hooks.enter_context(layer_calls(model, self.leave, on_enter=self.enter,
+                                             every_module=True, always_call=True))
 
-            def pre(_m, _a, name=name, layer=layer):
-                self.stack.append((name, layer, watch.n_ops))
+    def enter(self, name: str, module: torch.nn.Module) -> None:
+        self.stack.append((name, name != "" and is_layer(module), self.watch.n_ops))
 
-            def post(mod, inputs, output, name=name, layer=layer, own=own):
-                first_op = self.stack.pop()[2]
-                if not layer or not self.forward:
-                    return
-                row = layer_row(name, mod, inputs, output, own, counted, None)
-                self.calls.append((first_op, row))
-                x = first_tensor(inputs)
-                weight = getattr(mod, "weight", None)
-                needs = (x is not None and x.requires_grad) + (
-                    isinstance(weight, torch.Tensor) and weight.requires_grad)
-                self.backward_macs += row.macs * needs
-
-            self.handles.append(module.register_forward_pre_hook(pre))
-            self.handles.append(module.register_forward_hook(post, always_call=True))
+    def leave(self, name: str, mod: torch.nn.Module, inputs: tuple, output: object) -> None:
+        _, layer, first_op = self.stack.pop()
+        if not layer or not self.forward:
+            return
+        row = layer_row(name, mod, inputs, output, self.own[name], self.counted, None)
+        self.calls.append((first_op, row))
+        x = first_tensor(inputs)
+        weight = getattr(mod, "weight", None)
+        self.backward_macs += backward_macs(
+            row.macs, input_grad=x is not None and x.requires_grad,
+            weight_grad=isinstance(weight, torch.Tensor) and weight.requires_grad)
 
     def owner(self, watch: _OpWatch) -> str:
         """Row name for a tensor saved now: the layer, or 'module.op' outside layers."""
@@ -200,8 +201,7 @@ class _Layers:
         return row
 
     def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+        self.hooks.close()
 
 
 def run_step(

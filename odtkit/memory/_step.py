@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..models.summary import backward_macs
 from ..training.optim import state_copies
 from ._measure import StepBytes
 from ._rules import Rule, rule_for, supported_ops
@@ -345,11 +346,9 @@ def _input_grads(op, rule: Rule, flags: tuple[bool, ...], g_out: int, rg: bytear
 
 
 def _backward_macs(t: Trace, rg: bytearray, trainable: frozenset[str]) -> int:
-    """Each layer's forward MACs once for its input gradient and once for its weight's."""
-    total = 0
-    for row in t.layers:
-        if row.macs:
-            needs_input = row.input_value is not None and bool(rg[row.input_value])
-            weight_trains = any(n.endswith(".weight") and n in trainable for n in row.param_names)
-            total += row.macs * (needs_input + weight_trains)
-    return total
+    """``backward_macs`` of every layer call: an input gradient where the layer's input
+    requires one, a weight gradient where its weight trains."""
+    return sum(backward_macs(
+        row.macs, input_grad=row.input_value is not None and bool(rg[row.input_value]),
+        weight_grad=any(n.endswith(".weight") and n in trainable for n in row.param_names))
+        for row in t.layers)

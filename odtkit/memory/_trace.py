@@ -10,6 +10,8 @@ is cached per model structure and input shape.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +21,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..models.summary import LayerRow, layer_macs
+from ..models.summary import LayerRow, is_layer, layer_calls
+from ..models.summary import layer_row as summary_row
 from ._shapes import fast_output
 
 META = torch.device("meta")
@@ -237,50 +240,42 @@ def first_tensor(items: tuple) -> torch.Tensor | None:
     return next((a for a in items if isinstance(a, torch.Tensor)), None)
 
 
-def is_layer(module: nn.Module) -> bool:
-    """A row of the per-layer table: a leaf module, or one holding parameters itself."""
-    return next(module.children(), None) is None or any(
-        True for _ in module.parameters(recurse=False))
-
-
 def layer_row(name: str, mod: nn.Module, inputs: tuple, output: object, own: tuple[str, ...],
               counted: set[int], input_value: int | None) -> LayerCall:
     """The row of one layer call (its parameters count only at its first call)."""
-    params = 0 if id(mod) in counted else sum(p.numel() for p in mod.parameters(False))
-    counted.add(id(mod))
-    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
-    return LayerCall(name, type(mod).__name__, shape, params, layer_macs(mod, inputs, output),
-                     own, input_value)
+    row = summary_row(name, mod, inputs, output, counted)
+    return LayerCall(row.name, row.type, row.output_shape, row.params, row.macs, own,
+                     input_value)
 
 
-def _hooks(model: nn.Module, tracer: _Tracer, calls: list, spans: list) -> list:
-    """Forward hooks: keep the module stack, record every layer call and every module's
-    op range and input values (``spans``, for blocks that are recomputed)."""
-    handles = []
+@contextmanager
+def _watch(model: nn.Module, tracer: _Tracer, calls: list, spans: list) -> Iterator[None]:
+    """Through ``layer_calls`` on every module but the model itself: keep the module stack,
+    record every layer call and every module's op range and input values (``spans``, for
+    blocks that are recomputed). On an error the stack stays put (no ``always_call``)."""
     counted: set[int] = set()
-    for name, module in model.named_modules():
-        if name == "":
-            continue
-        own = tuple(f"{name}.{n}" for n, _ in module.named_parameters(recurse=False))
-        layer = is_layer(module)
+    own = {name: tuple(f"{name}.{n}" for n, _ in module.named_parameters(recurse=False))
+           for name, module in model.named_modules()}
 
-        def pre(mod, _inputs, name=name):
+    def enter(name: str, mod: nn.Module) -> None:
+        if name:  # the model itself is the bottom of the stack already
             tracer.stack.append((name, type(mod), len(tracer.ops)))
 
-        def post(mod, inputs, output, name=name, own=own, layer=layer):
-            first_op = tracer.stack.pop()[2]
-            spans.append((name, first_op, len(tracer.ops), tuple(
-                tracer.value_of[a] for a in inputs
-                if isinstance(a, torch.Tensor) and a in tracer.value_of)))
-            if layer:
-                x = first_tensor(inputs)
-                row = layer_row(name, mod, inputs, output, own, counted,
-                                None if x is None else tracer.value_of.get(x))
-                calls.append((first_op, len(tracer.ops), row))
+    def leave(name: str, mod: nn.Module, inputs: tuple, output: object) -> None:
+        if not name:
+            return
+        first_op = tracer.stack.pop()[2]
+        spans.append((name, first_op, len(tracer.ops), tuple(
+            tracer.value_of[a] for a in inputs
+            if isinstance(a, torch.Tensor) and a in tracer.value_of)))
+        if is_layer(mod):
+            x = first_tensor(inputs)
+            row = layer_row(name, mod, inputs, output, own[name], counted,
+                            None if x is None else tracer.value_of.get(x))
+            calls.append((first_op, len(tracer.ops), row))
 
-        handles.append(module.register_forward_pre_hook(pre))
-        handles.append(module.register_forward_hook(post))  # on an error the stack stays put
-    return handles
+    with layer_calls(model, leave, on_enter=enter, every_module=True):
+        yield
 
 
 # ops that move no data of their own: never a row of the per-layer table
@@ -322,9 +317,8 @@ def trace(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> Trace
     spans: list = []
     x = torch.empty(shape, dtype=dtype, device=META)
     tracer.new_value(x, "input")
-    handles = _hooks(model, tracer, calls, spans)
     try:
-        with tracer, torch.no_grad():
+        with _watch(model, tracer, calls, spans), tracer, torch.no_grad():
             logits = model(x)
             check_logits(logits, shape, "the memory model")
             n_forward = len(tracer.ops)
@@ -337,9 +331,6 @@ def trace(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> Trace
             raise
         # a module that checks devices or reads values in Python before any aten op
         raise tracer.unsupported("", f"it cannot run without data ({err})") from None
-    finally:
-        for h in handles:
-            h.remove()
     ops, vs, kinds = tracer.ops, tracer.v_storage, tracer.s_kind
     dies: list[list[int]] = [[] for _ in ops]
     for sid, i in tracer.died_after.items():

@@ -20,11 +20,22 @@ from torch import nn
 from .._checks import check_positive_int, check_real, check_seed, lookup
 from .._io import save_atomic
 from . import _zoo
-from .summary import LayerRow, Summary, eval_mode, layer_macs, summary
+from .summary import (
+    Call,
+    LayerRow,
+    Summary,
+    backward_macs,
+    eval_mode,
+    is_layer,
+    layer_calls,
+    layer_macs,
+    summary,
+)
 
 __all__ = [
-    "names", "create", "example_input", "layer_macs", "summary", "Summary", "LayerRow",
-    "pretrained_path", "save_pretrained", "eval_mode",
+    "names", "create", "example_input", "layer_macs", "backward_macs", "layer_calls", "Call",
+    "is_layer", "summary", "Summary", "LayerRow", "pretrained_path", "save_pretrained",
+    "eval_mode",
 ]
 
 # name -> (builder, default input shape, required input rank or None for any rank)

@@ -1,16 +1,92 @@
-"""Per-layer model summary (shapes, parameters, MACs) from forward hooks."""
+"""Per-layer model summary (shapes, parameters, MACs), the one layer walker behind it and
+every other per-layer table (``layer_calls``), and the one backward-MAC formula.
+
+    with layer_calls(model) as calls:      # (name, module, inputs, output) per layer call
+        model(x)
+"""
 
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from .._checks import check_int
+
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class Call(NamedTuple):
+    """One call of one layer: its qualified name ("" for the model itself), the module,
+    its positional inputs and its output."""
+
+    name: str
+    module: nn.Module
+    inputs: tuple
+    output: object
+
+
+def is_layer(module: nn.Module) -> bool:
+    """A row of a per-layer table: a leaf module, or one holding parameters itself."""
+    return next(module.children(), None) is None or any(
+        True for _ in module.parameters(recurse=False))
+
+
+@contextmanager
+def layer_calls(model: nn.Module, on_call: Callable[[str, nn.Module, tuple, object], None]
+                | None = None, *, on_enter: Callable[[str, nn.Module], None] | None = None,
+                every_module: bool = False, always_call: bool = False) -> Iterator[list[Call]]:
+    """Watch every layer call of ``model`` while the block runs (forward hooks, removed on
+    exit even after an error): the one layer walker of odtkit.
+
+    Without ``on_call`` the yielded list fills with a `Call` per layer call, in the order
+    the calls finish (it keeps their tensors alive until dropped). With ``on_call``, it is
+    called as ``on_call(name, module, inputs, output)`` instead and the list stays empty.
+    ``on_enter(name, module)`` runs before each call. ``every_module``: watch every
+    module, layer or not (``is_layer`` tells them apart); ``always_call``: ``on_call``
+    runs even when the module's forward raises (torch's ``always_call``).
+    """
+    calls: list[Call] = []
+    handles = []
+    try:
+        for name, module in model.named_modules():
+            if not (every_module or is_layer(module)):
+                continue
+            if on_enter is not None:
+                handles.append(module.register_forward_pre_hook(
+                    lambda mod, _inputs, name=name: on_enter(name, mod)))
+
+            def post(mod: nn.Module, inputs: tuple, output: object, name: str = name) -> None:
+                if on_call is None:
+                    calls.append(Call(name, mod, inputs, output))
+                else:
+                    on_call(name, mod, inputs, output)
+
+            handles.append(module.register_forward_hook(post, always_call=always_call))
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def backward_macs(forward_macs: int, *, weight_grad: bool, input_grad: bool) -> int:
+    """MACs of one layer call's backward pass, from the MACs of its forward (`layer_macs`).
+
+    The backward of a convolution, linear or norm layer is two products as large as its
+    forward: the weight gradient dL/dW (input x output gradient), needed only when the
+    weight trains (a frozen layer needs none), and the input gradient dL/dx (output
+    gradient x weight), needed only when something before the layer wants a gradient (a
+    first layer fed with data needs none, nor does any layer before the first one that
+    trains). Bias gradients are sums, not MACs. Training every layer and computing every
+    input gradient gives the familiar rule backward = 2 x forward, a step 3 x forward.
+    """
+    check_int("forward_macs", forward_macs, low=0)
+    return forward_macs * (bool(weight_grad) + bool(input_grad))
 
 
 @contextmanager
@@ -57,6 +133,16 @@ class LayerRow:
     output_shape: tuple[int, ...]
     params: int
     macs: int
+
+
+def layer_row(name: str, module: nn.Module, inputs: tuple, output: object,
+              counted: set[int]) -> LayerRow:
+    """The row of one layer call; its own parameters count at its first call only
+    (``counted`` holds the ids of the modules already seen)."""
+    params = 0 if id(module) in counted else sum(p.numel() for p in module.parameters(False))
+    counted.add(id(module))
+    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+    return LayerRow(name, type(module).__name__, shape, params, layer_macs(module, inputs, output))
 
 
 @dataclass(frozen=True)
@@ -114,35 +200,20 @@ class Summary:
 def summary(model: nn.Module, example_input: torch.Tensor) -> Summary:
     """Run ``model`` once (eval mode, no grad; its mode is restored) and tabulate each layer.
 
-    Layers are leaf modules and any module holding parameters directly; a module called
-    twice gives two rows but its parameters count once in ``total_params``.
+    Layers are those of `layer_calls` (leaf modules and any module holding parameters
+    directly); a module called twice gives two rows but its parameters count once in
+    ``total_params``.
     """
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
     rows: list[LayerRow] = []
     counted: set[int] = set()
-    handles = []
 
-    def hook_for(name: str):
-        def hook(module: nn.Module, inputs: tuple, output: object) -> None:
-            own = sum(p.numel() for p in module.parameters(recurse=False))
-            params = 0 if id(module) in counted else own
-            counted.add(id(module))
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
-            rows.append(LayerRow(name, type(module).__name__, shape, params,
-                                 layer_macs(module, inputs, output)))
-        return hook
+    def row(name: str, module: nn.Module, inputs: tuple, output: object) -> None:
+        rows.append(layer_row(name or type(module).__name__, module, inputs, output, counted))
 
-    for name, module in model.named_modules():
-        is_leaf = next(module.children(), None) is None
-        if is_leaf or any(True for _ in module.parameters(recurse=False)):
-            handles.append(module.register_forward_hook(hook_for(name or type(module).__name__)))
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
+    with layer_calls(model, row), eval_mode(model), torch.no_grad():
+        model(example_input)
     return Summary(
         rows=tuple(rows),
         input_shape=tuple(example_input.shape),
