@@ -31,6 +31,8 @@ _EXPORTS: dict[str, str] = {
     "format_bytes": "units",
     # training
     "train": "training",
+    "TrainConfig": "training",
+    "TrainingDiverged": "training",
     "History": "training",
     "evaluate": "training",
     "load_checkpoint": "training",

@@ -23,7 +23,13 @@ from torch.nn import functional as F
 
 import odtkit
 from odtkit._io import save_atomic
-from odtkit.training import History, evaluate, load_checkpoint, train
+from odtkit.training import (
+    History,
+    TrainingDiverged,
+    evaluate,
+    load_checkpoint,
+    train,
+)
 from odtkit.viz.training import accuracy_curves, loss_curve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,26 +137,47 @@ def test_same_seed_same_numbers_other_seed_differs():
     assert not torch.equal(runs[0][0][2].weight, runs[2][0][2].weight)
 
 
-def test_plan_is_applied_and_frozen_parameters_stay():
-    class FreezeAllButHead:
-        precision = "fp32"
-
-        def __init__(self):
-            self.calls = []
-
-        def apply_(self, model):
-            self.calls.append(model)
-            for name, p in model.named_parameters():
-                p.requires_grad_(name.startswith("6."))
-            return model
-
-    model, plan = make_model(), FreezeAllButHead()
+@pytest.mark.parametrize("as_plan", [lambda m: odtkit.plan(m, "last:1"), lambda m: "last:1"])
+def test_plan_is_applied_and_frozen_parameters_stay(as_plan):
+    """A TrainPlan and its scheme string train exactly the last layer ("6.*")."""
+    model = make_model()
     before = copy.deepcopy(model.state_dict())
-    train(model, make_task(), plan, epochs=1, progress=False)
-    assert plan.calls == [model]
+    train(model, make_task(), as_plan(model), epochs=1, progress=False)
     for name, p in model.named_parameters():
         changed = not torch.equal(p, before[name])
-        assert changed == name.startswith("6."), name
+        assert changed == p.requires_grad == name.startswith("6."), name
+
+
+def test_reduced_precision_plan_is_refused():
+    model = make_model()
+    for precision in ("fp16", "int8"):
+        with pytest.raises(ValueError, match="reduced-precision training is not available yet"):
+            train(model, make_task(), odtkit.plan(model, "full", precision=precision),
+                  progress=False)  # fmt: skip
+
+
+def block_model() -> nn.Sequential:
+    torch.manual_seed(5)
+    block = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
+    model = nn.Sequential(nn.Flatten(), block, nn.ReLU(), nn.Linear(16, 3))
+    model.input_shape = (1, 4, 4)
+    return model
+
+
+def test_recompute_plan_reruns_the_block_in_backward_with_the_same_result():
+    """A plan's recompute is honoured: the block's first Linear runs twice per step (forward
+    and recomputation in backward), and the weights end as plain training leaves them."""
+    task, cfg = make_task(), dict(epochs=2, batch_size=8, progress=False)
+    plain, redo = block_model(), block_model()
+    calls = []
+    redo[1][0].register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    h_plain = train(plain, task, odtkit.plan(plain, "full"), **cfg)
+    h_redo = train(redo, task, odtkit.plan(redo, "full", recompute=["1"]), **cfg)
+    steps = h_redo.steps[-1]
+    assert calls.count(True) == 2 * steps  # no-grad calls: the shape probe and evaluation
+    for (name, a), b in zip(redo.state_dict().items(), plain.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), name
+    assert h_redo.loss == pytest.approx(h_plain.loss, rel=1e-5)
 
 
 def test_adam_and_max_steps_cut_an_epoch():
@@ -208,6 +235,12 @@ def test_wrong_class_count_is_reported():
         ({"batch_size": 2.5}, "batch_size=2.5"),
         ({"checkpoint_every": 0}, "checkpoint_every=0"),
         ({"lr": -1.0}, "lr=-1.0"),
+        ({"lr": math.nan}, "lr=nan"),
+        ({"momentum": math.nan}, "momentum=nan"),
+        ({"momentum": 1.0}, r"momentum must be a finite number in \[0, 1\)"),
+        ({"weight_decay": -1}, "weight_decay=-1"),
+        ({"seed": -1}, "seed=-1"),
+        ({"max_steps": 0}, "max_steps=0"),
         ({"seed": 1.5}, "seed=1.5"),
         ({"checkpoint_every": 5}, "checkpoint_every=5 needs a file"),
         ({"optimizer": "sgdm"}, "unknown optimizer 'sgdm'"),
@@ -219,18 +252,61 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
         train(make_model(), make_task(), progress=False, **kwargs)
 
 
-def test_divergence_warns_once():
-    with pytest.warns(RuntimeWarning, match="smaller lr") as record:
-        hist = train(make_model(), make_task(), epochs=2, progress=False,
-                     loss_fn=lambda logits, y: F.cross_entropy(logits, y) * math.inf)  # fmt: skip
-    assert len(record) == 1 and not all(map(math.isfinite, hist.loss))
+class InfFrom:
+    """Cross-entropy that turns infinite from its ``start``-th call on."""
+
+    def __init__(self, start: int) -> None:
+        self.start, self.calls = start, 0
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return F.cross_entropy(logits, labels) * (math.inf if self.calls >= self.start else 1)
+
+
+def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp_path):
+    task, path = make_task(), tmp_path / "run.pt"
+    model = make_model()
+    with pytest.raises(TrainingDiverged, match=r"loss became inf at step 15 \(epoch 2, step 3 "
+                       r"of 12\)") as info:  # fmt: skip
+        train(model, task, epochs=3, batch_size=8, checkpoint=path, progress=False,
+              loss_fn=InfFrom(15))  # fmt: skip
+    assert isinstance(info.value, FloatingPointError) and info.value.step == 15
+    assert str(path) in str(info.value) and "holds the last good state" in str(info.value)
+    # the checkpoint still loads and holds epoch 1's weights, as a 1-epoch run ends
+    ref = make_model()
+    train(ref, task, epochs=1, batch_size=8, progress=False)
+    saved = load_checkpoint(path)
+    assert saved["loop"]["global_step"] == 12 and len(saved["history"]["loss"]) == 1
+    for key, value in ref.state_dict().items():
+        assert torch.equal(saved["model"][key], value), key
+        assert torch.isfinite(saved["model"][key].float()).all(), key
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # no update with inf
+
+
+def test_huge_learning_rate_names_step_loss_and_lr():
+    task = odtkit.datasets.load("digits").subset(n_train=200, n_test=50)
+    model = odtkit.models.create("mlp", input_shape=task.input_shape, num_classes=10, seed=0)
+    with pytest.raises(TrainingDiverged, match=r"lr=1e\+06 is too large.*try lr=100000") as info:
+        train(model, task, lr=1e6, epochs=3, batch_size=8, progress=False)
+    message = str(info.value)
+    assert f"at step {info.value.step} " in message and f"loss became {info.value.loss}" in message
+
+
+def test_loss_fn_must_return_a_scalar():
+    def per_sample(logits, labels):
+        return F.cross_entropy(logits, labels, reduction="none")
+
+    with pytest.raises(ValueError, match=r"loss_fn must return a scalar.*shape \(8,\)"):
+        train(make_model(), make_task(), batch_size=8, loss_fn=per_sample, progress=False)
 
 
 def test_not_a_task_or_plan():
     with pytest.raises(TypeError, match="x_train"):
         train(make_model(), object(), progress=False)
-    with pytest.raises(TypeError, match="apply_"):
-        train(make_model(), make_task(), plan="last:1", progress=False)
+    with pytest.raises(TypeError, match="plan must be a TrainPlan .* or a scheme name"):
+        train(make_model(), make_task(), plan=42, progress=False)
+    with pytest.raises(ValueError, match="Did you mean 'bias-only'"):
+        train(make_model(), make_task(), plan="bias-onyl", progress=False)
 
 
 def test_bad_labels_are_reported():
