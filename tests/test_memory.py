@@ -308,6 +308,43 @@ def test_bad_inputs_explain_the_fix():
         odt.measure(model, x, odt.plan(model, "full", precision="fp16"))
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.float64,
+                                   torch.float16])
+def test_an_input_dtype_the_model_cannot_run_is_refused(dtype):
+    """The estimate never runs the model's arithmetic, and meta kernels do not check dtypes:
+    before this check it returned a report for an int64 input that a real step refuses."""
+    model = odt.models.create("mcunet-tiny", input_shape=(3, 8, 8))
+    x = odt.models.example_input(model, batch_size=2).to(dtype)
+    with pytest.raises(RuntimeError):  # the reference: PyTorch's own forward refuses it
+        model(x)
+    want = (rf"example input of dtype {dtype} \(parameters: torch\.float32\).*in module "
+            rf"'stem\.0'.*aten\.convolution.*Pass example_input\.to\(torch\.float32\)")
+    with pytest.raises(ValueError, match=want):
+        odt.estimate(model, x, "full")
+    with pytest.raises(ValueError, match=want):
+        odt.measure(model, x, "bias-only", rss=False)
+
+
+def test_input_dtypes_pytorch_accepts_still_pass():
+    class CastsItself(nn.Module):  # uint8 pixels in, the model scales them itself
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x.float() / 255)
+
+    pixels = torch.randint(0, 255, (2, 4), dtype=torch.uint8)
+    CastsItself()(pixels)  # PyTorch runs it, so measure must too
+    assert odt.measure(CastsItself(), pixels, "full", rss=False).peak_bytes > 0
+    # fp16 activations through an fp32 BatchNorm: CPU "mixed type" batch norm runs it
+    norm = nn.Sequential(nn.BatchNorm1d(4), nn.Flatten())
+    half = torch.randn(2, 4).half()
+    assert norm(half).dtype == torch.float16
+    est = odt.estimate(norm, half, "full")
+    assert est.by_category["weights"] == 4 * (4 + 4 + 4 + 4) + 8  # fp32 affine, stats, count
+
+
 def test_report_checks_and_views():
     model = odt.models.create("mbv2-tiny", input_shape=(3, 16, 16))
     x = odt.models.example_input(model, batch_size=2)

@@ -32,7 +32,7 @@ from ..training.optim import check_optimizer
 from ..units import format_bytes
 from ._measure import run_step
 from ._step import play_step
-from ._trace import UnsupportedOperation, cached_trace
+from ._trace import DtypeMismatch, UnsupportedOperation, cached_trace
 
 __all__ = [
     "estimate", "measure", "compare", "MemoryReport", "LayerMemory", "CATEGORIES", "ENGINES",
@@ -173,9 +173,21 @@ def _check_input(model: nn.Module, x: object) -> None:
             f"odt.models.example_input(model, batch_size={x.shape[0]})")
 
 
+def _dtype_error(model: nn.Module, x: torch.Tensor, err: DtypeMismatch) -> ValueError:
+    """The example input's dtype named, with what the model computes in and the fix."""
+    have = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
+    fix = (f"Pass example_input.to({have[0]}) (odt.models.example_input(model) makes one), "
+           f"or cast the model") if len(have) == 1 else "Pass the dtype the model computes in"
+    return ValueError(f"the model cannot run on an example input of dtype {x.dtype} "
+                      f"(parameters: {', '.join(have) or 'none'}): {err}; a real step fails "
+                      f"there too. {fix}")
+
+
 def _trace_of(model: nn.Module, x: torch.Tensor):
     try:
         return cached_trace(model, tuple(x.shape), x.dtype)
+    except DtypeMismatch as err:
+        raise _dtype_error(model, x, err) from None
     except (UnsupportedOperation, TypeError):
         raise
     except (RuntimeError, ValueError) as err:
@@ -233,6 +245,12 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
     storages op by op; ``rss`` also samples the process's resident memory (memory-profiler).
     """
     plan = _prepare(model, example_input, plan, optimizer, engine)
+    try:  # the dtype error of the estimate, before a real step fails less clearly
+        cached_trace(model, tuple(example_input.shape), example_input.dtype)
+    except DtypeMismatch as err:
+        raise _dtype_error(model, example_input, err) from None
+    except (UnsupportedOperation, RuntimeError, ValueError, TypeError):
+        pass  # measure runs models the estimate cannot trace
     if engine == "lean":
         from ..engine import lean
 

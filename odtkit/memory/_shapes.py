@@ -1,4 +1,5 @@
-"""Output shapes of common aten ops, computed directly (meta kernels of many ops are slow).
+"""Output shapes of common aten ops, computed directly (meta kernels of many ops are slow),
+and the dtype checks that meta kernels skip.
 
 Each rule returns the op's output as fresh meta tensors; an op without a rule here is run
 through its real meta kernel instead, which gives the same answer more slowly.
@@ -17,6 +18,31 @@ _SAME_AS_FIRST = frozenset({
     "ones_like", "rand_like", "randn_like", "bernoulli", "neg", "sqrt", "rsqrt", "exp", "abs",
 })
 _BINARY = frozenset({"add", "sub", "mul", "div", "remainder", "maximum", "minimum"})
+
+
+class DtypeMismatch(ValueError):
+    """An op gets tensors of dtypes PyTorch refuses to mix: a real step would fail there,
+    though the shape-only trace would not (meta kernels do not check dtypes)."""
+
+
+# ops whose tensor arguments PyTorch requires to share one dtype (no type promotion);
+# the norms also take an fp16 or bf16 input with fp32 parameters ("mixed type" on CPU)
+_SAME_DTYPE = frozenset({"convolution", "addmm", "mm", "bmm"})
+_NORMS = frozenset({"native_batch_norm", "_native_batch_norm_legit",
+                    "_native_batch_norm_legit_no_training", "native_layer_norm",
+                    "native_group_norm"})
+
+
+def mixed_dtypes(name: str, args: tuple) -> list[str]:
+    """The dtypes of an op's tensor arguments if PyTorch refuses to mix them, else []."""
+    if name not in _SAME_DTYPE and name not in _NORMS:
+        return []
+    dtypes = {a.dtype for a in args if isinstance(a, torch.Tensor)}
+    first = next((a.dtype for a in args if isinstance(a, torch.Tensor)), None)
+    if len(dtypes) < 2 or (name in _NORMS and first in (torch.float16, torch.bfloat16)
+                           and dtypes == {first, torch.float32}):
+        return []
+    return sorted(map(str, dtypes))
 
 
 def _empty(shape: tuple[int, ...] | list[int], dtype: torch.dtype) -> torch.Tensor:

@@ -23,7 +23,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ..models.summary import LayerRow, is_layer, layer_calls
 from ..models.summary import layer_row as summary_row
-from ._shapes import fast_output
+from ._shapes import DtypeMismatch, fast_output, mixed_dtypes
 
 META = torch.device("meta")
 
@@ -186,6 +186,12 @@ class _Tracer(TorchDispatchMode):
         kwargs = dict(kwargs or {})
         pairs = [self._convert(a) for a in args]
         margs = tuple(p[0] for p in pairs)
+        name = func._overloadpacket.__name__
+        mixed = mixed_dtypes(name, margs)
+        if mixed:
+            module, leaf, _ = self.stack[-1]
+            raise DtypeMismatch(f"{where(module, leaf)} runs aten.{name} on tensors of dtypes "
+                                f"{', '.join(mixed)}, which PyTorch refuses to mix")
         for key, val in kwargs.items():
             if isinstance(val, torch.Tensor):
                 kwargs[key] = self._meta(val)[0]
@@ -193,7 +199,6 @@ class _Tracer(TorchDispatchMode):
                 kwargs[key] = META
         if "device" not in kwargs and _takes_device(func):
             kwargs["device"] = META
-        name = func._overloadpacket.__name__
         try:
             out = fast_output(name, margs, kwargs)
             if out is None:
