@@ -84,8 +84,8 @@ def ddp_check(steps: int) -> dict[str, Any]:
                       for k in sim)
     return {"world_size": 2, "compressor": "top-k 1% + EF", "steps": steps,
             "max_abs_param_diff_vs_simulation": diff, "ranks_identical": ranks_equal,
-            "payload_bytes_per_round": ranks[0]["payload_bytes"][-1],
-            "wire_bytes_per_round": ranks[0]["wire_bytes"][-1], "wall_s": wall}
+            "payload_bytes_per_round": ranks[0]["payload_bytes_per_round"][-1],
+            "wire_bytes_per_round": ranks[0]["wire_bytes_per_round"][-1], "wall_s": wall}
 
 
 def summarize(runs: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:

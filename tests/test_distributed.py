@@ -200,9 +200,9 @@ def test_ddp_hook_matches_simulation_on_two_ranks(task, model):
         for key, want in hist.model.state_dict().items():  # rank 0's buffers, as DDP sends
             got = r0["state_dict"][key]
             assert torch.allclose(got.float(), want.float(), atol=1e-6, rtol=0), (name, key)
-        both = zip(r0["payload_bytes"], r1["payload_bytes"], strict=True)
+        both = zip(r0["payload_bytes_per_round"], r1["payload_bytes_per_round"], strict=True)
         assert [a + b for a, b in both] == hist.bytes_total, name
-        framed = zip(r0["wire_bytes"], r0["payload_bytes"], strict=True)
+        framed = zip(r0["wire_bytes_per_round"], r0["payload_bytes_per_round"], strict=True)
         assert all(w > p for w, p in framed), name  # + header, metadata and padding
 
 

@@ -12,7 +12,8 @@ The contract (every compressor, and ErrorFeedback around any of them):
 - ``nbytes(payload) -> int``: exact bytes on the wire, values, indices, scales
   and norms included; equals sum(t.numel() * t.element_size()) and
   ``len(payload_to_bytes(payload))``.
-- Hints: ``unbiased`` (E[decompress(compress(g))] == g), ``biased``,
+- Hints: ``fixed_size`` (payload shapes follow from the tensor's shape and config;
+  False for threshold and DGC, whose count varies), ``unbiased`` (E[decompress(compress(g))] == g), ``biased``,
   ``stochastic`` (draws seeded by (seed, name, step), so a fresh compressor with
   the same seed replays the same numbers), ``needs_error_feedback`` (biased
   enough to want ErrorFeedback), ``feedback_builtin`` (keeps its own residual).
@@ -57,6 +58,7 @@ from .base import Compressor, Ctx
 from .cast import BF16, FP16, NoCompression
 from .dgc import DGC, warmup_density
 from .feedback import EFSignSGD, ErrorFeedback
+from .frame import FrameError, frame, max_frame_bytes, unframe
 from .lowrank import PowerSGD, matrix_shape, orthogonalize
 from .quantize import QSGD, SignSGD, TernGrad
 from .sparsify import RandomK, Threshold, TopK
@@ -73,11 +75,11 @@ from .wire import (
 
 __all__ = [
     "BF16", "DGC", "FP16", "QSGD", "Compressor", "Ctx", "EFSignSGD", "ErrorFeedback",
-    "NoCompression", "PowerSGD", "RandomK", "SignSGD", "TernGrad", "Threshold", "TopK",
-    "WireReport", "bits_per_element", "compression_ratio", "decode_index", "encode_index",
-    "get", "index_dtype", "matrix_shape", "names", "orthogonalize", "pack_bits",
-    "payload_from_bytes", "payload_nbytes", "payload_to_bytes", "unpack_bits",
-    "warmup_density", "wire_report",
+    "FrameError", "NoCompression", "PowerSGD", "RandomK", "SignSGD", "TernGrad", "Threshold",
+    "TopK", "WireReport", "bits_per_element", "compression_ratio", "decode_index",
+    "encode_index", "frame", "get", "index_dtype", "matrix_shape", "max_frame_bytes", "names",
+    "orthogonalize", "pack_bits", "payload_from_bytes", "payload_nbytes", "payload_to_bytes",
+    "unframe", "unpack_bits", "warmup_density", "wire_report",
 ]
 
 _REGISTRY: dict[str, type[Compressor]] = {

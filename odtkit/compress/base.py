@@ -42,6 +42,7 @@ class Compressor:
     needs_error_feedback: bool = False  # biased enough that plain SGD may stall
     feedback_builtin: bool = False  # keeps its own residual or accumulator
     keep_dtype: bool = False  # _encode sees the caller's dtype instead of fp32
+    fixed_size: bool = True  # payload shapes follow from the tensor's shape and the config
 
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = check_seed("seed", seed)

@@ -44,6 +44,7 @@ class DGC(Compressor):
     """
 
     kind = "dgc"
+    fixed_size = False  # at most k entries: the sampled threshold may pass fewer
     stochastic = True  # the threshold sample
     feedback_builtin = True
 

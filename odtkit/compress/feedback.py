@@ -34,6 +34,7 @@ class ErrorFeedback(Compressor):
         self.inner = compressor
         self.kind = f"ef({compressor.kind})"
         self.stochastic = compressor.stochastic
+        self.fixed_size = compressor.fixed_size
         self._residuals: dict[str, torch.Tensor] = {}
 
     @property

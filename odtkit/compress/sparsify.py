@@ -112,6 +112,7 @@ class Threshold(Compressor):
 
     kind = "threshold"
     needs_error_feedback = True
+    fixed_size = False
 
     def __init__(self, *, threshold: float = 0.01, seed: int = 0):
         super().__init__(seed=seed)

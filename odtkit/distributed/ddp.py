@@ -97,8 +97,9 @@ def train_ddp(model: nn.Module, task: Any, *, compressor: str | Callable[[], Any
             break
     return {"rank": rank, "state_dict": {k: v.detach().clone() for k, v in
                                          replica.state_dict().items()},
-            "test_acc": test_acc, "payload_bytes": list(state.payload_bytes),
-            "wire_bytes": list(state.wire_bytes), "rounds": rounds}
+            "test_acc": test_acc,
+            "payload_bytes_per_round": list(state.payload_bytes_per_round),
+            "wire_bytes_per_round": list(state.wire_bytes_per_round), "rounds": rounds}
 
 
 def _describe_failure(rank: int, world: int, round_: int, err: Exception,
@@ -260,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {"world_size": dist.get_world_size(), "compressor": args.compressor,
                "compressor_args": kwargs, "error_feedback": args.error_feedback,
                "test_acc": out["test_acc"], "rounds": out["rounds"],
-               "payload_bytes_per_round": out["payload_bytes"][-1] if out["rounds"] else 0,
+               "payload_bytes_per_round": (out["payload_bytes_per_round"][-1]
+                                           if out["rounds"] else 0),
                "parameter_digests": digests, "identical": len(set(digests)) == 1}
     if dist.get_rank() == 0:
         print(json.dumps(summary), flush=True)

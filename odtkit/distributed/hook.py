@@ -5,18 +5,21 @@
     ddp.register_comm_hook(state, hook)
 
 Per gradient bucket every rank compresses each parameter's gradient (keyed by parameter
-name, so error-feedback residuals persist across steps), all-gathers the byte images of
-the payloads (sizes first, then the images padded to the longest, as threshold
-compressors send a varying count), decompresses every rank's payload and averages them in
-rank order: the same arithmetic as ``odtkit.distributed.simulate``, so all ranks end with
-identical parameters and agree with the simulation.
+name, so error-feedback residuals persist across steps), all-gathers one framed message of
+its payloads (``odtkit.compress.frame``: a fixed binary header, then raw tensors; sizes
+first, then the messages padded to the longest, as threshold compressors send a varying
+count), decompresses every rank's payload and averages them in rank order: the same
+arithmetic as ``odtkit.distributed.simulate``, so all ranks end with identical parameters
+and agree with the simulation.
+
+gloo does not authenticate peers, so nothing received is unpickled: every length, dtype
+code, shape, metadata entry and decoded value from a peer is checked against this rank's
+own payloads, and a malformed message raises ``FrameError`` naming the rank.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..compress import payload_to_bytes
+from ..compress import FrameError, frame, max_frame_bytes, unframe
 from ._common import average, dgc_workers, make_compressor, set_epoch
 
 __all__ = ["CompressionHookState", "comm_hook", "compression_hook"]
@@ -39,8 +42,10 @@ class CompressionHookState:
     rank: int
     world_size: int
     group: Any = None
-    payload_bytes: list[int] = dataclasses.field(default_factory=list)  # per round, this rank
-    wire_bytes: list[int] = dataclasses.field(default_factory=list)  # + headers and padding
+    # one entry per round: this rank's payload bytes, and the framed message it put on the
+    # wire (header and padding to the longest rank's message included)
+    payload_bytes_per_round: list[int] = dataclasses.field(default_factory=list)
+    wire_bytes_per_round: list[int] = dataclasses.field(default_factory=list)
     _round: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
 
     def set_epoch(self, epoch: float) -> None:
@@ -79,16 +84,17 @@ def compression_hook(state: CompressionHookState,
     grads = bucket.gradients()
     names = [state.name_of(p) for p in bucket.parameters()]
     mine = [state.codec.compress(g, n) for g, n in zip(grads, names, strict=True)]
-    blob = _pack(mine)
-    images = _all_gather_bytes(blob, state.group, state.world_size)
-    ranks = [_unpack(image, [ctx for _, ctx in mine]) for image in images]
-    averaged = [average([state.codec.decompress(*ranks[r][i]) for r in range(state.world_size)])
-                for i in range(len(grads))]
+    fixed = state.codec.fixed_size
+    limit = max_frame_bytes(mine, fixed_size=fixed)
+    images = _all_gather_bytes(frame(mine), state.group, state.world_size, limit)
+    ranks = [unframe(image, mine, sender=r, fixed_size=fixed) for r, image in enumerate(images)]
+    averaged = [average([_decode(state.codec, *ranks[r][i], sender=r)
+                         for r in range(state.world_size)]) for i in range(len(grads))]
     state._round[0] += sum(state.codec.nbytes(p) for p, _ in mine)
     state._round[1] += max(len(image) for image in images)
     if bucket.is_last():
-        state.payload_bytes.append(state._round[0])
-        state.wire_bytes.append(state._round[1])
+        state.payload_bytes_per_round.append(state._round[0])
+        state.wire_bytes_per_round.append(state._round[1])
         state._round = [0, 0]
     flat = torch.cat([a.reshape(-1) for a in averaged]).to(bucket.buffer().dtype)
     future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
@@ -102,48 +108,36 @@ compression_hook.__annotations__.update(
     **{"return": torch.futures.Future[torch.Tensor]})
 
 
-def _pack(compressed: list[tuple[tuple[torch.Tensor, ...], Any]]) -> torch.Tensor:
-    """One uint8 image: 8-byte header length, pickled layout and ctx metadata, raw tensors.
-
-    The metadata (e.g. random-k's seed) is what a receiver would derive from the sender's
-    configuration; it travels here for simplicity and is counted in ``wire_bytes`` only.
-    """
-    layout = [(ctx.meta, [(str(t.dtype).removeprefix("torch."), tuple(t.shape)) for t in p])
-              for p, ctx in compressed]
-    header = pickle.dumps(layout)
-    chunks = [len(header).to_bytes(8, "little"), header,
-              *(payload_to_bytes(payload) for payload, _ in compressed)]
-    return torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
-
-
-def _unpack(image: bytes, ctxs: list[Any]) -> list[tuple[tuple[torch.Tensor, ...], Any]]:
-    """Inverse of ``_pack``: (payload, ctx) per tensor, ctx = local ctx with sent metadata."""
-    size = int.from_bytes(image[:8], "little")
-    layout = pickle.loads(image[8:8 + size])
-    pos = 8 + size
-    out = []
-    for (meta, shapes), ctx in zip(layout, ctxs, strict=True):
-        tensors = []
-        for dtype_name, shape in shapes:
-            dtype = getattr(torch, dtype_name)
-            nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-            raw = bytearray(image[pos:pos + nbytes])
-            t = (torch.frombuffer(raw, dtype=torch.uint8).view(dtype) if nbytes
-                 else torch.empty(0, dtype=dtype))
-            tensors.append(t.reshape(shape))
-            pos += nbytes
-        out.append((tuple(tensors), dataclasses.replace(ctx, meta=meta)))
+def _decode(codec: Any, payload: tuple[torch.Tensor, ...], ctx: Any, *,
+            sender: int) -> torch.Tensor:
+    """A peer's payload decoded, or FrameError naming the rank: a payload that passed the
+    frame checks can still carry out-of-range indices, a bad count or non-finite values."""
+    try:
+        out = codec.decompress(payload, ctx)
+    except (IndexError, RuntimeError, ValueError, KeyError) as err:
+        raise FrameError(f"malformed message from rank {sender}: its payload for {ctx.name!r} "
+                         f"does not decode ({type(err).__name__}: {err})") from err
+    if not bool(out.isfinite().all()):
+        raise FrameError(f"malformed message from rank {sender}: its payload for {ctx.name!r} "
+                         "decodes to non-finite values (compressors send finite ones)")
     return out
 
 
-def _all_gather_bytes(blob: torch.Tensor, group: Any, world: int) -> list[bytes]:
-    """All-gather uint8 images of different lengths: lengths first, then padded images."""
-    length = torch.tensor([blob.numel()], dtype=torch.int64)
+def _all_gather_bytes(blob: bytes, group: Any, world: int, limit: int) -> list[bytes]:
+    """All-gather byte strings of different lengths: lengths first (each checked against
+    ``limit`` before anything is allocated for it), then the images padded to the longest."""
+    length = torch.tensor([len(blob)], dtype=torch.int64)
     lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
     dist.all_gather(lengths, length, group=group)
-    longest = int(max(int(n) for n in lengths))
+    sizes = [int(n) for n in lengths]
+    for rank, size in enumerate(sizes):
+        if not 0 < size <= limit:
+            raise FrameError(f"malformed message from rank {rank}: it announces {size} bytes, "
+                             f"this bucket allows 1 to {limit}. Every rank must run the same "
+                             "odtkit version, model and compressor settings")
+    longest = max(sizes)
     padded = torch.zeros(longest, dtype=torch.uint8)
-    padded[:blob.numel()] = blob
+    padded[:len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
     images = [torch.empty(longest, dtype=torch.uint8) for _ in range(world)]
     dist.all_gather(images, padded, group=group)
-    return [images[r][:int(lengths[r])].numpy().tobytes() for r in range(world)]
+    return [images[r][:sizes[r]].numpy().tobytes() for r in range(world)]
