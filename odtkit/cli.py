@@ -6,6 +6,7 @@ Unknown names exit with status 2 and the closest known names on stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -106,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UnknownNameError, ProfileError) as err:
         print(f"odtkit: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `odtkit devices | head`: the reader left early
+        # no traceback, and none at exit when Python flushes stdout again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

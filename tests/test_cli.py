@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -113,3 +114,15 @@ def test_module_entry_point_runs_in_a_fresh_interpreter():
     done = subprocess.run([sys.executable, "-m", "odtkit.cli", "device", "stm32f74"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "stm32f746" in done.stderr and done.stdout == ""
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`odtkit devices | head -1`: the pipe closes before the table is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "odtkit.cli", "devices"], cwd=ROOT,
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1 and done.stderr == ""

@@ -6,7 +6,7 @@
 
 Built in: "digits" (scikit-learn's bundled digits), "digits-shift" (a sensor-shift transfer
 task built from them) and "mnist1d" (generated). "mnist", "cifar10" and "speech-commands"
-read the original files from a local folder (see ``odtkit._loaders``).
+read the original files from a local folder (``root=``, default ``data_dir()/<name>``).
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@ Speech Commands (wav folders, in ``odtkit._speech``).
 
     task = odtkit.datasets.load("mnist", root="~/data/mnist", limit_train=1000)
 
-``root`` defaults to ``<data dir>/<dataset>`` (data dir: $ODTKIT_DATA_DIR, else the
-repository's ``data/`` folder). Nothing is downloaded; a missing file raises
-FileNotFoundError saying what to put where, a corrupt one ValueError naming the file.
+``root`` defaults to ``<data dir>/<dataset>`` (``data_dir()``: $ODTKIT_DATA_DIR, else the
+``data/`` folder of a source checkout, else ``~/.odtkit/data`` for an installed wheel).
+Nothing is downloaded; a missing file raises FileNotFoundError saying what to put where,
+a corrupt one ValueError naming the file.
 """
 
 from __future__ import annotations
