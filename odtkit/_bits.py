@@ -67,6 +67,8 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
         raise ValueError(f"{n} codes of {bits} bits need {expected} uint8 bytes, got "
                          f"{packed.numel()} of {packed.dtype}")
     packed = packed.reshape(-1)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.uint8, device=packed.device)
     if bits == 1:
         return _unpack_mask(packed, n)
     if bits == 8:
@@ -96,6 +98,8 @@ def _checked_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def _pack_mask(mask: torch.Tensor) -> torch.Tensor:
     """Bool tensor -> (ceil(numel/8),) uint8, element 8j + i in bit 7 - i of byte j."""
+    if mask.numel() == 0:
+        return torch.zeros(0, dtype=torch.uint8, device=mask.device)
     flat = mask.reshape(-1).view(torch.uint8)  # (n,) of 0/1, no copy if contiguous
     pad = (-flat.numel()) % 8
     if pad or flat.storage_offset() % 8:

@@ -20,7 +20,6 @@ from odtkit.compress import (
     encode_index,
     index_dtype,
     pack_bits,
-    payload_from_bytes,
     payload_to_bytes,
     unpack_bits,
 )
@@ -77,19 +76,77 @@ def test_roundtrip_keeps_shape_and_dtype(name, shape, dtype):
     assert not any(isinstance(v, torch.Tensor) for v in ctx.meta.values())  # nothing hides in ctx
 
 
+def roundtrip(name: str, x: torch.Tensor, **kwargs) -> torch.Tensor:
+    c = make(name, **kwargs)
+    return c.decompress(*c.compress(x, "w"))
+
+
+def bucket_norms(x: torch.Tensor, size: int = 512) -> torch.Tensor:
+    """Per entry, the L2 norm of its QSGD bucket (float64, by hand)."""
+    flat = x.reshape(-1).double()
+    padded = torch.cat([flat, flat.new_zeros(-flat.numel() % size)]).view(-1, size)
+    return padded.pow(2).sum(1).sqrt().repeat_interleave(size)[: flat.numel()]
+
+
+def check_values(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Decoded values against what each method sends, computed here without the code."""
+    flat, out = x.reshape(-1), y.reshape(-1)
+    n = flat.numel()
+    sign = torch.where(flat < 0, -1.0, 1.0)
+    if name in ("none", "fp16", "bf16"):  # exact, or PyTorch's own cast
+        want = {"none": flat, "fp16": flat.half().float(), "bf16": flat.bfloat16().float()}
+        assert torch.equal(out, want[name])
+    elif name in ("topk", "dgc"):  # dgc's first call sends top-k of g (25% in warm-up)
+        k = math.ceil((0.01 if name == "topk" else 0.25) * n - 1e-9)
+        keep = torch.topk(flat.abs(), k).indices
+        assert torch.equal(out[keep], flat[keep]) and out.count_nonzero() == k
+    elif name == "randomk":
+        kept = out != 0
+        assert int(kept.sum()) == math.ceil(0.01 * n - 1e-9)
+        assert torch.equal(out[kept], flat[kept])
+    elif name == "threshold":
+        assert torch.equal(out, torch.where(flat.abs() > 2.0, flat, 0.0))
+    elif name == "qsgd":  # within one level (norm / s) of g, never of the opposite sign
+        assert ((out.double() - flat.double()).abs() <= bucket_norms(x) / 15 * (1 + 1e-5)).all()
+        assert (out * flat >= 0).all()
+    elif name == "terngrad":
+        s = float(flat.abs().max())
+        assert set(out.unique().tolist()) <= {-s, 0.0, s} and (out * flat >= 0).all()
+        assert out[flat.abs().argmax()] == flat[flat.abs().argmax()]
+    elif name == "signsgd":
+        assert torch.equal(out, sign)
+    elif name == "ef-signsgd":
+        torch.testing.assert_close(out, sign * flat.abs().double().mean().float())
+    elif name == "powersgd":  # lowrank: rank-2 projection P P^T M, see the test below
+        assert torch.equal(out, flat) if x.dim() == 1 else out.shape == flat.shape
+    else:
+        raise AssertionError(f"no value check for {name!r}")
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_nbytes_is_the_size_of_the_raw_payload(name):
-    c = make(name)
-    x = grad((50, 70))
+@pytest.mark.parametrize("shape", [(7,), (5, 6), (8, 3, 3, 3), (40, 30)])
+def test_roundtrip_values_match_each_method(name, shape):
+    x = grad(shape, seed=len(shape))
+    check_values(name, x, roundtrip(name, x, **({"rank_too_large": "dense"}
+                                                 if name == "powersgd" else {})))
+
+
+@pytest.mark.parametrize("shape", [(12, 9), (8, 3, 3, 3)])
+def test_powersgd_is_one_power_iteration_from_the_same_q(shape):
+    """Decoded = P P^T M with P = orth(M Q): the rank-2 projection, by torch.linalg."""
+    x = grad(shape, seed=4)
+    matrix = x.reshape(shape[0], -1).double()
+    q0 = torch.randn(matrix.shape[1], 2, generator=torch.Generator().manual_seed(9))
+    c = PowerSGD(rank=2)
+    c.load_state_dict({"steps": {}, "q": {"w": q0}})  # the warm start the code will use
     payload, ctx = c.compress(x, "w")
-    image = payload_to_bytes(payload)
-    assert c.nbytes(payload) == len(image) == sum(t.numel() * t.element_size() for t in payload)
-    # the byte image carries everything: the receiver decodes the same tensor from it
-    received = payload_from_bytes(image, like=payload)
-    assert torch.equal(c.decompress(received, ctx), c.decompress(payload, ctx))
-    buffer = io.BytesIO()
-    torch.save([t.clone() for t in payload], buffer)  # a container adds headers, never less
-    assert buffer.tell() > len(image)
+    p = torch.linalg.qr(matrix @ q0.double()).Q  # (n, 2), orthonormal
+    torch.testing.assert_close(c.decompress(payload, ctx).double(), (p @ p.T @ matrix).view(shape),
+                               rtol=1e-5, atol=1e-5)
+    sent_p, sent_q = payload
+    torch.testing.assert_close(sent_p.double() @ sent_p.double().T, p @ p.T, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sent_q.double() @ sent_p.double().T, matrix.T @ p @ p.T,
+                               atol=1e-5, rtol=1e-5)  # Q = M^T P, whatever P's column signs
 
 
 @pytest.mark.parametrize("name", NAMES)
