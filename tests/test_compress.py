@@ -242,6 +242,14 @@ def test_bad_settings_are_refused(name, kwargs, pattern):
         odt.compress.get(name, **kwargs)
 
 
+def test_non_integer_counts_are_refused_as_type_errors():
+    with pytest.raises(TypeError, match="k must be an integer, got k=2.5"):
+        odt.compress.get("topk", k=2.5)
+    with pytest.raises(TypeError, match="density must be a finite number in \\(0, 1\\], got "
+                                        "density='0.1'"):
+        odt.compress.get("topk", density="0.1")
+
+
 def test_rank_above_min_dimension_is_refused_naming_the_tensor():
     with pytest.raises(ValueError, match=r"rank=4 exceeds min\(n, m\)=3 of tensor 'head'"):
         PowerSGD(rank=4).compress(grad((3, 40)), "head")
@@ -442,4 +450,5 @@ def test_dgc_sampled_threshold_sends_at_most_k_large_entries():
     values, _ = c.compress(x, "w")[0]
     k = 400
     assert values.numel() == k  # the sampled threshold was refined until k passed
-    torch.testing.assert_close(values.abs().sort().values, x.abs().flatten().topk(k).values.sort().values)
+    torch.testing.assert_close(values.abs().sort().values,
+                               x.abs().flatten().topk(k).values.sort().values)

@@ -53,7 +53,8 @@ def test_every_compressor_round_trips_through_a_frame(name):
     for (payload, ctx), (sent, sent_ctx) in zip(got, theirs, strict=True):
         assert ctx.meta == sent_ctx.meta and ctx.name == sent_ctx.name
         assert payload_to_bytes(payload) == payload_to_bytes(sent)
-        assert all(a.dtype == b.dtype and a.shape == b.shape for a, b in zip(payload, sent, strict=True))
+        assert all(a.dtype == b.dtype and a.shape == b.shape
+                   for a, b in zip(payload, sent, strict=True))
         assert torch.equal(c.decompress(payload, ctx), peer_codec.decompress(sent, sent_ctx))
     assert len(frame(theirs)) <= max_frame_bytes(mine, fixed_size=c.fixed_size)
 
@@ -129,7 +130,8 @@ def test_header_fields_are_checked_against_the_local_payload():
         "dtype code 4 and 1 dimensions": good.replace(bytes([1, 1]) + (2).to_bytes(4, "little"),
                                                       bytes([4, 1]) + (2).to_bytes(4, "little"), 1),
         "has shape \\(3,\\), expected \\(2,\\)": good.replace(
-            bytes([1, 1]) + (2).to_bytes(4, "little"), bytes([1, 1]) + (3).to_bytes(4, "little"), 1),
+            bytes([1, 1]) + (2).to_bytes(4, "little"),
+            bytes([1, 1]) + (3).to_bytes(4, "little"), 1),
         "not ASCII": good.replace(b"seed", b"se\xffd", 1),
     }
     for pattern, image in cases.items():

@@ -12,11 +12,12 @@ The contract (every compressor, and ErrorFeedback around any of them):
 - ``nbytes(payload) -> int``: exact bytes on the wire, values, indices, scales
   and norms included; equals sum(t.numel() * t.element_size()) and
   ``len(payload_to_bytes(payload))``.
-- Hints: ``fixed_size`` (payload shapes follow from the tensor's shape and config;
-  False for threshold and DGC, whose count varies), ``unbiased`` (E[decompress(compress(g))] == g), ``biased``,
-  ``stochastic`` (draws seeded by (seed, name, step), so a fresh compressor with
-  the same seed replays the same numbers), ``needs_error_feedback`` (biased
-  enough to want ErrorFeedback), ``feedback_builtin`` (keeps its own residual).
+- Hints: ``unbiased`` (E[decompress(compress(g))] == g), ``biased``,
+  ``fixed_size`` (payload shapes follow from the tensor's shape and the config;
+  False for threshold and DGC, whose count varies), ``stochastic`` (draws seeded
+  by (seed, name, step), so a fresh compressor with the same seed replays the same
+  numbers), ``needs_error_feedback`` (biased enough to want ErrorFeedback),
+  ``feedback_builtin`` (keeps its own residual).
 - State: ``state_dict()``, ``load_state_dict(state)``, ``reset()``; every
   compressor counts steps per name, stateful ones document what else they keep.
 - Bad input raises ValueError naming the value and tensor: a density outside
@@ -36,6 +37,12 @@ Wire layouts (n entries; idx = uint8 / int16 / int32 / int64 for n <= 2**8 / 2**
     qsgd        fp32 norm per bucket + 1 sign bit + ceil(log2(s+1)) level bits per entry
     terngrad    fp32 scale + 2 bits per entry        signsgd     1 bit per entry (+ fp32 mean)
     ef-signsgd  fp32 scale + 1 bit per entry         powersgd    r(n+m) fp32 (1-D: dense fp32)
+
+Tensors follow each other in that order (``payload_to_bytes``). Bit codes are packed
+most significant bit first, bytes filled from the top bit down as ``numpy.packbits``
+(``pack_bits``, the package's one bit packer). Several payloads travel together as a
+``frame``: a fixed binary header (dtype codes, shapes, typed metadata), never a pickle;
+``unframe`` checks every field a peer sends (see ``odtkit.compress.frame``).
 
     import odtkit as odt
     c = odt.compress.get("topk", density=0.01)

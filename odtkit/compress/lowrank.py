@@ -187,5 +187,6 @@ def _ldexp(t: torch.Tensor, e: int) -> torch.Tensor:
 
 
 def orthogonalize(p: torch.Tensor) -> torch.Tensor:
-    """Orthonormal columns spanning p's (reduced QR; the paper uses Gram-Schmidt). (n, r) -> (n, r)"""
+    """Orthonormal columns spanning p's (reduced QR; the paper uses Gram-Schmidt).
+    (n, r) -> (n, r)"""
     return torch.linalg.qr(p, mode="reduced").Q

@@ -87,7 +87,8 @@ class RandomK(Compressor):
         return {"density": self.density, "k": self.k, "rescale": self.rescale, "seed": self.seed}
 
     @staticmethod
-    def positions(numel: int, k: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    def positions(numel: int, k: int, seed: int,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
         """The k distinct positions (int64) drawn from ``seed``: sender and receiver agree."""
         return torch.randperm(numel, generator=generator(seed), device="cpu")[:k].to(device)
 
