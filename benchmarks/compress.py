@@ -48,7 +48,7 @@ def run_one(job: tuple[str, int, int]) -> dict[str, Any]:
                     **kwargs)
     per_epoch = hist.steps[0]
     warm = kwargs.get("warmup_epochs", DGC().warmup_epochs) if kwargs["compressor"] == "dgc" else 0
-    late = hist.bytes_up[warm * per_epoch:] or hist.bytes_up
+    late = hist.up_bytes_per_round[warm * per_epoch:] or hist.up_bytes_per_round
     times = {}
     for link in LINKS:
         t = worker_round_time(hist, model, device=DEVICE, link=link, batch_size=BATCH)
@@ -56,11 +56,11 @@ def run_one(job: tuple[str, int, int]) -> dict[str, Any]:
                        "download_s": t.download_s, "total_s": t.total_s}
     return {"label": label, "seed": seed, "test_acc": hist.test_acc,
             "total_bytes": hist.total_bytes, "dense_bytes": hist.dense_bytes,
-            "bytes_up_mean": sum(hist.bytes_up) / len(hist.bytes_up),
+            "up_bytes_mean": sum(hist.up_bytes_per_round) / hist.rounds,
             "ratio": hist.compression_ratio,
             "ratio_after_warmup": hist.dense_bytes * len(late) / sum(late),
-            "compress_rel": hist.compress_s / hist.compute_s, "round_time": times,
-            "rounds": len(hist.bytes_up)}
+            "compress_rel": sum(hist.compress_s_per_round) / sum(hist.compute_s_per_round),
+            "round_time": times, "rounds": hist.rounds}
 
 
 def ddp_check(steps: int) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def summarize(runs: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
             "settings": SUITE[label], "final_acc": finals, "final_acc_mean": statistics.fmean(finals),
             "final_acc_std": statistics.pstdev(finals),
             "total_bytes": statistics.fmean(r["total_bytes"] for r in mine),
-            "bytes_per_worker_per_round": statistics.fmean(r["bytes_up_mean"] for r in mine),
+            "bytes_per_worker_per_round": statistics.fmean(r["up_bytes_mean"] for r in mine),
             "compression_ratio": statistics.fmean(r["ratio"] for r in mine),
             "ratio_after_warmup": statistics.fmean(r["ratio_after_warmup"] for r in mine),
             "compress_time_rel_step": statistics.fmean(r["compress_rel"] for r in mine),

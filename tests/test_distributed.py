@@ -65,10 +65,10 @@ def test_dense_workers_equal_one_big_batch(task, model):
                             strict=True):
         # the mean of 4 shard means vs one mean over 32: only the summation order differs
         assert torch.allclose(a, b, atol=1e-5, rtol=0), name
-    assert hist.steps == [39, 50] and len(hist.bytes_up) == 50
+    assert hist.steps == [39, 50] and len(hist.up_bytes_per_round) == 50
     assert hist.compression_ratio == 1.0
-    assert hist.bytes_up[0] == hist.dense_bytes == 4 * 50_826
-    assert hist.bytes_total[0] == 4 * hist.dense_bytes
+    assert hist.up_bytes_per_round[0] == hist.dense_bytes == 4 * 50_826
+    assert hist.total_bytes_per_round[0] == 4 * hist.dense_bytes
 
 
 def test_topk_bytes_hand_counted(task, model):
@@ -80,7 +80,8 @@ def test_topk_bytes_hand_counted(task, model):
           (10, 128): (2, 2), (10,): (1, 1)}
     want = sum(k * (4 + idx) for k, idx in ks.values())
     assert want == 327
-    assert hist.bytes_up == [327, 327] and hist.bytes_total == [4 * 327, 4 * 327]
+    assert hist.up_bytes_per_round == [327, 327]
+    assert hist.total_bytes_per_round == [4 * 327, 4 * 327]
     assert hist.compression_ratio == pytest.approx(4 * 50_826 / 327)
     assert hist.compressor == "ef(topk)" and hist.workers == 4
 
@@ -112,7 +113,7 @@ def test_deterministic_and_seed_sensitive(task, model):
     a, b = simulate(model, task, seed=1, **kw), simulate(model, task, seed=1, **kw)
     c = simulate(model, task, seed=2, **kw)
     untimed = [{k: v for k, v in h.as_dict().items() if k != "time_s"} for h in (a, b)]
-    assert untimed[0] == untimed[1] and a.bytes_up == b.bytes_up
+    assert untimed[0] == untimed[1] and a.up_bytes_per_round == b.up_bytes_per_round
     for x, y in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.equal(x, y)
     assert a.loss != c.loss
@@ -142,13 +143,16 @@ def test_bad_input_is_explained(task, model):
         simulate(model, task, compressor="dgc", error_feedback=True, optimizer="sgd")
 
 
-def test_non_finite_gradient_is_reported_by_the_compressor(task, model):
+def test_non_finite_inputs_stop_training_naming_the_cause(task, model):
+    """NaN inputs give a NaN loss: training stops there, before any compressor or update
+    sees its gradient, and says the inputs are the cause."""
     x = task.x_train.clone()
     x[:] = float("nan")
     bad = type(task)(name="nan", description="", x_train=x, y_train=task.y_train,
                      x_test=task.x_test, y_test=task.y_test, input_shape=task.input_shape,
                      classes=task.classes)
-    with pytest.raises(ValueError, match="non-finite entries"):
+    with pytest.raises(odt.TrainingDiverged, match=r"loss became nan at step 1 \(epoch 1, step "
+                       r"1 of 19\) on worker 0.*batch holds NaN or infinite inputs"):
         simulate(model, bad, compressor="topk", density=0.01, max_steps=1)
 
 
@@ -201,9 +205,10 @@ def test_ddp_hook_matches_simulation_on_two_ranks(task, model):
             got = r0["state_dict"][key]
             assert torch.allclose(got.float(), want.float(), atol=1e-6, rtol=0), (name, key)
         both = zip(r0["payload_bytes_per_round"], r1["payload_bytes_per_round"], strict=True)
-        assert [a + b for a, b in both] == hist.bytes_total, name
+        assert [a + b for a, b in both] == hist.total_bytes_per_round, name
         framed = zip(r0["wire_bytes_per_round"], r0["payload_bytes_per_round"], strict=True)
         assert all(w > p for w, p in framed), name  # + header, metadata and padding
+        assert r0["history"].steps == hist.steps and r0["history"].test_acc == r0["test_acc"]
 
 
 def test_ddp_hook_on_three_ranks(task, model):
@@ -261,8 +266,8 @@ def test_entry_point_without_torchrun_says_how_to_launch(capsys):
 
 def _hist(acc: float, up: list[float]) -> dd.DistHistory:
     return dd.DistHistory(loss=[1.0, 0.5], train_acc=[0.5, acc], test_acc=[0.4, acc],
-                          time_s=[1.0, 1.0], steps=[2, 4], samples=[8, 16], bytes_up=up,
-                          bytes_total=[2 * u for u in up], compressor="x", workers=2,
+                          time_s=[1.0, 1.0], steps=[2, 4], samples=[8, 16], up_bytes_per_round=up,
+                          total_bytes_per_round=[2 * u for u in up], compressor="x", workers=2,
                           dense_bytes=400)
 
 
@@ -285,8 +290,10 @@ def test_figures_plot_what_they_are_given():
     fig = odt.viz.round_time_bars(times)
     widths = sorted(round(p.get_width(), 6) for p in fig.axes[0].patches)
     assert widths == [0.1, 0.3, 0.5, 0.5, 1.0, 3.0]
-    fed = FedHistory(test_acc=[0.2, 0.6], time_s=[2.0, 3.0], bytes_up=[1, 1], bytes_down=[1, 1],
-                     compute_s=[1, 1], comm_s=[1, 1], chosen=[(0,), (0,)], dropped=[(), ()])
+    fed = FedHistory(test_acc=[0.2, 0.6], time_s_per_round=[2.0, 3.0],
+                     up_bytes_per_round=[1, 1], down_bytes_per_round=[1, 1],
+                     compute_s_per_round=[1, 1], comm_s_per_round=[1, 1], chosen=[(0,), (0,)],
+                     dropped=[(), ()])
     fig = odt.viz.federated_progress({"f": fed})
     assert fig.axes[0].lines[0].get_xydata().tolist() == [[2.0, 20.0], [5.0, 60.0]]
     fig = odt.viz.powersgd_rank_sweep({1: _hist(0.5, [10, 10]), 2: _hist(0.6, [20, 20])})
@@ -302,3 +309,49 @@ def test_figures_plot_what_they_are_given():
         odt.viz.bytes_vs_accuracy({})
     with pytest.raises(TypeError, match="odt.distributed.simulate"):
         odt.viz.bytes_vs_accuracy({"x": object()})
+
+
+# ------------------------------------------------------------------------- nothing silently wrong
+
+def test_model_for_another_task_is_named_before_training(task):
+    wrong = nn.Sequential(nn.Flatten(), nn.Linear(10, 10))  # digits have 64 inputs
+    with pytest.raises(ValueError, match=r"cannot run on task 'digits': its inputs have "
+                       r"shape \(1, 8, 8\)"):  # fmt: skip
+        simulate(wrong, task, max_steps=1)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"seed": -1}, "seed must be a non-negative integer, got seed=-1"),
+    ({"lr": float("nan")}, "lr=nan"),
+    ({"momentum": float("nan")}, "momentum=nan"),
+    ({"weight_decay": -1}, "weight_decay=-1"),
+    ({"max_steps": 0}, "max_steps=0"),
+])
+def test_bad_training_knobs_are_named(task, model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        simulate(model, task, **kwargs)
+
+
+def test_global_batches_checks_its_arguments_at_the_call():
+    with pytest.raises(ValueError, match="workers must be a positive integer, got workers=-1"):
+        global_batches(50, workers=-1, batch_size=4, epochs=1, seed=0)  # no iteration needed
+    with pytest.raises(ValueError, match="seed=-2"):
+        global_batches(50, workers=2, batch_size=4, epochs=1, seed=-2)
+
+
+def test_divergence_names_the_worker_and_step(task):
+    mlp = odt.models.create("mlp", input_shape=task.input_shape, num_classes=10, seed=0)
+    with pytest.raises(odt.TrainingDiverged, match=r"simulate diverged: the loss became "
+                       r"(nan|inf) at step \d+ .* on worker \d.*lr=1e\+06 is too large"):
+        simulate(mlp, task, workers=2, lr=1e6, epochs=2, batch_size=8)
+
+
+def test_old_history_names_warn_with_the_new_name(task, model):
+    hist = simulate(model, task, workers=2, max_steps=2)
+    with pytest.warns(DeprecationWarning, match="bytes_up is now up_bytes_per_round"):
+        assert hist.bytes_up == hist.up_bytes_per_round
+    with pytest.warns(DeprecationWarning, match="compute_s is now compute_s_per_round"):
+        assert hist.compute_s == sum(hist.compute_s_per_round) > 0
+    assert len(hist.compress_s_per_round) == hist.rounds == 2
+    with pytest.raises(AttributeError, match="no attribute 'bytes_upp'"):
+        hist.bytes_upp  # noqa: B018

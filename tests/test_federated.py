@@ -53,7 +53,7 @@ def test_label_skew_follows_alpha_and_shards(task):
 def test_partition_bad_input(task):
     with pytest.raises(ValueError, match="Did you mean 'dirichlet'"):
         fl.partition(task.y_train, 4, scheme="dirichlett")
-    with pytest.raises(ValueError, match="alpha must be > 0"):
+    with pytest.raises(ValueError, match=r"alpha must be a finite number in \(0, inf\)"):
         fl.partition(task.y_train, 4, alpha=0.0)
     with pytest.raises(ValueError, match="use fewer clients"):
         fl.partition(task.y_train, 1000)
@@ -75,7 +75,7 @@ def test_fedavg_full_batch_equals_gradient_descent(task, small):
     for a, b in zip(hist.model.parameters(), ref.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
     assert hist.chosen == [(0, 1, 2)] * 3 and hist.dropped == [()] * 3
-    assert hist.bytes_up == [4 * 17_226 * 3] * 3 == hist.bytes_down
+    assert hist.up_bytes_per_round == [4 * 17_226 * 3] * 3 == hist.down_bytes_per_round
 
 
 def test_fedavg_learns_and_is_deterministic(task, small):
@@ -96,7 +96,7 @@ def test_compressed_uplink_counts_its_bytes(task, small):
                           compressor="topk", density=0.01, error_feedback=True)
     # per client: ceil(1% of each tensor) x (fp32 value + index of 2 or 1 bytes)
     ks = [(82, 2), (2, 1), (82, 2), (1, 1), (7, 2), (1, 1)]
-    assert sparse.bytes_up == [2 * sum(k * (4 + i) for k, i in ks)] * 2
+    assert sparse.up_bytes_per_round == [2 * sum(k * (4 + i) for k, i in ks)] * 2
 
 
 def test_stragglers_are_dropped_at_the_deadline(task, small):
@@ -106,15 +106,15 @@ def test_stragglers_are_dropped_at_the_deadline(task, small):
     kw = dict(clients=8, fraction=0.5, rounds=4, seed=2, link="ble", partition_scheme="iid",
               devices=("nrf52840", "jetson-nano"))
     free = fl.federated(small, task, **kw)
-    assert 1.1 < max(free.time_s) < 1.25 and 0.75 < min(free.comm_s) < 0.8
+    assert 1.1 < max(free.time_s_per_round) < 1.25 and 0.75 < min(free.comm_s_per_round) < 0.8
     cut = fl.federated(small, task, deadline_s=1.0, **kw)
     assert cut.chosen == free.chosen  # the draw does not depend on the deadline
-    for chosen, dropped, t in zip(cut.chosen, cut.dropped, cut.time_s, strict=True):
+    for chosen, dropped, t in zip(cut.chosen, cut.dropped, cut.time_s_per_round, strict=True):
         assert set(dropped) == {k for k in chosen if cut.devices[k] == "nrf52840"}
         assert t == 1.0 if dropped else t < 0.8
-    assert any(cut.dropped) and sum(cut.bytes_up) < sum(free.bytes_up)
+    assert any(cut.dropped) and sum(cut.up_bytes_per_round) < sum(free.up_bytes_per_round)
     nobody = fl.federated(small, task, deadline_s=1e-6, **kw)
-    assert sum(nobody.bytes_up) == 0 and len(set(nobody.test_acc)) == 1
+    assert sum(nobody.up_bytes_per_round) == 0 and len(set(nobody.test_acc)) == 1
 
 
 def test_round_time_by_hand():
@@ -151,11 +151,40 @@ def test_federated_bad_input(task, small):
         fl.federated(lab_model(task), task, devices=("nrf52840",), rounds=1)
     with pytest.raises(ValueError, match="clients must be a positive integer, got clients=0"):
         fl.federated(small, task, clients=0)
-    with pytest.raises(ValueError, match="fraction must be in"):
+    with pytest.raises(ValueError, match=r"fraction must be a finite number in \(0, 1\]"):
         fl.federated(small, task, fraction=0.0)
-    with pytest.raises(ValueError, match="deadline_s must be > 0"):
+    with pytest.raises(ValueError, match=r"deadline_s must be a finite number in \(0, inf\)"):
         fl.federated(small, task, deadline_s=-1.0)
     with pytest.raises(ValueError, match="Did you mean"):
         fl.federated(small, task, devices=("raspbery-pi-4",), rounds=1)
     with pytest.raises(ValueError, match="has no fp32 peak|no fp32"):
         fl.federated(small, task, devices=("esp32-s3",), rounds=1)
+
+
+def test_federated_refuses_what_would_go_wrong_later(task, small):
+    wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))  # 3 of 10 classes
+    with pytest.raises(ValueError, match="task 'digits' has 10 classes"):
+        fl.federated(wrong, task, rounds=1)
+    for kwargs, message in (({"seed": -1}, "seed=-1"), ({"lr": math.nan}, "lr=nan"),
+                            ({"weight_decay": -1}, "weight_decay=-1"),
+                            ({"momentum": math.nan}, "momentum=nan")):
+        with pytest.raises(ValueError, match=message):
+            fl.federated(small, task, rounds=1, **kwargs)
+    with pytest.raises(odt.TrainingDiverged, match=r"client \d+ in round \d+ diverged"):
+        fl.federated(small, task, clients=4, fraction=1.0, rounds=3, lr=1e6)
+
+
+def test_round_time_refuses_negative_work():
+    for name in ("macs", "bytes_moved", "upload_bytes", "download_bytes"):
+        kw = dict(macs=1e6, bytes_moved=1e6, upload_bytes=10, download_bytes=10)
+        kw[name] = -1
+        with pytest.raises(ValueError, match=rf"{name} must be a finite number in \[0, inf\)"):
+            fl.round_time(device="raspberry-pi-4", link="lte", **kw)
+
+
+def test_fed_history_names_per_round_lists(task, small):
+    hist = fl.federated(small, task, clients=4, rounds=2, fraction=0.5, seed=1)
+    assert set(hist.as_dict()) >= {"up_bytes_per_round", "down_bytes_per_round",
+                                   "time_s_per_round", "compute_s_per_round", "comm_s_per_round"}
+    with pytest.warns(DeprecationWarning, match="FedHistory.time_s is now time_s_per_round"):
+        assert hist.time_s == hist.time_s_per_round

@@ -29,7 +29,7 @@ def test_density_control_changes_bytes_and_matches_simulate(explorer):
     assert after < before / 5
     hist = simulate(lab_model(explorer.task), explorer.task, workers=4, compressor="topk",
                     density=0.001, error_feedback=True, epochs=2)
-    assert after == pytest.approx(sum(hist.bytes_up) / len(hist.bytes_up))
+    assert after == pytest.approx(sum(hist.up_bytes_per_round) / hist.rounds)
     assert explorer.final_accuracy == hist.test_acc[-1]
     assert f"{after:,.0f} B" in explorer.summary.value
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -67,3 +68,14 @@ def average(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 def dense_bytes(model: nn.Module) -> int:
     """Bytes of one fp32 gradient of the trainable parameters."""
     return sum(4 * p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def renamed_attribute(obj: object, name: str,
+                      renamed: Mapping[str, tuple[str, Callable[[Any], Any]]]) -> Any:
+    """For a history's ``__getattr__``: an old attribute name still answers (its old value,
+    ``convert(new attribute)``) with a DeprecationWarning naming the new one."""
+    if name not in renamed:
+        raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
+    new, convert = renamed[name]
+    warnings.warn(f"{type(obj).__name__}.{name} is now {new}", DeprecationWarning, stacklevel=3)
+    return convert(getattr(obj, new))

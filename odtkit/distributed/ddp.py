@@ -28,15 +28,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 
-from ..training import check_task, evaluate
-from ..training.optim import make_optimizer
-from ._common import (
-    check_compressor_vs_optimizer,
-)
+from ..training import Batch, Loop, TrainConfig, check_model, check_task
+from ._common import check_compressor_vs_optimizer
 from .hook import comm_hook
-from .simulate import global_batches
 
 __all__ = ["train_ddp", "spawn_local", "WorkerLostError", "free_port", "main"]
 
@@ -58,11 +53,17 @@ def train_ddp(model: nn.Module, task: Any, *, compressor: str | Callable[[], Any
     Same data order and shards as ``simulate`` (rank r = worker r, ``batch_size`` per
     rank). ``on_step(rank, round)`` runs before every round (logging, fault injection).
     A peer that dies raises WorkerLostError naming it. ``bucket_cap_mb`` goes to DDP.
-    Returns the final state_dict, test accuracy per epoch and bytes per round.
+    Each rank runs the training loop of ``odtkit.training`` on its shard. Returns the
+    final state_dict, the rank's History (``test_acc`` per epoch also on its own), bytes
+    per round and the number of rounds.
     """
     from torch.nn.parallel import DistributedDataParallel
 
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                         momentum=momentum, weight_decay=weight_decay, seed=seed,
+                         max_steps=max_steps, drop_last=True)
     check_task(task)
+    check_model(model, task)
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(seed)
     replica = copy.deepcopy(model).train()
@@ -72,34 +73,36 @@ def train_ddp(model: nn.Module, task: Any, *, compressor: str | Callable[[], Any
                             seed=seed, **compressor_kwargs)
     check_compressor_vs_optimizer(state.codec, optimizer)
     ddp.register_comm_hook(state, hook)
-    opt = make_optimizer(optimizer, ddp.parameters(), lr, momentum, weight_decay)
-    n = len(task.y_train)
-    steps_per_epoch = n // (world * batch_size)
-    test_acc: list[float] = []
-    rounds = 0
-    for epoch, step, idx in global_batches(n, workers=world, batch_size=batch_size,
-                                           epochs=epochs, seed=seed):
-        if on_step is not None:
-            on_step(rank, rounds)
-        shard = idx[rank * batch_size:(rank + 1) * batch_size]
-        state.set_epoch(epoch + step / steps_per_epoch)
-        opt.zero_grad(set_to_none=True)
-        try:
-            loss = F.cross_entropy(ddp(task.x_train[shard]), task.y_train[shard])
-            loss.backward()
-        except RuntimeError as err:
-            raise WorkerLostError(_describe_failure(rank, world, rounds, err, grace_s)) from err
-        opt.step()
-        rounds += 1
-        if step == steps_per_epoch - 1 or rounds == max_steps:
-            test_acc.append(evaluate(replica, task.x_test, task.y_test))
-        if rounds == max_steps:
-            break
+    loop = _Rank(replica, task, config, forward=ddp, workers=world, shards=[rank],
+                 label=f"rank {rank}")
+    loop.hook_state, loop.on_step, loop.grace_s = state, on_step, grace_s
+    history = loop.run()
     return {"rank": rank, "state_dict": {k: v.detach().clone() for k, v in
                                          replica.state_dict().items()},
-            "test_acc": test_acc,
+            "test_acc": list(history.test_acc), "history": history,
             "payload_bytes_per_round": list(state.payload_bytes_per_round),
-            "wire_bytes_per_round": list(state.wire_bytes_per_round), "rounds": rounds}
+            "wire_bytes_per_round": list(state.wire_bytes_per_round),
+            "rounds": loop.state.global_step}
+
+
+class _Rank(Loop):
+    """This rank's shard of every global batch; DDP's comm hook exchanges in backward."""
+
+    hook_state: Any = None
+    on_step: Callable[[int, int], None] | None = None
+    grace_s: float = 3.0
+
+    def before_step(self, batch: Batch) -> None:
+        if self.on_step is not None:
+            self.on_step(self.shards[0], batch.global_step)
+        self.hook_state.set_epoch(batch.epoch_progress)
+
+    def compute_shard(self, batch: Batch, worker: int) -> tuple[float, int, int]:
+        try:  # forward and backward: the backward's all-gathers fail when a peer is gone
+            return super().compute_shard(batch, worker)
+        except RuntimeError as err:
+            raise WorkerLostError(_describe_failure(worker, self.workers, batch.global_step,
+                                                    err, self.grace_s)) from err
 
 
 def _describe_failure(rank: int, world: int, round_: int, err: Exception,

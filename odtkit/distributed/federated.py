@@ -16,6 +16,7 @@ past the deadline are dropped (their updates are lost for that round).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,12 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from .._checks import check_positive_int, choice_error
-from ..training import check_task, evaluate
-from ..training.optim import make_optimizer
-from ._common import dense_bytes, make_compressor
+from .._checks import check_int, check_positive_int, check_real, check_seed, choice_error
+from ..training import Loop, TrainConfig, check_model, check_task, evaluate
+from ._common import dense_bytes, make_compressor, renamed_attribute
 
 __all__ = ["FedHistory", "RoundTime", "federated", "partition", "round_time",
            "worker_round_time", "training_macs", "training_bytes_moved", "PARTITIONS"]
@@ -92,6 +91,9 @@ def round_time(*, device: Any, link: Any, macs: float, bytes_moved: float,
 
     A device without a memory-bandwidth figure is treated as compute-bound (MACs / peak).
     """
+    for name, value in (("macs", macs), ("bytes_moved", bytes_moved),
+                        ("upload_bytes", upload_bytes), ("download_bytes", download_bytes)):
+        check_real(name, value, low=0)
     from ..hardware import device as get_device
     from ..hardware import link as get_link
 
@@ -108,11 +110,11 @@ def worker_round_time(history: Any, model: nn.Module, *, device: Any, link: Any,
     """Mean round of one simulated data-parallel worker (a ``DistHistory``): its batch's
     forward and backward on ``device``; upload of its payload and, as the exchange is an
     all-gather, download of the other workers' payloads over ``link``."""
-    rounds = len(history.bytes_up)
+    rounds = len(history.up_bytes_per_round)
     if rounds == 0:
         raise ValueError("the history has no rounds; run simulate first")
-    up = sum(history.bytes_up) / rounds
-    down = sum(history.bytes_total) / rounds - up
+    up = sum(history.up_bytes_per_round) / rounds
+    down = sum(history.total_bytes_per_round) / rounds - up
     return round_time(device=device, link=link, macs=training_macs(model, batch_size),
                       bytes_moved=training_bytes_moved(model, batch_size, batch_size),
                       upload_bytes=up, download_bytes=down, dtype=dtype)
@@ -129,9 +131,12 @@ def partition(labels: torch.Tensor, clients: int, *, scheme: str = "dirichlet",
     Every client gets at least ``min_samples`` samples."""
     if scheme not in PARTITIONS:
         raise choice_error("partition", scheme, PARTITIONS)
+    check_positive_int("clients", clients)
+    check_int("min_samples", min_samples, low=1)
+    check_seed("seed", seed)
     y = labels.numpy()
     n = len(y)
-    if clients < 1 or clients * min_samples > n:
+    if clients * min_samples > n:
         raise ValueError(f"cannot give {clients} clients {min_samples} samples each from {n}; "
                          "use fewer clients")
     rng = np.random.default_rng(seed)
@@ -146,9 +151,7 @@ def partition(labels: torch.Tensor, clients: int, *, scheme: str = "dirichlet",
         deal = rng.permutation(len(shards)).reshape(clients, shards_per_client)
         parts = [np.concatenate([shards[s] for s in row]) for row in deal]
     else:
-        if not alpha > 0:
-            raise ValueError(f"alpha must be > 0 (e.g. 0.5; larger is closer to IID), "
-                             f"got {alpha!r}")
+        check_real("alpha", alpha, low=0, low_open=True)  # e.g. 0.5; larger is closer to IID
         for _ in range(1000):
             buckets: list[list[int]] = [[] for _ in range(clients)]
             for c in np.unique(y):
@@ -168,16 +171,23 @@ def partition(labels: torch.Tensor, clients: int, *, scheme: str = "dirichlet",
 
 # ------------------------------------------------------------------------- FedAvg
 
+# old attribute -> (new attribute, how to get the old value from the new one)
+_RENAMED = {"bytes_up": ("up_bytes_per_round", list), "bytes_down": ("down_bytes_per_round", list),
+            "time_s": ("time_s_per_round", list), "compute_s": ("compute_s_per_round", list),
+            "comm_s": ("comm_s_per_round", list)}
+_PER_ROUND = ("test_acc", *(new for new, _ in _RENAMED.values()))
+
+
 @dataclass(frozen=True, repr=False)
 class FedHistory:
     """Per round: test accuracy of the global model, bytes, the critical client's time."""
 
     test_acc: list[float] = field(default_factory=list)
-    bytes_up: list[int] = field(default_factory=list)  # payload bytes received by the server
-    bytes_down: list[int] = field(default_factory=list)  # global model sent to chosen clients
-    time_s: list[float] = field(default_factory=list)  # round duration
-    compute_s: list[float] = field(default_factory=list)  # of the client that set the time
-    comm_s: list[float] = field(default_factory=list)  # its upload + download
+    up_bytes_per_round: list[int] = field(default_factory=list)  # payloads the server got
+    down_bytes_per_round: list[int] = field(default_factory=list)  # global model to clients
+    time_s_per_round: list[float] = field(default_factory=list)  # round duration
+    compute_s_per_round: list[float] = field(default_factory=list)  # of the critical client
+    comm_s_per_round: list[float] = field(default_factory=list)  # its upload + download
     chosen: list[tuple[int, ...]] = field(default_factory=list)
     dropped: list[tuple[int, ...]] = field(default_factory=list)
     devices: tuple[str, ...] = ()  # per client
@@ -185,21 +195,23 @@ class FedHistory:
     shard_sizes: tuple[int, ...] = ()
     model: nn.Module | None = field(default=None, compare=False)  # final global model
 
+    def __getattr__(self, name: str) -> Any:  # old names: deprecated, they warn
+        return renamed_attribute(self, name, _RENAMED)
+
     @property
     def rounds(self) -> int:
         return len(self.test_acc)
 
     @property
     def total_time_s(self) -> float:
-        return float(sum(self.time_s))
+        return float(sum(self.time_s_per_round))
 
     @property
     def total_bytes(self) -> int:
-        return int(sum(self.bytes_up) + sum(self.bytes_down))
+        return int(sum(self.up_bytes_per_round) + sum(self.down_bytes_per_round))
 
     def as_dict(self) -> dict[str, Any]:
-        keys = ("test_acc", "bytes_up", "bytes_down", "time_s", "compute_s", "comm_s")
-        out: dict[str, Any] = {k: list(getattr(self, k)) for k in keys}
+        out: dict[str, Any] = {k: list(getattr(self, k)) for k in _PER_ROUND}
         out.update(chosen=[list(c) for c in self.chosen], dropped=[list(d) for d in self.dropped],
                    devices=list(self.devices), links=list(self.links),
                    shard_sizes=list(self.shard_sizes))
@@ -235,7 +247,8 @@ def _check_fit(model: nn.Module, device: str, batch_size: int) -> None:
 
 def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 20,
               fraction: float = 0.25, local_epochs: int = 1, batch_size: int = 16,
-              lr: float = 0.05, optimizer: str = "sgd", partition_scheme: str = "dirichlet",
+              lr: float = 0.05, optimizer: str = "sgd", momentum: float = 0.9,
+              weight_decay: float = 0.0, partition_scheme: str = "dirichlet",
               alpha: float = 0.5, shards_per_client: int = 2,
               devices: str | Sequence[str] = ("raspberry-pi-4",),
               link: str | Sequence[str] = "lte", compressor: str = "none",
@@ -243,17 +256,19 @@ def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 2
               dtype: str = "fp32", seed: int = 0, **compressor_kwargs: Any) -> FedHistory:
     """Run FedAvg on a copy of ``model``; devices and links are drawn per client (seeded).
 
+    Every client runs the training loop of ``odtkit.training`` for ``local_epochs`` over
+    its shard (batch_size, lr, optimizer, momentum, weight_decay as in ``odt.train``).
     ``deadline_s``: drop chosen clients whose download + compute + upload exceeds it.
     Compressor keywords (density=, rank=, ...) go to ``odt.compress.get``.
     """
-    for name, value in (("clients", clients), ("rounds", rounds), ("local_epochs", local_epochs),
-                        ("batch_size", batch_size)):
-        check_positive_int(name, value)
+    local = TrainConfig(epochs=local_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                        momentum=momentum, weight_decay=weight_decay, seed=seed)
+    check_positive_int("clients", clients)
+    check_positive_int("rounds", rounds)
+    check_real("fraction", fraction, low=0, high=1, low_open=True)
+    check_real("deadline_s", deadline_s, low=0, low_open=True, allow_none=True)
     check_task(task)
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    if deadline_s is not None and not deadline_s > 0:
-        raise ValueError(f"deadline_s must be > 0 seconds or None, got {deadline_s!r}")
+    check_model(model, task)
     rng = np.random.default_rng(seed)
     shards = partition(task.y_train, clients, scheme=partition_scheme, alpha=alpha,
                        shards_per_client=shards_per_client, seed=seed)
@@ -275,8 +290,9 @@ def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 2
         deltas, weights, times, dropped = [], [], [], []
         for k in chosen:
             work.load_state_dict(glob.state_dict())
-            samples = _local_train(work, task, shards[k], local_epochs, batch_size, lr, optimizer,
-                                   seed=seed * 100_003 + r * 1009 + k)
+            samples = _local_train(work, task, shards[k], local,
+                                   seed=seed * 100_003 + r * 1009 + k,
+                                   label=f"client {k} in round {r + 1}")
             sent, decoded = 0, {}
             for (name, p_local), p_glob in zip(work.named_parameters(), glob.parameters(),
                                                strict=True):
@@ -298,32 +314,24 @@ def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 2
         _apply(glob, [d for d, _ in deltas], weights)
         slowest = max(times, key=lambda t: t.total_s) if times else RoundTime(0.0, 0.0, 0.0)
         hist.test_acc.append(evaluate(glob, task.x_test, task.y_test))
-        hist.bytes_up.append(int(sum(s for _, s in deltas)))
-        hist.bytes_down.append(model_bytes * len(chosen))
-        hist.time_s.append(deadline_s if dropped else slowest.total_s)
-        hist.compute_s.append(slowest.compute_s)
-        hist.comm_s.append(slowest.comm_s)
+        hist.up_bytes_per_round.append(int(sum(s for _, s in deltas)))
+        hist.down_bytes_per_round.append(model_bytes * len(chosen))
+        hist.time_s_per_round.append(deadline_s if dropped else slowest.total_s)
+        hist.compute_s_per_round.append(slowest.compute_s)
+        hist.comm_s_per_round.append(slowest.comm_s)
         hist.chosen.append(chosen)
         hist.dropped.append(tuple(dropped))
     return hist
 
 
-def _local_train(model: nn.Module, task: Any, shard: torch.Tensor, epochs: int,
-                 batch_size: int, lr: float, optimizer: str, seed: int) -> int:
-    """Plain local SGD epochs over the client's shard; returns the samples processed."""
+def _local_train(model: nn.Module, task: Any, shard: torch.Tensor, config: TrainConfig,
+                 seed: int, label: str) -> int:
+    """The training loop's local epochs over the client's shard (its own data order from
+    ``seed``; no test evaluation); returns the samples processed."""
     model.train()
-    opt = make_optimizer(optimizer, model.parameters(), lr)
-    gen = torch.Generator().manual_seed(seed)
-    seen = 0
-    for _ in range(epochs):
-        order = shard[torch.randperm(len(shard), generator=gen)]
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(task.x_train[idx]), task.y_train[idx]).backward()
-            opt.step()
-            seen += len(idx)
-    return seen
+    loop = Loop(model, task, dataclasses.replace(config, seed=seed), indices=shard,
+                evaluate=False, label=label)
+    return loop.run().samples[-1]
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ computes the gradient of its replica, compresses every parameter's gradient with
 compressor (own residuals, own seed), and all workers exchange the payloads. The exchange
 is an all-gather of compressed payloads, as real sparse and quantized systems do (a sum of
 compressed tensors is not compressed, so a ring all-reduce does not apply): each worker
-sends its payload once (``bytes_up``) and receives the other N-1 payloads; every worker
+sends its payload once (``up_bytes_per_round``) and receives the other N-1 payloads; every worker
 decompresses all N and averages them in rank order, so all replicas apply the same update
 and stay identical (two consequences of the all-gather: PowerSGD approximates each worker's
 gradient alone, where the paper all-reduces P and Q into one shared approximation, same
@@ -25,77 +25,105 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from .._checks import check_positive_int
-from ..training import History, check_task, evaluate
-from ..training.optim import check_optimizer, make_optimizer
+from .._checks import check_positive_int, check_seed
+from ..training import (
+    Batch,
+    History,
+    Loop,
+    TrainConfig,
+    batch_at,
+    check_model,
+    check_task,
+    draw_order,
+    steps_per_epoch,
+)
 from ._common import (
     average,
     check_compressor_vs_optimizer,
     dense_bytes,
     dgc_workers,
     make_compressor,
+    renamed_attribute,
     set_epoch,
 )
 
 __all__ = ["DistHistory", "simulate", "global_batches"]
 
+# old attribute -> (new attribute, how to get the old value from the new one)
+_RENAMED = {
+    "bytes_up": ("up_bytes_per_round", list),
+    "bytes_total": ("total_bytes_per_round", list),
+    "compute_s": ("compute_s_per_round", sum),
+    "compress_s": ("compress_s_per_round", sum),
+}
+
 
 @dataclass(frozen=True, repr=False)
 class DistHistory(History):
-    """History per epoch plus communication per round (one round = one optimizer step).
+    """History per epoch plus communication and time per round (one round = one step).
 
-    ``bytes_up[r]``: payload bytes one worker sent in round r (mean over workers; equal for
-    fixed-size compressors). ``bytes_total[r]``: all workers' uplinks summed. With an
-    all-gather each worker also receives ``bytes_total - bytes_up``. ``dense_bytes``: one
-    fp32 gradient, what a worker sends per round without compression.
+    ``up_bytes_per_round[r]``: payload bytes one worker sent in round r (mean over
+    workers; equal for fixed-size compressors). ``total_bytes_per_round[r]``: all
+    workers' uplinks summed; with an all-gather each worker also receives
+    ``total - up``. ``dense_bytes``: one fp32 gradient, what a worker sends per round
+    without compression. ``compute_s_per_round``: one worker's forward + backward;
+    ``compress_s_per_round``: one worker's compress + decompress of all N payloads.
     """
 
-    bytes_up: list[float] = field(default_factory=list)
-    bytes_total: list[int] = field(default_factory=list)
+    up_bytes_per_round: list[float] = field(default_factory=list)
+    total_bytes_per_round: list[int] = field(default_factory=list)
     compressor: str = "none"
     workers: int = 1
     dense_bytes: int = 0
-    compute_s: float = 0.0  # one worker's forward + backward, summed over rounds
-    compress_s: float = 0.0  # one worker's compress + decompress of all N payloads, summed
+    compute_s_per_round: list[float] = field(default_factory=list)
+    compress_s_per_round: list[float] = field(default_factory=list)
     model: nn.Module | None = field(default=None, compare=False)  # the trained replica
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if len(self.bytes_up) != len(self.bytes_total):
-            raise ValueError(f"bytes_up has {len(self.bytes_up)} rounds but bytes_total "
-                             f"{len(self.bytes_total)}")
+        rounds = {name: len(getattr(self, name)) for name, _ in _RENAMED.values()}
+        timed = [n for n in rounds if n.endswith("_s_per_round") and rounds[n]]  # may be empty
+        if len({rounds[n] for n in ("up_bytes_per_round", "total_bytes_per_round", *timed)}) > 1:
+            raise ValueError(f"per-round lists must have one entry per round (the time lists "
+                             f"may be empty), got lengths {rounds}")
+
+    def __getattr__(self, name: str) -> Any:  # old names: deprecated, they warn
+        return renamed_attribute(self, name, _RENAMED)
+
+    @property
+    def rounds(self) -> int:
+        """Optimizer steps (rounds of exchange) in the run."""
+        return len(self.up_bytes_per_round)
 
     def comm_dict(self) -> dict[str, Any]:
-        """Communication numbers as plain values (for JSON)."""
-        return {"compressor": self.compressor, "workers": self.workers,
-                "dense_bytes": self.dense_bytes, "bytes_up": list(self.bytes_up),
-                "bytes_total": list(self.bytes_total), "compute_s": self.compute_s,
-                "compress_s": self.compress_s}
+        """Communication and time numbers as plain values (for JSON)."""
+        out: dict[str, Any] = {"compressor": self.compressor, "workers": self.workers,
+                               "dense_bytes": self.dense_bytes}
+        out.update({name: list(getattr(self, name)) for name, _ in _RENAMED.values()})
+        return out
 
     @property
     def total_bytes(self) -> int:
         """Every payload byte all workers sent over the whole run."""
-        return int(sum(self.bytes_total))
+        return int(sum(self.total_bytes_per_round))
 
     @property
     def compression_ratio(self) -> float:
         """Dense fp32 bytes over the bytes actually sent, per worker over the whole run."""
-        sent = sum(self.bytes_up)
-        return self.dense_bytes * len(self.bytes_up) / sent if sent else math.inf
+        sent = sum(self.up_bytes_per_round)
+        return self.dense_bytes * self.rounds / sent if sent else math.inf
 
     def __repr__(self) -> str:
         base = History.__repr__(self)[len("History("):-1]
         return (f"DistHistory({self.compressor}, {self.workers} workers, {base}, "
-                f"{len(self.bytes_up)} rounds, {self.compression_ratio:.1f}x fewer bytes)")
+                f"{self.rounds} rounds, {self.compression_ratio:.1f}x fewer bytes)")
 
 
 # ------------------------------------------------------------------------- data
@@ -103,18 +131,24 @@ class DistHistory(History):
 def global_batches(num_samples: int, *, workers: int, batch_size: int, epochs: int,
                    seed: int) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(epoch, step, indices (workers * batch_size,)) for every round; worker w takes
-    ``indices[w * batch_size:(w + 1) * batch_size]``. One permutation per epoch from a
-    Generator seeded by ``seed``; the incomplete last global batch is dropped."""
-    per_round = workers * batch_size
-    steps = num_samples // per_round
-    if steps == 0:
-        raise ValueError(f"{workers} workers x batch_size {batch_size} = {per_round} samples "
-                         f"per round exceeds the {num_samples} training samples; lower them")
+    ``indices[w * batch_size:(w + 1) * batch_size]``. The data order of the training loop
+    (``odtkit.training``): one permutation per epoch from a Generator seeded by ``seed``;
+    the incomplete last global batch is dropped. Arguments are checked at the call."""
+    for name, value in (("num_samples", num_samples), ("workers", workers),
+                        ("batch_size", batch_size), ("epochs", epochs)):
+        check_positive_int(name, value)
+    check_seed("seed", seed)
+    steps = steps_per_epoch(num_samples, batch_size, workers=workers, drop_last=True)
+    return _batches(num_samples, workers * batch_size, steps, epochs, seed)
+
+
+def _batches(n: int, size: int, steps: int, epochs: int,
+             seed: int) -> Iterator[tuple[int, int, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
-        perm = torch.randperm(num_samples, generator=gen)
+        perm = draw_order(gen, n)
         for step in range(steps):
-            yield epoch, step, perm[step * per_round:(step + 1) * per_round]
+            yield epoch, step, batch_at(perm, step, size)
 
 
 # ------------------------------------------------------------------------- simulation
@@ -144,87 +178,72 @@ def simulate(
     ``history.model``. Same arguments, same numbers.
     """
     check_positive_int("workers", workers)
-    check_positive_int("epochs", epochs)
-    check_positive_int("batch_size", batch_size)
-    if max_steps is not None:
-        check_positive_int("max_steps", max_steps)
-    check_optimizer(optimizer)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                         momentum=momentum, weight_decay=weight_decay, seed=seed,
+                         max_steps=max_steps, drop_last=True)
     check_task(task)
+    check_model(model, task)
     compressor_kwargs = dgc_workers(compressor, compressor_kwargs, workers)
     codecs = [make_compressor(compressor, error_feedback=error_feedback, seed=seed + w,
                               **compressor_kwargs) for w in range(workers)]
     check_compressor_vs_optimizer(codecs[0], optimizer)
     torch.manual_seed(seed)
     replica = copy.deepcopy(model).train()
-    named = [(n, p) for n, p in replica.named_parameters() if p.requires_grad]
-    opt = make_optimizer(optimizer, replica.parameters(), lr, momentum, weight_decay)
-    per_epoch = History().as_dict()  # empty per-epoch lists, filled as epochs end
-    bytes_up: list[float] = []
-    bytes_total: list[int] = []
-    n = len(task.y_train)
-    steps_per_epoch = n // (workers * batch_size)
-    timers = {"compute": 0.0, "compress": 0.0}
-    epoch_loss = epoch_correct = epoch_seen = 0.0
-    epoch_time, rounds = 0.0, 0
-    for epoch, step, idx in global_batches(n, workers=workers, batch_size=batch_size,
-                                           epochs=epochs, seed=seed):
-        started = time.perf_counter()
-        buffers = [b.detach().clone() for b in replica.buffers()]
-        grads = []
-        for w in range(workers):
-            shard = idx[w * batch_size:(w + 1) * batch_size]
-            if w > 0:  # DDP broadcasts rank 0's buffers: later workers start from the same
-                for b, saved in zip(replica.buffers(), buffers, strict=True):
-                    b.copy_(saved)
-            t0 = time.perf_counter()
-            loss, correct = _local_gradients(replica, task.x_train[shard], task.y_train[shard])
-            timers["compute"] += (time.perf_counter() - t0) / workers
-            grads.append([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
-                          for _, p in named])
-            epoch_loss += loss * len(shard)
-            epoch_correct += correct
-            epoch_seen += len(shard)
-            if w == 0:
-                buffers_after = [b.detach().clone() for b in replica.buffers()]
-        for b, kept in zip(replica.buffers(), buffers_after, strict=True):
-            b.copy_(kept)
-        t0 = time.perf_counter()
-        for codec in codecs:
-            set_epoch(codec, epoch + step / steps_per_epoch)
-        averaged, sent = _exchange(codecs, [name for name, _ in named], grads)
-        timers["compress"] += (time.perf_counter() - t0) / workers
-        for (_, p), g in zip(named, averaged, strict=True):
-            p.grad = g.to(p.dtype)
-        opt.step()
-        bytes_up.append(sum(sent) / workers)
-        bytes_total.append(int(sum(sent)))
-        rounds += 1
-        epoch_time += time.perf_counter() - started
-        last = step == steps_per_epoch - 1 or rounds == max_steps
-        if last:
-            acc = evaluate(replica, task.x_test, task.y_test)
-            row = {"loss": epoch_loss / epoch_seen, "train_acc": epoch_correct / epoch_seen,
-                   "test_acc": acc, "time_s": epoch_time, "steps": rounds,
-                   "samples": (per_epoch["samples"] or [0])[-1] + int(epoch_seen)}
-            for key, value in row.items():
-                per_epoch[key].append(value)
-            epoch_loss = epoch_correct = epoch_seen = 0.0
-            epoch_time = 0.0
-        if rounds == max_steps:
-            break
-    return DistHistory(**per_epoch, bytes_up=bytes_up, bytes_total=bytes_total,
+    loop = _Workers(replica, task, config, workers=workers, label="simulate")
+    loop.codecs = codecs
+    history = loop.run()
+    return DistHistory(**history.as_dict(), **loop.comm,
                        compressor=getattr(codecs[0], "kind", str(compressor)), workers=workers,
-                       dense_bytes=dense_bytes(replica), compute_s=timers["compute"],
-                       compress_s=timers["compress"], model=replica)
+                       dense_bytes=dense_bytes(replica), model=replica)
 
 
-def _local_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-    """Forward and backward of one worker's shard; leaves the gradient in ``p.grad``."""
-    model.zero_grad(set_to_none=True)
-    logits = model(x)  # (b, num_classes)
-    loss = F.cross_entropy(logits, y)
-    loss.backward()
-    return float(loss.detach()), int((logits.argmax(1) == y).sum())
+class _Workers(Loop):
+    """N workers in one process: one replica stands for all (they stay identical).
+
+    Every worker computes its shard's gradient from the same buffers (DDP broadcasts rank
+    0's before each forward); rank 0's updated buffers are kept. ``exchange`` compresses
+    each worker's gradients with its own codec and averages what all of them decode.
+    """
+
+    codecs: Sequence[Any] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.comm: dict[str, list] = {name: [] for name, _ in _RENAMED.values()}
+        self.grads: list[list[torch.Tensor]] = []
+        self.buffers: list[torch.Tensor] = []
+        self.kept: list[torch.Tensor] = []
+
+    def compute_shard(self, batch: Batch, worker: int) -> tuple[float, int, int]:
+        buffers = list(self.model.buffers())
+        if worker == 0:
+            self.grads, self.buffers = [], [b.detach().clone() for b in buffers]
+        else:  # every worker starts from the same (rank 0's) buffers
+            for b, saved in zip(buffers, self.buffers, strict=True):
+                b.copy_(saved)
+        out = super().compute_shard(batch, worker)
+        self.grads.append([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                           for _, p in self.named])
+        if worker == 0:
+            self.kept = [b.detach().clone() for b in buffers]
+        if worker == self.workers - 1:  # rank 0's updated buffers win
+            for b, kept in zip(buffers, self.kept, strict=True):
+                b.copy_(kept)
+        return out
+
+    def exchange(self, batch: Batch) -> None:
+        for codec in self.codecs:
+            set_epoch(codec, batch.epoch_progress)
+        averaged, sent = _exchange(self.codecs, [name for name, _ in self.named], self.grads)
+        for (_, p), g in zip(self.named, averaged, strict=True):
+            p.grad = g.to(p.dtype)
+        self.comm["up_bytes_per_round"].append(sum(sent) / self.workers)
+        self.comm["total_bytes_per_round"].append(int(sum(sent)))
+
+    def after_step(self, batch: Batch) -> None:
+        self.comm["compute_s_per_round"].append(self.step_compute_s / self.workers)
+        self.comm["compress_s_per_round"].append(self.step_exchange_s / self.workers)
 
 
 def _exchange(codecs: Sequence[Any], names: Sequence[str],

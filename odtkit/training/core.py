@@ -2,8 +2,8 @@
 
 One definition of the data order (one permutation per epoch from a Generator seeded by
 ``config.seed``, batches cut from it in order), of a step (per shard: zero the gradients,
-forward, loss, backward; then the ``exchange`` hook; then a finite-loss check; then the
-optimizer step), of the per-epoch evaluation and of the History bookkeeping.
+forward, loss, a stop at a NaN or infinite loss, backward; then the ``exchange`` hook;
+then the optimizer step), of the per-epoch evaluation and of the History bookkeeping.
 
     Loop(model, task, config).run()                      # odt.train: one worker
     Workers(..., workers=4)   -> exchange = compress, all-gather, average (simulate)
@@ -160,7 +160,8 @@ class Loop:
         return batch.indices[worker * size:(worker + 1) * size]
 
     def compute_shard(self, batch: Batch, worker: int) -> tuple[float, int, int]:
-        """Zero the gradients, forward, loss, backward on one shard: (loss, correct, count)."""
+        """Zero the gradients, forward, loss (NaN/inf: TrainingDiverged), backward on one
+        shard; returns (loss, correct, count)."""
         idx = self.shard(batch, worker)
         xb = self.task.x_train[idx].to(self.device)  # (b, *input_shape)
         yb = self.task.y_train[idx].to(self.device)  # (b,)
@@ -169,9 +170,13 @@ class Loop:
         logits = self.forward(xb)  # (b, num_classes)
         loss = self.loss_fn(logits, yb)
         _check_scalar(loss)
+        value = float(loss.detach())
+        if not math.isfinite(value):  # stop before any gradient of it is exchanged or applied
+            raise TrainingDiverged(self._diverged(batch, worker, value),
+                                   step=batch.global_step + 1, loss=value)
         loss.backward()
         self.step_compute_s += time.perf_counter() - started
-        return float(loss.detach()), int((logits.argmax(dim=1) == yb).sum()), len(idx)
+        return value, int((logits.argmax(dim=1) == yb).sum()), len(idx)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> History:
@@ -204,17 +209,13 @@ class Loop:
         self._end_epoch()
 
     def step(self, batch: Batch) -> None:
-        """One optimizer step on ``batch``: shards, exchange, finite check, update."""
+        """One optimizer step on ``batch``: shards, exchange, update."""
         self.step_compute_s = 0.0
         self.before_step(batch)
         results = [self.compute_shard(batch, w) for w in self.shards]
         started = time.perf_counter()
         self.exchange(batch)
         self.step_exchange_s = time.perf_counter() - started
-        for worker, (loss, _, _) in zip(self.shards, results, strict=True):
-            if not math.isfinite(loss):
-                raise TrainingDiverged(self._diverged(batch, worker, loss),
-                                       step=batch.global_step + 1, loss=loss)
         self.opt.step()
         s = self.state
         s.step += 1

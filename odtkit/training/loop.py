@@ -209,7 +209,8 @@ def _fingerprint(cfg: TrainConfig, model: nn.Module, task: Any, plan: TrainPlan 
     return {
         **cfg.fingerprint(), "task": str(task.name), "train_samples": len(task.x_train),
         "model": _model_layout(model),
-        "modules": [f"{name or '(model)'}: {type(m).__name__}" for name, m in model.named_modules()],
+        "modules": [f"{name or '(model)'}: {type(m).__name__}"
+                    for name, m in model.named_modules()],
         "trainable": sorted(name for name, p in model.named_parameters() if p.requires_grad),
         "plan": recipe, "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__),
     }  # fmt: skip

@@ -32,10 +32,10 @@ def run_point(run: Any, name: str = "run") -> tuple[float, float, float]:
     if not runs:
         raise ValueError(f"run {name!r} is an empty list")
     for h in runs:
-        if not getattr(h, "bytes_up", None) or not getattr(h, "test_acc", None):
+        if not getattr(h, "up_bytes_per_round", None) or not getattr(h, "test_acc", None):
             raise TypeError(f"run {name!r} holds a {type(h).__name__} without rounds and "
                             "epochs; pass what odt.distributed.simulate returns")
-    sent = statistics.fmean(sum(h.bytes_up) / len(h.bytes_up) for h in runs)
+    sent = statistics.fmean(sum(h.up_bytes_per_round) / len(h.up_bytes_per_round) for h in runs)
     finals = [h.test_acc[-1] for h in runs]
     return sent, statistics.fmean(finals), statistics.pstdev(finals)
 
@@ -178,10 +178,10 @@ def federated_progress(runs: Mapping[str, Any], *, title: str = "FedAvg: accurac
     _check(runs)
     fig, ax = plt.subplots(figsize=figsize)
     for name, h in runs.items():
-        if not getattr(h, "time_s", None):
+        if not getattr(h, "time_s_per_round", None):
             raise TypeError(f"run {name!r} is not a FedHistory with rounds; pass what "
                             "odt.federated.federated returns")
-        clock = list(itertools.accumulate(h.time_s))  # seconds since the first round began
+        clock = list(itertools.accumulate(h.time_s_per_round))  # s since the first round began
         ax.plot(clock, [100 * a for a in h.test_acc], marker=".", label=name)
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("test accuracy (%)")

@@ -94,7 +94,7 @@ class CompressionExplorer:
                          bool(self.error_feedback.value) and not self.error_feedback.disabled,
                          int(self.workers.value))
         t = worker_round_time(hist, self.model, device=self.device, link=self.link.value)
-        self.bytes_per_round = sum(hist.bytes_up) / len(hist.bytes_up)
+        self.bytes_per_round = sum(hist.up_bytes_per_round) / hist.rounds
         self.time_per_round_s, self.compute_s, self.comm_s = t.total_s, t.compute_s, t.comm_s
         self.final_accuracy = hist.test_acc[-1]
         self.summary.value = (
