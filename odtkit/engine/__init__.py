@@ -203,7 +203,8 @@ def _relu6(input: Any, inplace: bool = False) -> tuple:
 def _hardtanh(input: Any, min_val: float = -1.0, max_val: float = 1.0,
               inplace: bool = False) -> tuple:
     if min_val > max_val:
-        raise ValueError("min_val cannot be greater than max_val")
+        raise ValueError(f"min_val cannot be greater than max_val, got min_val={min_val!r}, "
+                         f"max_val={max_val!r}; swap them")
     return input, float(min_val), float(max_val), inplace
 
 
