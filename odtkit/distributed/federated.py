@@ -263,12 +263,7 @@ def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 2
     """
     local = TrainConfig(epochs=local_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                         momentum=momentum, weight_decay=weight_decay, seed=seed)
-    check_positive_int("clients", clients)
-    check_positive_int("rounds", rounds)
-    check_real("fraction", fraction, low=0, high=1, low_open=True)
-    check_real("deadline_s", deadline_s, low=0, low_open=True, allow_none=True)
-    check_task(task)
-    check_model(model, task)
+    _check_fleet(model, task, clients, rounds, fraction, deadline_s)
     rng = np.random.default_rng(seed)
     shards = partition(task.y_train, clients, scheme=partition_scheme, alpha=alpha,
                        shards_per_client=shards_per_client, seed=seed)
@@ -293,12 +288,7 @@ def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 2
             samples = _local_train(work, task, shards[k], local,
                                    seed=seed * 100_003 + r * 1009 + k,
                                    label=f"client {k} in round {r + 1}")
-            sent, decoded = 0, {}
-            for (name, p_local), p_glob in zip(work.named_parameters(), glob.parameters(),
-                                               strict=True):
-                payload, ctx = codecs[k].compress(p_local.detach() - p_glob.detach(), name)
-                sent += codecs[k].nbytes(payload)
-                decoded[name] = codecs[k].decompress(payload, ctx)
+            decoded, sent = _upload(codecs[k], work, glob)
             t = round_time(device=client_devices[k], link=client_links[k],
                            macs=step_macs * samples,
                            bytes_moved=_bytes_moved(model_bytes, act_bytes, samples, batch_size),
@@ -322,6 +312,26 @@ def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 2
         hist.chosen.append(chosen)
         hist.dropped.append(tuple(dropped))
     return hist
+
+
+def _check_fleet(model: nn.Module, task: Any, clients: int, rounds: int, fraction: float,
+                 deadline_s: float | None) -> None:
+    check_positive_int("clients", clients)
+    check_positive_int("rounds", rounds)
+    check_real("fraction", fraction, low=0, high=1, low_open=True)
+    check_real("deadline_s", deadline_s, low=0, low_open=True, allow_none=True)
+    check_task(task)
+    check_model(model, task)
+
+
+def _upload(codec: Any, local: nn.Module, glob: nn.Module) -> tuple[dict[str, torch.Tensor], int]:
+    """The client's update (local - global) through its compressor: (decoded, bytes sent)."""
+    sent, decoded = 0, {}
+    for (name, p_local), p_glob in zip(local.named_parameters(), glob.parameters(), strict=True):
+        payload, ctx = codec.compress(p_local.detach() - p_glob.detach(), name)
+        sent += codec.nbytes(payload)
+        decoded[name] = codec.decompress(payload, ctx)
+    return decoded, sent
 
 
 def _local_train(model: nn.Module, task: Any, shard: torch.Tensor, config: TrainConfig,
