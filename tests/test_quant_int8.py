@@ -434,7 +434,7 @@ def test_round_clamps_and_forward_refuses_non_integers():
     with pytest.raises(ValueError, match=r"layer '3'.*not integers in \[-127, 127\].*round_"):
         int8(torch.randn(2, 1, 8, 8))
     int8.round_()
-    assert float(layer.weight[0, 0]) == 127.0 and float(layer.bias[0]) == 2**31 - 1
+    assert layer.weight[0, 0].item() == 127.0 and layer.bias[0].item() == 2**31 - 1
     assert torch.equal(layer.weight, layer.weight.round())
     with pytest.raises(OverflowError, match="layer '3': the int32 accumulator overflows"):
         int8(torch.randn(2, 1, 8, 8))

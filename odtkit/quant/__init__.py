@@ -17,7 +17,7 @@ _EXPORTS = {
     "fake_quantize": "quantizers", "ROUNDINGS": "quantizers",
     "QATConfig": "qat", "prepare_qat_": "qat", "fold_bn_": "qat",
     "to_int8": "int8", "Int8Model": "int8",
-    "qas_": "qas", "norm_ratios": "qas",
+    "qas_": "qas", "norm_ratios": "qas", "round_after_step_": "qas", "QAS": "qas",
 }
 
 __all__ = sorted(_EXPORTS)
