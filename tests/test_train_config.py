@@ -64,3 +64,8 @@ def test_config_gives_the_same_run_as_keywords():
         train(make_model(), task, config=TrainConfig(**kw), lr=0.1, progress=False)
     with pytest.raises(TypeError, match="config must be an odt.TrainConfig"):
         train(make_model(), task, config=kw, progress=False)
+
+
+def test_the_loop_core_refuses_uneven_worker_shards():
+    with pytest.raises(ValueError, match="2 workers share equal shards.*drop_last=True"):
+        odt.training.Loop(make_model(), make_task(), TrainConfig(), workers=2)

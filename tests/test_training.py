@@ -283,8 +283,8 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_good_checkpo
     assert all(torch.isfinite(p).all() for p in model.parameters())  # no update with inf
 
 
-def test_huge_learning_rate_names_step_loss_and_lr():
-    task = odtkit.datasets.load("digits").subset(n_train=200, n_test=50)
+def test_huge_learning_rate_names_step_loss_and_lr(task):
+    task = task.subset(n_train=200, n_test=50)  # the session's digits
     model = odtkit.models.create("mlp", input_shape=task.input_shape, num_classes=10, seed=0)
     with pytest.raises(TrainingDiverged, match=r"lr=1e\+06 is too large.*try lr=100000") as info:
         train(model, task, lr=1e6, epochs=3, batch_size=8, progress=False)

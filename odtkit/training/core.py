@@ -121,8 +121,9 @@ class Loop:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be an odt.TrainConfig, got {type(config).__name__}")
         if workers > 1 and not config.drop_last:
-            raise ValueError("workers share equal shards of a global batch: the config needs "
-                             "drop_last=True")
+            raise ValueError(f"{workers} workers share equal shards of each global batch, so "
+                             "an incomplete last batch cannot be split: pass a config with "
+                             "drop_last=True (got drop_last=False)")
         self.model, self.task, self.config, self.label = model, task, config, label
         self.forward = model if forward is None else forward
         self.loss_fn = F.cross_entropy if loss_fn is None else loss_fn

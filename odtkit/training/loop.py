@@ -144,6 +144,10 @@ class _Checkpointed(Loop):
             "rng": rng_state(self.device), "history": self.history.as_dict(),
             "loop": dict(vars(self.state)),
         }, self.path)  # fmt: skip
+        self._note_checkpoint()
+
+    def _note_checkpoint(self) -> None:
+        """What a divergence message says about the checkpoint that is left intact."""
         self.note = (f" The checkpoint {str(self.path)!r} holds the last good state (step "
                      f"{self.state.global_step}); to train again with other settings, pass "
                      "another checkpoint path or delete it.")
@@ -156,6 +160,7 @@ class _Checkpointed(Loop):
         set_rng_state(state["rng"], self.device)
         self.history = History.from_dict(state["history"])
         self.state = LoopState(**state["loop"])
+        self._note_checkpoint()
 
 
 def _checkpoint_path(checkpoint: object, every: int | None) -> Path | None:
