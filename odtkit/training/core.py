@@ -5,10 +5,10 @@ One definition of the data order (one permutation per epoch from a Generator see
 forward, loss, a stop at a NaN or infinite loss, backward; then the ``exchange`` hook;
 then the optimizer step), of the per-epoch evaluation and of the History bookkeeping.
 
-    Loop(model, task, config).run()                      # odt.train: one worker
-    Workers(..., workers=4)   -> exchange = compress, all-gather, average (simulate)
-    Rank(..., workers=4, shards=[rank], forward=ddp)     # DDP: the exchange is DDP's hook
-    Loop(..., indices=client_shard, evaluate=False)      # a federated client's local epochs
+    Loop(model, task, config).run()                  # odt.train: one worker (+ checkpoints)
+    Loop(..., workers=4) with exchange = compress, all-gather, average       # simulate
+    Loop(..., workers=4, shards=[rank], forward=ddp_module)   # a DDP rank: DDP's hook exchanges
+    Loop(..., indices=client_shard, evaluate=False)  # a federated client's local epochs
 
 Subclasses override the hooks ``before_step``, ``compute_shard``, ``exchange``,
 ``after_step`` and ``after_epoch``; everything else stays here.
