@@ -345,6 +345,15 @@ def test_float_head_reads_the_dequantized_int8_features():
     assert "classifier" not in int8.layers()
 
 
+def test_a_loaded_state_replaces_scales_and_multipliers():
+    model = zoo_model("ds-cnn")
+    x = inputs("ds-cnn")
+    first, second = to_int8(model, x), to_int8(model, 3 * x)   # other ranges, other scales
+    first(x)                                                   # multipliers cached
+    first.load_state_dict(second.state_dict())
+    assert torch.equal(first.forward_int8(x).values, second.forward_int8(x).values)
+
+
 def test_to_int8_leaves_the_model_alone():
     model = zoo_model("resnet8")
     before = copy.deepcopy(model.state_dict())

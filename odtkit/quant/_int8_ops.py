@@ -137,9 +137,11 @@ class QLayer(QOp):
     def multiplier(self, ndim: int) -> Multiplier:
         """The per-channel requantization multiplier, shaped for an ``ndim`` output."""
         cache = self.__dict__.setdefault("_multipliers", {})
-        if ndim not in cache:
-            cache[ndim] = Multiplier(self.m0, self.shift).view(*channel_view(self.kind, ndim))
-        return cache[ndim]
+        key = (ndim, self.m0._version, self.m0.data_ptr(), self.shift._version)  # a load resets
+        if key not in cache:
+            cache.clear()
+            cache[key] = Multiplier(self.m0, self.shift).view(*channel_view(self.kind, ndim))
+        return cache[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         acc = self.accumulate(x)

@@ -11,7 +11,8 @@ Conventions (TFLite int8, as TFLite Micro and CMSIS-NN run it):
   min/max observed on ``calibration_inputs`` (widened to include 0) at the output of every
   conv/linear (after its fused ReLU/ReLU6), residual add and the input; pooling, flatten
   and max pool keep their input's quantization;
-- biases int32 in units of s_W * s_x, accumulation in int32 (emulated exactly in float64),
+- biases int32 in units of s_W * s_x, accumulation in int32 (emulated exactly: in float32
+  where every partial sum stays below 2^24, else float64),
   requantization by a Q31 multiplier and shift per output channel with TFLite's rounding
   (``_fixed_point``), then the zero point and a clamp that also applies a fused ReLU/ReLU6;
 - residual adds as TFLite's integer ADD; average pools round (sum +- n/2) / n.
@@ -242,9 +243,10 @@ class _Builder:
             elif node.op in ("call_function", "call_method"):
                 raise ValueError(f"to_int8 cannot convert the operation {_describe(node)}; "
                                  f"supported: {SUPPORTED}")
-        last = self.step[output.args[0].name]
-        if last != len(self.ops) - 1:
-            raise ValueError("to_int8 needs the model output to be its last operation")
+        if self.step[output.args[0].name] != len(self.ops) - 1:
+            raise ValueError(f"the model's output comes from {_describe(output.args[0])}, "
+                             "which is not its last operation; to_int8 converts forwards "
+                             "whose every operation leads to the output")
         return self.ops
 
     def _qparams(self, name: str) -> tuple[float, int]:
