@@ -167,7 +167,8 @@ class QAdd(QOp):
                  out_qparams: tuple[float, int], act: str | None) -> None:
         super().__init__(path, *out_qparams, act)
         (s1, z1), (s2, z2) = in_qparams
-        self.in_zp = (int(z1), int(z2))
+        self.register_buffer("in_scale", torch.tensor([s1, s2], dtype=torch.float32))
+        self.register_buffer("in_zp", torch.tensor([z1, z2], dtype=torch.int64))
         twice_max = 2.0 * max(float(s1), float(s2))
         real = torch.tensor([float(s1) / twice_max, float(s2) / twice_max,
                              twice_max / (2**self.LEFT_SHIFT * float(self.out_scale))],
@@ -175,16 +176,17 @@ class QAdd(QOp):
         m0, shift = multipliers(real)
         self.register_buffer("m0", m0)
         self.register_buffer("shift", shift)
-        self.grad_scale = (float(s1) / float(self.out_scale), float(s2) / float(self.out_scale))
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         m = [Multiplier(self.m0[i], self.shift[i]) for i in range(3)]
-        scaled = [m[i]((x.detach().to(torch.int64) - self.in_zp[i]) * 2**self.LEFT_SHIFT)
+        zp = [int(z) for z in self.in_zp]
+        scaled = [m[i]((x.detach().to(torch.int64) - zp[i]) * 2**self.LEFT_SHIFT)
                   for i, x in enumerate((a, b))]
         r = m[2](scaled[0] + scaled[1]) + int(self.out_zp)
         linear = None
-        if a.requires_grad or b.requires_grad:
-            linear = (a - self.in_zp[0]) * self.grad_scale[0] + (b - self.in_zp[1]) * self.grad_scale[1]
+        if a.requires_grad or b.requires_grad:  # d out / d q_i = s_i / s_out
+            g = (self.in_scale.double() / float(self.out_scale)).tolist()
+            linear = (a - zp[0]) * g[0] + (b - zp[1]) * g[1]
         return self.finish(r, linear)
 
 
