@@ -2,6 +2,8 @@
 #   make lab    set everything up, then open the lab book in JupyterLab
 #   make test   set everything up, then lint and run every test (unit tests and notebooks)
 #               notebooks run in smoke mode (short training); ODTKIT_SMOKE=0 make test runs them in full
+#               tests run on every core (pytest-xdist; a notebook's cells stay together), one
+#               thread each
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -28,7 +30,7 @@ lab: setup
 
 test: setup
 	$(BIN)/ruff check odtkit tests benchmarks data
-	ODTKIT_SMOKE=$${ODTKIT_SMOKE:-1} $(BIN)/python -m pytest
+	ODTKIT_SMOKE=$${ODTKIT_SMOKE:-1} OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check odtkit tests benchmarks

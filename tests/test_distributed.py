@@ -234,7 +234,9 @@ def test_dead_rank_stops_the_survivor_with_a_clear_error(task, model):
     assert "rank 0: WorkerLostError" in message
     assert "rank(s) [1] did not check in" in message and "round 3" in message
     assert "rank 1: exited with code 3" in message
-    assert elapsed < 20, f"the survivor took {elapsed:.1f} s to give up"
+    # a hang bound, not a speed target: the survivor gave up before spawn_local's own
+    # 40 s timeout (process start-up is most of the time, and it varies with load)
+    assert elapsed < 30, f"the survivor took {elapsed:.1f} s to give up"
 
 
 def test_torchrun_entry_point(tmp_path):

@@ -59,6 +59,12 @@ def test_lab_names_moved_out_of_distributed_warn(name):
     assert value is getattr(odt.lab, name)
 
 
+def test_the_memory_exercise_check_moved_to_the_lab_book():
+    with pytest.warns(DeprecationWarning, match=r"odtkit\.lab\.check_conv_saved_bytes"):
+        value = odt.memory.check_conv_saved_bytes
+    assert value is odt.lab.check_conv_saved_bytes
+
+
 def test_unknown_names_say_so():
     with pytest.raises(AttributeError, match="no attribute 'trian'"):
         odt.trian  # noqa: B018

@@ -65,13 +65,14 @@ def _forward_profile(model: nn.Module) -> tuple[int, int]:
 
 
 def training_macs(model: nn.Module, samples: int) -> int:
-    """MACs to train on ``samples`` samples: forward plus ``odtkit.models.backward_macs``
-    with every weight gradient and every input gradient, the first layer's included
-    (a coarse upper bound: 3 x forward)."""
-    from ..models import backward_macs
+    """MACs to train every parameter on ``samples`` samples, counted as ``odt.estimate``
+    counts them: forward plus ``odtkit.models.backward_macs`` per layer (every weight
+    gradient; every input gradient but the first layer's, which is fed with data)."""
+    from ..memory import estimate
+    from ..models import example_input
 
-    forward = _forward_profile(model)[0]
-    return (forward + backward_macs(forward, weight_grad=True, input_grad=True)) * samples
+    report = estimate(model, example_input(model, batch_size=1), "full", optimizer="sgd")
+    return (report.forward_macs + report.backward_macs) * samples
 
 
 def training_bytes_moved(model: nn.Module, samples: int, batch_size: int) -> int:
