@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 
 from ._memory import check_conv_saved_bytes, conv_saved_bytes
+from ._quantize import QUANTIZE_CASES, check_quantize
 from .checks import CheckResult, check_topk_ef, check_training_state_bytes
 from .suites import LAB_TASK, LAB_WIDTH, SUITE, lab_model
 
 __all__ = [
     "CheckResult", "check_training_state_bytes", "check_conv_saved_bytes", "check_topk_ef",
-    "conv_saved_bytes", "LAB_TASK", "LAB_WIDTH", "SUITE", "lab_model", "smoke",
+    "check_quantize", "QUANTIZE_CASES", "conv_saved_bytes", "LAB_TASK", "LAB_WIDTH", "SUITE",
+    "lab_model", "smoke",
 ]
 
 
