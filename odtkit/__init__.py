@@ -41,6 +41,8 @@ _EXPORTS: dict[str, str] = {
     # plans, memory and the lean engine
     "plan": "plans",
     "TrainPlan": "plans",
+    "PRECISIONS": "plans",
+    "precision_info": "quant",
     "estimate": "memory",
     "measure": "memory",
     "MemoryReport": "memory",

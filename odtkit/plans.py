@@ -29,16 +29,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import check_choice, choice_error, closest, lookup
+from ._checks import choice_error, closest, lookup
+from .quant.precision import PRECISIONS
 
 __all__ = ["TrainPlan", "plan", "as_plan", "from_names", "layers", "find_blocks", "SCHEMES", "PRECISIONS"]
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
-# the dtype the model computes in per precision (int8 is a storage format: no int8 training)
+# the parameter dtype ``check_dtype`` asks for: a model that is itself in that dtype
 COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _LAST = re.compile(r"^\s*last\s*[:=]\s*(.*)$", re.IGNORECASE)
 Predicate = Callable[[str, nn.Parameter], bool]
@@ -73,7 +73,7 @@ class TrainPlan:
         unknown = sorted(self.trainable - set(self.names))
         if unknown:
             raise ValueError(f"trainable names {unknown} are not parameters of the model")
-        check_precision(self.precision)
+        object.__setattr__(self, "precision", check_precision(self.precision))
         if not isinstance(self.recompute, tuple) or not all(
                 isinstance(r, str) and r for r in self.recompute):
             raise ValueError(f"recompute must be a tuple of module names, got {self.recompute!r}")
@@ -122,7 +122,10 @@ class TrainPlan:
                              "make a new plan with odt.plan(model, ...)")
 
     def check_dtype(self, model: nn.Module) -> None:
-        """Raise ValueError unless ``model``'s parameters have the plan precision's dtype."""
+        """Raise ValueError unless ``model``'s parameters are themselves in the plan
+        precision's dtype (fp32, fp16, bf16), what a step in the model's own dtype needs.
+        ``odt.train`` does not use it: it keeps fp32 master weights and casts through
+        autocast or fp8 (``odtkit.quant.precision``)."""
         want = COMPUTE_DTYPES.get(self.precision)
         if want is None:
             raise ValueError(f"odtkit trains in the model's own dtype and has no "
@@ -193,8 +196,9 @@ def _short(items: list[str], n: int = 8) -> str:
 
 
 def check_precision(precision: str) -> str:
-    """Return ``precision`` if it is one of PRECISIONS, else raise naming the choices."""
-    return check_choice("precision", precision, PRECISIONS)
+    """The canonical name of ``precision`` (one of PRECISIONS; case and separators
+    ignored), else a ValueError naming the nearest names and all choices."""
+    return lookup("precision", precision, PRECISIONS)
 
 
 def layers(model: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
@@ -339,7 +343,7 @@ def plan(model: nn.Module, scheme: str | Iterable[str] | Predicate, precision: s
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_precision(precision)
+    precision = check_precision(precision)
     named = dict(model.named_parameters())
     if isinstance(scheme, str):
         label, trainable = _scheme_trainable(model, scheme)

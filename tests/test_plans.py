@@ -205,7 +205,7 @@ def test_bad_schemes(model: nn.Module) -> None:
 def test_precision(model: nn.Module) -> None:
     for prec in plans.PRECISIONS:
         assert odt.plan(model, "full", precision=prec).precision == prec
-    with pytest.raises(ValueError, match=r"unknown precision 'bf61'.*fp32, fp16, bf16, int8"):
+    with pytest.raises(ValueError, match=r"unknown precision 'bf61'.*fp32, bf16, fp16, fp8-e4m3, fp8-e5m2, int8"):
         odt.plan(model, "full", precision="bf61")
 
 

@@ -17,6 +17,8 @@ _EXPORTS = {
     "fake_quantize": "quantizers", "ROUNDINGS": "quantizers",
     "QATConfig": "qat", "prepare_qat_": "qat", "fold_bn_": "qat",
     "to_int8": "int8", "Int8Model": "int8",
+    "PRECISIONS": "precision", "Precision": "precision", "precision_info": "precision",
+    "fp8_cast": "precision", "fp8_autocast": "precision",
     "qas_": "qas", "norm_ratios": "qas", "round_after_step_": "qas", "QAS": "qas",
 }
 
