@@ -46,7 +46,9 @@ def test_fingerprint_leaves_out_what_does_not_change_the_numbers():
     a = TrainConfig(checkpoint_every=5, eval_batch_size=64)
     assert a.fingerprint() == TrainConfig().fingerprint()
     assert set(a.fingerprint()) == {"epochs", "batch_size", "lr", "optimizer", "momentum",
-                                    "weight_decay", "seed", "drop_last", "max_steps"}
+                                    "weight_decay", "seed", "drop_last", "max_steps",
+                                    "precision", "qas", "rounding"}
+    assert TrainConfig().fingerprint()["precision"] == "fp32"  # None runs as fp32
     assert TrainConfig(epochs=3, max_steps=7).total_steps(3) == 7
     assert TrainConfig(epochs=3).total_steps(3) == 9
 

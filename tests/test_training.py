@@ -148,12 +148,11 @@ def test_plan_is_applied_and_frozen_parameters_stay(as_plan):
         assert changed == p.requires_grad == name.startswith("6."), name
 
 
-def test_reduced_precision_plan_is_refused():
+def test_int8_plan_on_a_float_model_is_refused():
     model = make_model()
-    for precision in ("fp16", "int8"):
-        with pytest.raises(ValueError, match="reduced-precision training is not available yet"):
-            train(model, make_task(), odtkit.plan(model, "full", precision=precision),
-                  progress=False)  # fmt: skip
+    with pytest.raises(TypeError, match=r"precision='int8' trains the int8 graph.*to_int8"):
+        train(model, make_task(), odtkit.plan(model, "full", precision="int8"),
+              progress=False)  # fmt: skip
 
 
 def block_model() -> nn.Sequential:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .._checks import check_choice, check_positive_int, check_real, check_seed
+from .._checks import check_choice, check_positive_int, check_real, check_seed, lookup
+from ..quant import PRECISIONS, ROUNDINGS
 from .optim import OPTIMIZERS
 
 __all__ = ["TrainConfig"]
@@ -30,7 +31,10 @@ class TrainConfig:
     ``max_steps`` caps the optimizer steps over all epochs (the cut epoch is recorded as it
     stands); ``checkpoint_every`` adds mid-epoch checkpoints every that many steps.
     ``drop_last`` skips an epoch's incomplete last batch. ``eval_batch_size`` only sets
-    how many test samples are evaluated at once.
+    how many test samples are evaluated at once. ``precision``: one of
+    ``odtkit.quant.PRECISIONS`` (None: the plan's, fp32 without a plan; the Loop runs
+    None as fp32). ``qas``: quantization-aware scaling of an int8 graph's gradients
+    (precision "int8" only); ``rounding``: how an int8 graph re-rounds after each step.
     """
 
     epochs: int = 1
@@ -44,6 +48,9 @@ class TrainConfig:
     max_steps: int | None = None
     checkpoint_every: int | None = None
     eval_batch_size: int = 256
+    precision: str | None = None
+    qas: bool = False
+    rounding: str = "nearest"
 
     def __post_init__(self) -> None:
         checked = {
@@ -58,15 +65,27 @@ class TrainConfig:
             "checkpoint_every": check_positive_int("checkpoint_every", self.checkpoint_every,
                                                    allow_none=True),
             "eval_batch_size": check_positive_int("eval_batch_size", self.eval_batch_size),
+            "precision": (None if self.precision is None
+                          else lookup("precision", self.precision, PRECISIONS)),
+            "rounding": check_choice("rounding", self.rounding, ROUNDINGS),
         }
         if not isinstance(self.drop_last, bool):
             raise TypeError(f"drop_last must be True or False, got drop_last={self.drop_last!r}")
+        if not isinstance(self.qas, bool):
+            raise TypeError(f"qas must be True or False, got qas={self.qas!r}")
+        if self.qas and checked["precision"] not in (None, "int8"):
+            raise ValueError(f"qas=True scales the gradients of an int8 graph, but "
+                             f"precision={checked['precision']!r}; use precision='int8' "
+                             "(an Int8Model from odt.quant.to_int8) or qas=False")
         for name, value in checked.items():  # store the checked (plain Python) values
             object.__setattr__(self, name, value)
 
     def fingerprint(self) -> dict[str, Any]:
-        """The fields a resumed run must match: all but checkpoint_every and eval_batch_size."""
-        return {k: v for k, v in asdict(self).items() if k not in _NOT_IN_FINGERPRINT}
+        """The fields a resumed run must match: all but checkpoint_every and eval_batch_size
+        (precision None counts as the fp32 it runs as)."""
+        out = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_FINGERPRINT}
+        out["precision"] = self.precision or "fp32"
+        return out
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimizer steps of the whole run: epochs x steps_per_epoch, capped by max_steps."""

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .history import History, evaluate, model_device
+from .mixed import PrecisionRun
 from .optim import make_optimizer
 
 __all__ = ["Loop", "LoopState", "Batch", "TrainingDiverged", "steps_per_epoch", "draw_order",
@@ -133,12 +134,16 @@ class Loop:
         self.device = model_device(model)
         self.opt = make_optimizer(config.optimizer, model.parameters(), config.lr,
                                   config.momentum, config.weight_decay)
+        self.precision = PrecisionRun(config.precision or "fp32", model, self.opt,
+                                      qas=config.qas, rounding=config.rounding,
+                                      seed=config.seed)
         self.gen = torch.Generator().manual_seed(config.seed)  # data order only
         self.num_samples = len(task.y_train) if indices is None else len(indices)
         self.steps_per_epoch = steps_per_epoch(self.num_samples, config.batch_size,
                                                workers=workers, drop_last=config.drop_last)
         self.total_steps = config.total_steps(self.steps_per_epoch)
-        self.state, self.history = LoopState(), History()
+        self.state = LoopState()
+        self.history = History(precision=self.precision.name, qas=config.qas)
         self.step_compute_s = self.step_exchange_s = 0.0  # of the latest step
         self.note = ""  # appended to a divergence message (e.g. where the last checkpoint is)
 
@@ -168,14 +173,15 @@ class Loop:
         yb = self.task.y_train[idx].to(self.device)  # (b,)
         started = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
-        logits = self.forward(xb)  # (b, num_classes)
-        loss = self.loss_fn(logits, yb)
+        with self.precision.autocast():  # the precision's forward (plain for fp32)
+            logits = self.forward(xb)  # (b, num_classes)
+            loss = self.loss_fn(logits, yb)
         _check_scalar(loss)
         value = float(loss.detach())
         if not math.isfinite(value):  # stop before any gradient of it is exchanged or applied
             raise TrainingDiverged(self._diverged(batch, worker, value),
                                    step=batch.global_step + 1, loss=value)
-        loss.backward()
+        self.precision.backward(loss)
         self.step_compute_s += time.perf_counter() - started
         return value, int((logits.argmax(dim=1) == yb).sum()), len(idx)
 
@@ -217,7 +223,7 @@ class Loop:
         started = time.perf_counter()
         self.exchange(batch)
         self.step_exchange_s = time.perf_counter() - started
-        self.opt.step()
+        self.precision.step(self.opt)
         s = self.state
         s.step += 1
         s.global_step += 1
@@ -229,12 +235,16 @@ class Loop:
     def _end_epoch(self) -> None:
         s = self.state
         x, y = self.task.x_test, self.task.y_test
-        test_acc = (evaluate(self.model, x, y, batch_size=self.config.eval_batch_size)
-                    if self.evaluate else math.nan)
-        samples = (self.history.samples[-1] if self.history.epochs else 0) + s.seen
-        self.history._record(loss=s.loss_sum / s.seen, train_acc=s.correct / s.seen,
-                             test_acc=test_acc, time_s=s.elapsed_s, steps=s.global_step,
-                             samples=samples)
+        with self.precision.autocast():  # evaluated as it trains
+            test_acc = (evaluate(self.model, x, y, batch_size=self.config.eval_batch_size)
+                        if self.evaluate else math.nan)
+        h = self.history
+        samples = (h.samples[-1] if h.epochs else 0) + s.seen
+        h._record(loss=s.loss_sum / s.seen, train_acc=s.correct / s.seen, test_acc=test_acc,
+                  time_s=s.elapsed_s, steps=s.global_step, samples=samples)
+        if self.precision.scaler is not None:
+            h._record(loss_scale=self.precision.loss_scale,
+                      skipped_steps=self.precision.skipped - sum(h.skipped_steps))
         self.state = LoopState(epoch=s.epoch + 1, global_step=s.global_step)
         self.after_epoch()
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,6 +14,8 @@ from ..models import eval_mode
 __all__ = ["History", "evaluate", "model_device", "METRICS"]
 
 METRICS = ("loss", "train_acc", "test_acc")
+_PER_EPOCH = ("loss", "train_acc", "test_acc", "time_s", "steps", "samples")
+_SCALER = ("loss_scale", "skipped_steps")  # recorded per epoch where a loss scaler runs
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,10 @@ class History:
     ``loss`` and ``train_acc`` average over the training batches as they were seen
     (train mode, weights still moving); ``test_acc`` is measured after the epoch.
     ``time_s`` is the wall time of the epoch's training steps (no evaluation, no saving).
+    ``precision`` and ``qas`` say how the run trained (``odtkit.quant.precision``); with
+    a loss scaler (fp16) ``loss_scale`` is its scale at each epoch's end and
+    ``skipped_steps`` the optimizer steps it skipped in that epoch (inf/NaN gradients);
+    both are empty for the other precisions.
     """
 
     loss: list[float] = field(default_factory=list)
@@ -31,9 +37,15 @@ class History:
     time_s: list[float] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     samples: list[int] = field(default_factory=list)
+    precision: str = "fp32"
+    qas: bool = False
+    loss_scale: list[float] = field(default_factory=list)
+    skipped_steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        lengths = {name: len(values) for name, values in self.as_dict().items()}
+        lengths = {name: len(getattr(self, name)) for name in _PER_EPOCH}
+        lengths.update({name: len(getattr(self, name)) for name in _SCALER
+                        if getattr(self, name)})
         if len(set(lengths.values())) > 1:
             raise ValueError(f"History lists must have one entry per epoch, got lengths {lengths}")
 
@@ -45,25 +57,25 @@ class History:
     def __len__(self) -> int:
         return self.epochs
 
-    def as_dict(self) -> dict[str, list[float] | list[int]]:
-        """Plain copies of the per-epoch lists (for JSON, pandas or a checkpoint)."""
-        return {
-            "loss": list(self.loss),
-            "train_acc": list(self.train_acc),
-            "test_acc": list(self.test_acc),
-            "time_s": list(self.time_s),
-            "steps": list(self.steps),
-            "samples": list(self.samples),
-        }
+    def as_dict(self) -> dict[str, Any]:
+        """Plain copies of the per-epoch lists, the precision and qas (for JSON, pandas
+        or a checkpoint); ``loss_scale`` and ``skipped_steps`` only where recorded."""
+        out: dict[str, Any] = {name: list(getattr(self, name)) for name in _PER_EPOCH}
+        out.update({name: list(getattr(self, name)) for name in _SCALER if getattr(self, name)})
+        if self.precision != "fp32" or self.qas:
+            out.update(precision=self.precision, qas=self.qas)
+        return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Sequence[float]]) -> History:
+    def from_dict(cls, data: dict[str, Any]) -> History:
         """Rebuild a History from :meth:`as_dict` output."""
-        return cls(**{key: list(values) for key, values in data.items()})
+        return cls(**{key: value if isinstance(value, (str, bool)) else list(value)
+                      for key, value in data.items()})
 
     def _row(self, i: int) -> dict[str, float | int]:
         row: dict[str, float | int] = {"epoch": i + 1}
-        row.update({key: values[i] for key, values in self.as_dict().items()})
+        row.update({key: values[i] for key, values in self.as_dict().items()
+                    if isinstance(values, list)})
         return row
 
     def final(self) -> dict[str, float | int]:
@@ -94,8 +106,16 @@ class History:
             f"History({self.epochs} epoch{'s' * (self.epochs != 1)}, final loss={last['loss']:.4f} "
             f"train_acc={last['train_acc']:.3f} test_acc={last['test_acc']:.3f}, "
             f"best test_acc={best['test_acc']:.3f} @ epoch {best['epoch']}, "
-            f"{sum(self.time_s):.1f} s)"
+            f"{sum(self.time_s):.1f} s{self._precision_note()})"
         )
+
+    def _precision_note(self) -> str:
+        if self.precision == "fp32" and not self.qas:
+            return ""
+        note = f", {self.precision}" + (" + QAS" if self.qas else "")
+        if self.loss_scale:
+            note += f", loss scale {self.loss_scale[-1]:g}, {sum(self.skipped_steps)} skipped"
+        return note
 
 
 @torch.no_grad()

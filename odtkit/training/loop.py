@@ -9,6 +9,7 @@ by ``seed``, and the global torch RNG (seeded by ``seed`` too) for dropout.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -23,6 +24,8 @@ from torch.nn import functional as F
 
 from ..engine import lean
 from ..plans import TrainPlan, as_plan
+from ..plans import plan as make_plan
+from ..quant import Int8Model
 from .checkpoint import (
     check_fingerprint,
     load_checkpoint,
@@ -84,6 +87,9 @@ def train(
     callbacks: Sequence[Callable[[History, nn.Module], None]] = (),
     max_steps: int | None = None,
     eval_batch_size: int = 256,
+    precision: str | None = None,
+    qas: bool = False,
+    rounding: str = "nearest",
 ) -> History:
     """Train ``model`` in place on ``task`` under ``plan`` and return its History.
 
@@ -96,15 +102,25 @@ def train(
     ``callbacks`` run as ``cb(history, model)`` after each epoch. A NaN or infinite loss
     raises TrainingDiverged before that step's update; the checkpoint keeps the last
     good state. The model is left in train mode.
+
+    Precision (``odtkit.quant.precision``): the plan's, or ``precision`` for a scheme name
+    or no plan. bf16/fp16: autocast around forward and loss (fp16 with a GradScaler whose
+    scale and skipped steps the History records), fp8: conv/linear inputs, weights and
+    gradients cast through float8; the parameters stay float32. int8: ``model`` must be
+    an Int8Model (``odt.quant.to_int8``; a float model is refused, not converted), whose
+    integers are re-rounded after each step (``rounding``: "nearest" or "stochastic");
+    ``qas=True`` applies ``odt.quant.qas_`` before training (int8 only).
     """
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                       momentum=momentum, weight_decay=weight_decay, seed=seed,
                       drop_last=drop_last, max_steps=max_steps,
-                      checkpoint_every=checkpoint_every, eval_batch_size=eval_batch_size)
+                      checkpoint_every=checkpoint_every, eval_batch_size=eval_batch_size,
+                      precision=precision, qas=qas, rounding=rounding)
     path = _checkpoint_path(checkpoint, checkpoint_every)
     check_task(task)
     model.train()
-    plan = _apply_plan(model, plan)
+    plan = _apply_plan(model, plan, cfg.precision)
+    cfg = dataclasses.replace(cfg, precision="fp32" if plan is None else plan.precision)
     check_model(model, task)
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     loop = _Checkpointed(model, task, cfg, loss_fn=loss_fn, progress=progress,
@@ -142,7 +158,7 @@ class _Checkpointed(Loop):
             "config": self.fingerprint, "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(), "data_rng": self.gen.get_state(),
             "rng": rng_state(self.device), "history": self.history.as_dict(),
-            "loop": dict(vars(self.state)),
+            "loop": dict(vars(self.state)), "precision": self.precision.state_dict(),
         }, self.path)  # fmt: skip
         self._note_checkpoint()
 
@@ -158,6 +174,8 @@ class _Checkpointed(Loop):
         self.opt.load_state_dict(state["optimizer"])
         self.gen.set_state(state["data_rng"])
         set_rng_state(state["rng"], self.device)
+        if "precision" in state:
+            self.precision.load_state_dict(state["precision"])
         self.history = History.from_dict(state["history"])
         self.state = LoopState(**state["loop"])
         self._note_checkpoint()
@@ -176,16 +194,36 @@ def _checkpoint_path(checkpoint: object, every: int | None) -> Path | None:
     return path
 
 
-def _apply_plan(model: nn.Module, plan: TrainPlan | str | None) -> TrainPlan | None:
-    """The plan as a checked TrainPlan, applied to ``model``; refuses what train cannot do."""
-    if plan is None:
-        return None
-    if isinstance(plan, TrainPlan) and plan.precision != "fp32":
-        raise ValueError(f"the plan asks for precision={plan.precision!r}, but reduced-precision "
-                         "training is not available yet: odt.train trains in fp32. Make the "
-                         "plan with precision='fp32' (odt.estimate still models "
-                         f"{plan.precision!r} memory)")
-    plan = as_plan(model, plan)
+def _apply_plan(model: nn.Module, plan: TrainPlan | str | None,
+                precision: str | None) -> TrainPlan | None:
+    """The plan as a checked TrainPlan at its precision, applied to ``model``.
+
+    ``precision`` must agree with a TrainPlan's and sets a scheme's (default: "int8" for
+    an Int8Model, else "fp32"). No plan at fp32 leaves ``requires_grad`` as it is; at
+    another precision it means "full". The model keeps its float32 parameters whatever
+    the precision (``TrainPlan.check_dtype``'s model-in-that-dtype check is not run).
+    """
+    if isinstance(plan, TrainPlan):
+        if precision is not None and precision != plan.precision:
+            raise ValueError(f"the plan trains in {plan.precision!r} but precision="
+                             f"{precision!r}; set it in one place: odt.plan(model, scheme, "
+                             f"precision={precision!r}) or precision={plan.precision!r}")
+    else:
+        if precision is None:
+            precision = "int8" if isinstance(model, Int8Model) else "fp32"
+        if plan is None and precision == "fp32":
+            return None
+        if plan is None or isinstance(plan, str):
+            plan = make_plan(model, "full" if plan is None else plan, precision=precision)
+        else:
+            plan = as_plan(model, plan)  # a TypeError naming what a plan can be
+    if isinstance(model, Int8Model) and plan.precision != "int8":
+        raise ValueError(f"an Int8Model trains its integers with precision='int8' (re-rounded "
+                         f"after every step), got {plan.precision!r}; make the plan with "
+                         "odt.plan(model, scheme, precision='int8')")
+    plan.check_model(model)
+    if plan.precision == "fp32":
+        plan.check_dtype(model)  # trained in its own dtype: it must be float32
     plan.apply_(model)
     return plan
 
