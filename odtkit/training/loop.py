@@ -36,6 +36,7 @@ from .checkpoint import (
 from .config import FIELDS, TrainConfig
 from .core import Loop, LoopState
 from .history import History
+from .mixed import check_precision_model
 from .probe import check_model, check_task
 
 __all__ = ["train"]
@@ -121,6 +122,7 @@ def train(
     model.train()
     plan = _apply_plan(model, plan, cfg.precision)
     cfg = dataclasses.replace(cfg, precision="fp32" if plan is None else plan.precision)
+    check_precision_model(cfg.precision, model, cfg.qas)
     check_model(model, task)
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     loop = _Checkpointed(model, task, cfg, loss_fn=loss_fn, progress=progress,
@@ -130,7 +132,10 @@ def train(
     torch.manual_seed(cfg.seed)
     if path is not None and path.exists():
         loop.resume(load_checkpoint(path))
-    return loop.run()
+    try:
+        return loop.run()
+    finally:
+        loop.precision.close()
 
 
 class _Checkpointed(Loop):

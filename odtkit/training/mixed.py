@@ -18,7 +18,7 @@ from torch import nn
 
 from ..quant import Int8Model, fp8_autocast, precision_info, qas_
 
-__all__ = ["PrecisionRun"]
+__all__ = ["PrecisionRun", "check_precision_model"]
 
 
 class PrecisionRun:
@@ -28,7 +28,7 @@ class PrecisionRun:
                  qas: bool = False, rounding: str = "nearest", seed: int = 0) -> None:
         self.info = precision_info(precision)
         self.name = self.info.name
-        _check_model(self.name, model, qas)
+        check_precision_model(self.name, model, qas)
         self.scaler = torch.amp.GradScaler("cpu") if self.info.loss_scaler else None
         self.skipped = 0  # optimizer steps a GradScaler skipped, over the whole run
         self.qas = qas_(model) if qas else None
@@ -69,6 +69,12 @@ class PrecisionRun:
         """The GradScaler's current scale (1.0 without one)."""
         return 1.0 if self.scaler is None else float(self.scaler.get_scale())
 
+    def close(self) -> None:
+        """Remove what was put on the model (the QAS gradient hooks)."""
+        if self.qas is not None:
+            self.qas.remove()
+            self.qas = None
+
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps: the scaler's state, skipped steps, rounding RNG."""
         return {"scaler": None if self.scaler is None else self.scaler.state_dict(),
@@ -83,7 +89,9 @@ class PrecisionRun:
         self.skipped = int(state["skipped"])
 
 
-def _check_model(precision: str, model: nn.Module, qas: bool) -> None:
+def check_precision_model(precision: str, model: nn.Module, qas: bool = False) -> None:
+    """Raise unless ``model`` can train at ``precision`` (an Int8Model for int8, float32
+    parameters for the others) and ``qas`` is only asked of int8."""
     if qas and precision != "int8":
         raise ValueError(f"qas=True scales the gradients of an int8 graph, but the precision "
                          f"is {precision!r}; train an Int8Model with precision='int8', or "
