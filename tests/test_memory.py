@@ -302,10 +302,11 @@ def test_bad_inputs_explain_the_fix():
         odt.estimate(plain, torch.randn(2, 12), "full")
     with pytest.raises(ValueError, match="already made lean"):
         odt.estimate(odt.lean(model, "full"), x, "full")
-    with pytest.raises(ValueError, match="no 'int8' arithmetic"):
+    with pytest.raises(ValueError, match="'int8' needs the int8 graph.*to_int8"):
         odt.estimate(model, x, odt.plan(model, "full", precision="int8"))
-    with pytest.raises(ValueError, match="cast the model"):
-        odt.measure(model, x, odt.plan(model, "full", precision="fp16"))
+    half = copy.deepcopy(model).half()
+    with pytest.raises(ValueError, match="float32 master weights.*model.float"):
+        odt.measure(half, x.half(), odt.plan(half, "full", precision="fp16"))
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.float64,

@@ -1,6 +1,10 @@
 """Does one training step fit a device? Memory checks plus a roofline step time.
 
 An integer is bytes that need RAM: SRAM on a microcontroller, DRAM elsewhere.
+A report's bytes are those of its precision (an int8 report counts int8 weights at one
+byte per element), and its step time uses the peak of the unit that precision computes
+on (``odt.quant.precision_info(p).profile_dtype``: int8, fp16 or fp32), with a note
+where that unit is a stand-in or the device has none.
 A memory report (anything with ``peak_bytes``, ``by_category``,
 ``frozen_weight_bytes``, ``forward_macs`` and ``backward_macs``) is split on a
 microcontroller: weights that do not train can be read straight from flash,
@@ -172,12 +176,24 @@ def fit_device(device: Any, need: Any, *, dtype: str | None = None,
     return _report(device, checks, largest, step, used, tuple(notes))
 
 
+def _profile_dtype(report: Any, notes: list[str]) -> str:
+    """The peak a report's step runs at: its precision's arithmetic unit in the profile
+    (``precision_info(...).profile_dtype``), fp32 for a report without a precision."""
+    precision = getattr(report, "precision", None)
+    if precision is None:
+        return "fp32"
+    from ..quant import precision_info
+
+    info = precision_info(precision)
+    if info.profile_note:
+        notes.append(f"{info.name} step time at the {info.profile_dtype} peak: "
+                     f"{info.profile_note}")
+    return info.profile_dtype
+
+
 def _step_time(device: Any, report: Any, by_category: dict[str, int], dtype: str | None,
                notes: list[str]) -> tuple[float | None, str | None]:
-    used = dtype
-    if used is None:
-        precision = getattr(report, "precision", None)
-        used = precision if precision in DTYPES else "fp32"
+    used = dtype if dtype is not None else _profile_dtype(report, notes)
     forward = getattr(report, "forward_macs", None)
     backward = getattr(report, "backward_macs", None)
     if forward is None or backward is None:

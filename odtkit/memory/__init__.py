@@ -28,9 +28,19 @@ from torch import nn
 from .._checks import check_choice
 from ..models.summary import LayerRow
 from ..plans import TrainPlan, as_plan
-from ..training.optim import check_optimizer
+from ..plans import plan as make_plan
+from ..training.optim import check_optimizer, state_copies
 from ..units import format_bytes
 from ._measure import run_step
+from ._precision import (
+    ELEMENT_BYTES,
+    INT8_NOTE,
+    check_precision_model,
+    int8_step,
+    is_int8_model,
+    refuse_estimate,
+    step_setup,
+)
 from ._step import play_step
 from ._trace import DtypeMismatch, UnsupportedOperation, cached_trace
 
@@ -86,6 +96,7 @@ class MemoryReport:
         check_choice("method", self.method, METHODS)
         check_choice("engine", self.engine, ENGINES)
         check_optimizer(self.optimizer)
+        check_choice("precision", self.precision, tuple(ELEMENT_BYTES))
 
     @property
     def total_bytes(self) -> int:
@@ -99,11 +110,12 @@ class MemoryReport:
         if self.rss_peak_bytes is not None:
             lines.append(("process RSS peak", format_bytes(self.rss_peak_bytes)))
         lines.append(("MACs fwd / bwd", f"{self.forward_macs:,} / {self.backward_macs:,}"))
+        lines.append(("bytes per element", ELEMENT_BYTES.get(self.precision, "?")))
         return lines
 
     def _title(self) -> str:
         return (f"{self.method} ({self.engine}, {self.optimizer}, scheme {self.scheme or '?'}, "
-                f"batch {self.batch_size})")
+                f"{self.precision}, batch {self.batch_size})")
 
     def table(self, layers: bool = True) -> str:
         """Aligned text: the categories and peak, then (``layers``) bytes saved per layer."""
@@ -155,7 +167,15 @@ def _prepare(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | st
     if is_lean(model):
         raise ValueError("this model was already made lean by odt.lean; pass the original "
                          "model with engine='lean' instead")
-    plan = as_plan(model, plan)
+    if isinstance(plan, str):  # an Int8Model trains at int8, any other model at fp32
+        plan = make_plan(model, plan, precision="int8" if is_int8_model(model) else "fp32")
+    elif not isinstance(plan, TrainPlan):
+        plan = as_plan(model, plan)  # names the wrong type
+    plan.check_model(model)
+    check_precision_model(plan, model)
+    if plan.precision != "fp32" and engine == "lean":
+        raise ValueError(f"engine='lean' runs fp32 steps; plan precision {plan.precision!r} "
+                         "needs engine='pytorch'")
     _check_input(model, example_input)
     return plan
 
@@ -215,9 +235,14 @@ def estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | st
 
     ``plan``: a TrainPlan or a scheme name (then ``odt.plan(model, plan)``). ``engine``:
     "pytorch" (stock autograd) or "lean" (what ``odt.lean(model, plan)`` keeps, with the
-    blocks of ``plan.recompute`` checkpointed).
+    blocks of ``plan.recompute`` checkpointed). An Int8Model (``odt.quant.to_int8``) is
+    counted as a device keeps the int8 graph (see the report's bytes per element); the
+    autocast precisions "bf16" and "fp16" are refused here: ``measure`` counts them.
     """
     plan = _prepare(model, example_input, plan, optimizer, engine)
+    refuse_estimate(plan.precision)
+    if plan.precision == "int8":
+        return _int8_report(model, example_input, plan, optimizer, "estimate")
     trace = _trace_of(model, example_input)
     sim = play_step(trace, plan.trainable, engine, optimizer, _recomputed(plan, engine))
     rows = tuple(
@@ -243,8 +268,13 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
     Forward, cross-entropy against fixed labels, backward, one optimizer step. Saved
     tensors are counted through autograd's saved-tensor hooks, the peak by tracking live
     storages op by op; ``rss`` also samples the process's resident memory (memory-profiler).
+    At "bf16"/"fp16" the step runs under ``torch.autocast("cpu")`` (fp16 with a
+    ``torch.amp.GradScaler("cpu")``); an Int8Model runs its own step (forward, backward,
+    optimizer step, re-rounding) counted as a device keeps the int8 graph.
     """
     plan = _prepare(model, example_input, plan, optimizer, engine)
+    if plan.precision == "int8":
+        return _int8_report(model, example_input, plan, optimizer, "measure", lr)
     try:  # the dtype error of the estimate, before a real step fails less clearly
         cached_trace(model, tuple(example_input.shape), example_input.dtype)
     except DtypeMismatch as err:
@@ -258,16 +288,16 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
     else:
         work = plan.apply_(copy.deepcopy(model))
     x = example_input.detach()
-    checkpointed = _recomputed(plan, engine)
+    args = (work, x, optimizer, lr, _recomputed(plan, engine), step_setup(plan.precision, work))
     rss_peak = None
     if rss:
         from memory_profiler import memory_usage
 
-        peak_mib, record = memory_usage((run_step, (work, x, optimizer, lr, checkpointed), {}),
-                                        max_usage=True, retval=True, interval=0.005)
+        peak_mib, record = memory_usage((run_step, args, {}), max_usage=True, retval=True,
+                                        interval=0.005)
         rss_peak = int(float(peak_mib) * 2**20)
     else:
-        record = run_step(work, x, optimizer, lr, checkpointed)
+        record = run_step(*args)
     rows = _measured_rows(model, x, plan, record)
     return MemoryReport(
         by_category=record.by_category,
@@ -276,6 +306,34 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
         batch_size=int(x.shape[0]), engine=engine, optimizer=optimizer, method="measure",
         rows=rows, timeline=record.timeline, scheme=plan.scheme, precision=plan.precision,
         rss_peak_bytes=rss_peak)
+
+
+def _int8_report(model: nn.Module, x: torch.Tensor, plan: TrainPlan, optimizer: str,
+                 method: str, lr: float = 0.01) -> MemoryReport:
+    """The int8 graph's report: by rules from its operators (estimate), or from one real
+    step of it (measure: forward, backward, optimizer step, re-rounding)."""
+    x = x.detach()
+    est = int8_step(model, x, plan.trainable, state_copies(optimizer), optimizer == "adam")
+    by_category, frozen = est.by_category, est.frozen_weight_bytes
+    saved = {op.path: n for op, n in est.rows}
+    if method == "measure":
+        work = plan.apply_(copy.deepcopy(model))
+        record = run_step(work, x, optimizer, lr, (), step_setup("int8", work))
+        by_category, frozen = record.by_category, record.frozen_weight_bytes
+        saved = dict(record.saved_by_row)
+    params = dict(model.named_parameters())
+    rows = tuple(LayerMemory(
+        op.path, op.kind, op.out_shape,
+        sum(params[n].numel() for n in (op.weight, op.bias) if n), op.macs,
+        saved.pop(op.path, 0), any(n in plan.trainable for n in (op.weight, op.bias) if n))
+        for op, _ in est.rows)
+    rows += tuple(LayerMemory(name, "?", (), 0, 0, n, False) for name, n in saved.items() if n)
+    return MemoryReport(
+        by_category=by_category, peak_bytes=sum(by_category.values()),
+        frozen_weight_bytes=frozen, forward_macs=est.forward_macs,
+        backward_macs=est.backward_macs, batch_size=int(x.shape[0]), engine="pytorch",
+        optimizer=optimizer, method=method, rows=rows, scheme=plan.scheme, precision="int8",
+        notes=(INT8_NOTE,))
 
 
 def _measured_rows(model: nn.Module, x: torch.Tensor, plan: TrainPlan, record) -> tuple:

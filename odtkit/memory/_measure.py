@@ -15,7 +15,7 @@ import bisect
 import contextlib
 import gc
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -48,22 +48,34 @@ def unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 class _OpWatch(TorchDispatchMode):
     """During forward only: the last aten op and its output shape (to name the rows of
-    functional ops), and how many ops ran (to spot a checkpoint saving a block's inputs)."""
+    functional ops), how many ops ran (to spot a checkpoint saving a block's inputs), and
+    the storages that are cast copies of a parameter or buffer (``weight_copies``: what
+    autocast or an integer graph's dtype change makes of a weight)."""
 
-    def __init__(self) -> None:
+    def __init__(self, frozen_keys: set[int] | frozenset[int] = frozenset()) -> None:
         super().__init__()
         self.n_ops = 0
         self.last_op = ""
         self.last_shape: tuple[int, ...] = ()
+        self.frozen_keys = frozen_keys
+        self.weight_copies: dict[int, StorageWeakRef] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.n_ops += 1
         self.last_op = func._overloadpacket.__name__
+        if (self.last_op == "_to_copy" and isinstance(out, torch.Tensor)
+                and storage_key(args[0]) in self.frozen_keys):
+            self.weight_copies[storage_key(out)] = StorageWeakRef(out.untyped_storage())
         leaves = tree_leaves(out)
         if leaves and isinstance(leaves[0], torch.Tensor):
             self.last_shape = tuple(leaves[0].shape)
         return out
+
+    def is_weight_copy(self, t: torch.Tensor) -> bool:
+        """True if ``t`` lives in a live cast copy of a parameter or buffer."""
+        ref = self.weight_copies.get(storage_key(t))
+        return ref is not None and not ref.expired()
 
 
 @contextlib.contextmanager
@@ -204,16 +216,78 @@ class _Layers:
         self.hooks.close()
 
 
+@dataclass(frozen=True)
+class StepSetup:
+    """How the step runs and counts, per precision.
+
+    ``autocast``: the dtype of ``torch.autocast("cpu", ...)`` around forward and loss;
+    ``grad_scaler``: a ``torch.amp.GradScaler("cpu")`` scales the loss and steps (its scale
+    and growth tracker count as optimizer state); ``after_step``: called with the model
+    after the optimizer step (the int8 graph re-rounds); ``element_bytes(kind, tensor)``:
+    bytes per element that a device keeps for a tensor of ``kind`` ("param", "buffer",
+    "grad", "state", "saved", "weight-copy"), or None for the tensor's own element size.
+    """
+
+    autocast: torch.dtype | None = None
+    grad_scaler: bool = False
+    after_step: Callable[[torch.nn.Module], None] | None = None
+    element_bytes: Callable[[str, torch.Tensor], int | None] | None = None
+
+    def nbytes(self, kind: str, t: torch.Tensor) -> int:
+        """Bytes of the storage behind ``t`` as a tensor of ``kind`` is kept."""
+        real = t.untyped_storage().nbytes()
+        per = None if self.element_bytes is None else self.element_bytes(kind, t)
+        return real if per is None else real // t.element_size() * per
+
+    def total(self, kind: str, tensors: Iterable[torch.Tensor]) -> int:
+        """``nbytes`` of the distinct storages behind ``tensors`` (views counted once)."""
+        seen = {storage_key(t): t for t in tensors}
+        return sum(self.nbytes(kind, t) for t in seen.values())
+
+
+def _train(model: torch.nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer | None,
+           setup: StepSetup, watch: _OpWatch, layers: _Layers, pack: Callable) -> object:
+    """Forward (and loss) under the setup's autocast, backward, step; returns the scaler."""
+    cast = (torch.autocast("cpu", dtype=setup.autocast) if setup.autocast is not None
+            else contextlib.nullcontext())
+    scaler = torch.amp.GradScaler("cpu") if setup.grad_scaler and opt is not None else None
+    with cast:
+        with record_function(_PHASE + "forward"), watch:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                logits = model(x)
+        layers.forward = False
+        check_logits(logits, x.shape, "measure")
+        with record_function(_PHASE + "loss"):
+            labels = torch.arange(logits.shape[0]) % logits.shape[1]
+            loss = F.cross_entropy(logits, labels)
+            del logits
+    if opt is not None:
+        with record_function(_PHASE + "backward"):
+            (loss if scaler is None else scaler.scale(loss)).backward()
+            del loss
+        with record_function(_PHASE + "step"):
+            if scaler is None:
+                opt.step()
+            else:
+                scaler.step(opt)
+                scaler.update()
+            if setup.after_step is not None:
+                setup.after_step(model)
+    return scaler
+
+
 def run_step(
     model: torch.nn.Module, x: torch.Tensor, optimizer: str, lr: float = 0.01,
-    checkpointed: tuple[str, ...] = (),
+    checkpointed: tuple[str, ...] = (), setup: StepSetup | None = None,
 ) -> StepRecord:
     """Forward, cross-entropy, backward and one optimizer step on ``model`` (changed in place).
 
     A model with nothing to train runs forward and loss only (what inference would hold).
     ``checkpointed``: names of modules run under a checkpoint. The checkpoint saves their
     inputs through the saved-tensor hooks (row "<module> (checkpoint)") and hides the rest.
+    ``setup``: autocast, loss scaling, what runs after the step and how bytes count.
     """
+    setup = setup or StepSetup()
     params = list(model.parameters())
     buffers = list(model.buffers())
     before = [b.clone() for b in buffers]  # which buffers the step writes (BN statistics)
@@ -222,7 +296,7 @@ def run_step(
     opt = make_optimizer(optimizer, params, lr=lr) if trains else None
     saved: dict[int, StorageWeakRef] = {}  # storages seen by the saved-tensor hooks
     saved_by_row: dict[str, int] = {}
-    watch = _OpWatch()
+    watch = _OpWatch(frozen_keys)
     layers = _Layers(model, watch, frozenset(checkpointed))
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -234,7 +308,8 @@ def run_step(
         if key not in frozen_keys and (old is None or old.expired()):
             saved[key] = StorageWeakRef(storage)
             row = layers.owner(watch)
-            saved_by_row[row] = saved_by_row.get(row, 0) + storage.nbytes()
+            kind = "weight-copy" if watch.is_weight_copy(t) else "saved"
+            saved_by_row[row] = saved_by_row.get(row, 0) + setup.nbytes(kind, t)
         return t
 
     start_bytes = unique_bytes([*params, *buffers, x])
@@ -246,21 +321,7 @@ def run_step(
     try:
         with _quiet_stderr():
             prof.__enter__()
-        with record_function(_PHASE + "forward"), watch:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                logits = model(x)
-        layers.forward = False
-        check_logits(logits, x.shape, "measure")
-        with record_function(_PHASE + "loss"):
-            labels = torch.arange(logits.shape[0]) % logits.shape[1]
-            loss = F.cross_entropy(logits, labels)
-            del logits
-        if opt is not None:
-            with record_function(_PHASE + "backward"):
-                loss.backward()
-                del loss
-            with record_function(_PHASE + "step"):
-                opt.step()
+        scaler = _train(model, x, opt, setup, watch, layers, pack)
     finally:
         layers.remove()
         with _quiet_stderr():
@@ -270,18 +331,19 @@ def run_step(
     timeline = _live_timeline(prof, start_bytes)
     state = [] if opt is None else [
         t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    if scaler is not None:  # the loss scale and its growth tracker persist between steps
+        state += [scaler._scale, scaler._growth_tracker]
     frozen = [p for p in params if not p.requires_grad]
-    frozen += [b for b, old in zip(buffers, before, strict=True) if torch.equal(b, old)]
+    frozen_buffers = [b for b, old in zip(buffers, before, strict=True) if torch.equal(b, old)]
     return StepRecord(
-        weights_bytes=unique_bytes(params + buffers),
-        gradients_bytes=unique_bytes(p.grad for p in params if p.grad is not None),
-        optimizer_bytes=unique_bytes(state),
+        weights_bytes=setup.total("param", params) + setup.total("buffer", buffers),
+        gradients_bytes=setup.total("grad", (p.grad for p in params if p.grad is not None)),
+        optimizer_bytes=setup.total("state", state),
         activations_bytes=sum(saved_by_row.values()),
         peak_bytes=max([start_bytes, *(b for _, b in timeline)]),
-        frozen_weight_bytes=unique_bytes(frozen),
+        frozen_weight_bytes=setup.total("param", frozen) + setup.total("buffer", frozen_buffers),
         backward_macs=layers.backward_macs,
         rows=tuple(r for _, r in sorted(layers.calls, key=lambda c: c[0])),
         saved_by_row=saved_by_row,
         timeline=tuple(timeline),
     )
-

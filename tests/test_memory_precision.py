@@ -1,0 +1,149 @@
+"""Memory reports per precision: the int8 graph counted as a device keeps it, the autocast
+steps measured, device fit per precision. References: a real step of each (measure), hand
+counts from parameter and activation sizes, the device profile's own numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import odtkit as odt
+from odtkit.quant import to_int8
+
+
+def _int8(name: str, batch: int = 2):
+    torch.manual_seed(0)
+    model = odt.models.create(name, num_classes=10)
+    x = odt.models.example_input(model, batch_size=batch)
+    return model, to_int8(model, torch.randn(16, *x.shape[1:])), x
+
+
+@pytest.mark.parametrize(("name", "scheme", "optimizers"), [
+    ("mcunet-tiny", "full", ("sgd", "adam")), ("mcunet-tiny", "bias-only", ("sgd-m",)),
+    ("mcunet-tiny", "last:2", ("sgd", "sgd-m", "adam")), ("ds-cnn", "full", ("sgd-m",)),
+    ("ds-cnn", "bias-only", ("adam",)), ("resnet8", "last:2", ("sgd-m",))])
+def test_int8_estimate_matches_the_real_int8_step(name, scheme, optimizers):
+    _, q, x = _int8(name)
+    plan = odt.plan(q, scheme, precision="int8")
+    for optimizer in optimizers:
+        est = odt.estimate(q, x, plan, optimizer=optimizer)
+        meas = odt.measure(q, x, plan, optimizer=optimizer, rss=False)
+        assert est.by_category == meas.by_category, (optimizer, est.by_category)
+        assert est.frozen_weight_bytes == meas.frozen_weight_bytes
+        assert est.peak_bytes == meas.peak_bytes == est.total_bytes
+        assert {r.name: r.saved_bytes for r in est.rows} == {
+            r.name: r.saved_bytes for r in meas.rows}
+        assert est.precision == meas.precision == "int8"
+
+
+def test_int8_bytes_by_hand():
+    _, q, x = _int8("mlp")
+    layers = q.layers()
+    weights = sum(layer.weight.numel() for layer in layers.values())
+    biases = sum(layer.bias.numel() for layer in layers.values())
+    buffers = sum(b.numel() for b in q.buffers())
+    last = list(layers)[-1]
+    plan = odt.plan(q, [f"{last}.weight", f"{last}.bias"], precision="int8")
+    rep = odt.measure(q, x, plan, optimizer="sgd-m", rss=False)
+    head = layers[last]
+    trained = head.weight.numel() + head.bias.numel()
+    assert rep.by_category["weights"] == 1 * weights + 4 * biases + 4 * buffers
+    assert rep.by_category["gradients"] == 4 * trained
+    assert rep.by_category["optimizer"] == 4 * trained
+    # the last linear keeps its int8 input (batch x in) and its clamp mask (batch x out)
+    batch = x.shape[0]
+    assert rep.by_category["activations"] == batch * head.weight.shape[1] + batch * 10
+    frozen = sum(layer.weight.numel() + 4 * layer.bias.numel()
+                 for p, layer in layers.items() if p != last)
+    assert rep.frozen_weight_bytes == frozen + 4 * buffers
+    assert "int8" in rep.table() and "weights 1 (int8)" in rep.table()
+
+
+def test_int8_measure_leaves_the_model_untouched_and_refuses_mismatches():
+    model, q, x = _int8("mlp")
+    before = {n: p.clone() for n, p in q.named_parameters()}
+    odt.measure(q, x, "full", optimizer="sgd", rss=False)
+    assert all(torch.equal(before[n], p) for n, p in q.named_parameters())
+    with pytest.raises(ValueError, match="'int8' needs the int8 graph.*to_int8"):
+        odt.estimate(model, x, odt.plan(model, "full", precision="int8"))
+    with pytest.raises(ValueError, match="Int8Model.*'fp32'.*precision='int8'"):
+        odt.measure(q, x, odt.plan(q, "full"), rss=False)
+    with pytest.raises(ValueError, match="engine='pytorch'"):
+        odt.estimate(q, x, "full", engine="lean")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_step_keeps_fp32_weights_and_two_byte_activations(precision):
+    torch.manual_seed(0)
+    model = odt.models.create("mlp", num_classes=10)
+    x = odt.models.example_input(model, batch_size=4)
+    plan = odt.plan(model, "full", precision=precision)
+    rep = odt.measure(model, x, plan, optimizer="sgd-m", rss=False)
+    fp32 = odt.measure(model, x, odt.plan(model, "full"), optimizer="sgd-m", rss=False)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert rep.by_category["weights"] == 4 * n_params == fp32.by_category["weights"]
+    assert rep.by_category["gradients"] == 4 * n_params
+    scaler = 8 if precision == "fp16" else 0  # scale (fp32) and growth tracker (int32)
+    assert rep.by_category["optimizer"] == 4 * n_params + scaler
+    # autograd's own view: every tensor kept for backward under autocast
+    kept: dict[int, int] = {}
+    sizes = set()
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter):
+            kept[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+            sizes.add(t.element_size())
+        return t
+
+    work = plan.apply_(__import__("copy").deepcopy(model))
+    params = {p.untyped_storage()._cdata for p in work.parameters()}
+    with torch.autocast("cpu", dtype=getattr(torch, {"bf16": "bfloat16",
+                                                     "fp16": "float16"}[precision])):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            work(x)
+    assert rep.by_category["activations"] == sum(v for k, v in kept.items() if k not in params)
+    assert 2 in sizes  # the cast inputs and weight copies of the linears
+    with pytest.raises(ValueError, match=f"does not model precision '{precision}'.*odt.measure"):
+        odt.estimate(model, x, plan)
+
+
+def test_stm32f746_fit_of_int8_and_fp32_plans():
+    model, q, x = _int8("mcunet-tiny", batch=1)
+    dev = odt.device("stm32f746")
+    reports = {"fp32": odt.estimate(model, x, odt.plan(model, "last:2"), optimizer="sgd-m"),
+               "int8": odt.estimate(q, x, odt.plan(q, "last:2", precision="int8"),
+                                    optimizer="sgd-m")}
+    for precision, rep in reports.items():
+        fit = dev.fit(rep)
+        checks = {c.memory: c.needed_bytes for c in fit.checks}
+        assert checks == {"sram": rep.peak_bytes - rep.frozen_weight_bytes,
+                          "flash": rep.frozen_weight_bytes}
+        macs = rep.forward_macs + rep.backward_macs
+        peak = {"fp32": 216e6, "int8": 432e6}[precision]  # the profile's derived peaks
+        moved = 2 * rep.total_bytes
+        assert fit.dtype == precision
+        assert fit.step_time_s == pytest.approx(max(macs / peak, moved / 1.728e9))
+    # flash: the frozen int8 conv weights take a quarter of their fp32 bytes
+    trains = reports["int8"].rows
+    trained = {r.name for r in trains if r.trainable}
+    frozen = [layer for p, layer in q.layers().items() if p not in trained]
+    w = sum(layer.weight.numel() for layer in frozen)
+    b = sum(layer.bias.numel() for layer in frozen)
+    buffers = 4 * sum(t.numel() for t in q.buffers())
+    assert reports["int8"].frozen_weight_bytes == w + 4 * b + buffers
+    flash = {p: {c.memory: c.needed_bytes for c in dev.fit(r).checks}["flash"]
+             for p, r in reports.items()}
+    assert flash["int8"] < flash["fp32"] / 2
+
+
+def test_fp16_fit_on_a_chip_without_fp16_units_says_so():
+    torch.manual_seed(0)
+    model = odt.models.create("mlp", num_classes=10)
+    x = odt.models.example_input(model, batch_size=1)
+    rep = odt.measure(model, x, odt.plan(model, "full", precision="fp16"), rss=False)
+    fit = odt.device("stm32f746").fit(rep)
+    assert fit.step_time_s is None
+    assert any("no fp16 peak" in n and "single precision" in n for n in fit.notes)
+    bf = odt.measure(model, x, odt.plan(model, "full", precision="bf16"), rss=False)
+    notes = odt.device("stm32f746").fit(bf).notes
+    assert any("bf16 step time at the fp16 peak" in n for n in notes)
