@@ -163,3 +163,67 @@ def test_missing_answer_is_not_done_yet(capsys):
         assert result.ok is None and not result
     assert capsys.readouterr().out.count("Not done yet") == 2
 
+
+
+# --- section 4's precision table ---------------------------------------------------------
+
+def _small():
+    from torch import nn
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+
+
+def test_step_memory_prefers_estimate_then_measure_then_refuses():
+    x = torch.zeros(1, 1, 8, 8)
+    for precision, how in (("fp32", "estimate"), ("fp16", "measure"), ("bf16", "measure")):
+        model = _small()
+        plan = odt.plan(model, "full", precision=precision)
+        report, got, reason = odt.lab.step_memory(model, x, plan)
+        assert (got, reason) == (how, "")
+        expected = (odt.estimate if how == "estimate" else odt.measure)(model, x, plan, optimizer="sgd-m")
+        assert report.peak_bytes == expected.peak_bytes
+    model = _small()
+    plan = odt.plan(model, "full", precision="fp8-e4m3")
+    try:
+        odt.measure(model, x, plan)
+    except ValueError as err:
+        report, how, reason = odt.lab.step_memory(model, x, plan)
+        assert report is None and how == "refused" and str(err) in reason
+    else:  # fp8 memory landed: the row takes it, the table shows a number
+        assert odt.lab.step_memory(model, x, plan)[1] in ("estimate", "measure")
+
+
+def test_precision_row_times_and_cells_come_from_device_fit():
+    x = torch.zeros(1, 1, 8, 8)
+    model = _small()
+    row = odt.lab.precision_row("fp32", model, x, odt.plan(model, "full"), accuracy=0.5)
+    report = odt.estimate(model, x, odt.plan(model, "full"), optimizer="sgd-m")
+    assert row.memory_bytes == report.peak_bytes and row.memory_how == "estimate"
+    for name in ("stm32f746", "raspberry-pi-4"):
+        fit = odt.device(name).fit(report)
+        assert row.step_s[name] == fit.step_time_s is not None
+        assert row.cells[name] == odt.units.format_seconds(fit.step_time_s)
+
+    half = odt.lab.precision_row("fp16", model, x, odt.plan(model, "full", precision="fp16"),
+                                 accuracy=0.5)
+    assert half.memory_how == "measure"
+    for name in ("stm32f746", "raspberry-pi-4"):  # neither has fp16 arithmetic
+        assert half.step_s[name] is None and half.cells[name].startswith("no fp16 peak")
+        assert any("no fp16 peak" in n for n in half.notes[name])
+
+
+def test_table_shows_a_dash_and_the_reason_for_a_refused_memory():
+    rows = [odt.lab.PrecisionRow("fp32", "fp32", 0.546, 1024, "estimate",
+                                 step_s={"stm32f746": 1e-3}, cells={"stm32f746": "1 ms"}),
+            odt.lab.PrecisionRow("fp8-e4m3", "fp8-e4m3", 0.539, None, "refused", "measure: not yet",
+                                 step_s={"stm32f746": None}, cells={"stm32f746": "no fp16 peak"},
+                                 notes={"stm32f746": ("step time unknown: no fp16 peak",)})]
+    text = odt.lab.format_precision_table(rows)
+    lines = text.splitlines()
+    assert "peak memory (how)" in lines[0] and "stm32f746 step" in lines[0]
+    assert "54.6%" in lines[1] and "1 KiB (estimate)" in lines[1] and "1 ms" in lines[1]
+    assert "—" in lines[2] and "no fp16 peak" in lines[2] and "KiB" not in lines[2]
+    assert "— fp8-e4m3: memory refused by measure: not yet" in lines
+    assert "stm32f746 (fp8-e4m3): step time unknown: no fp16 peak" in lines
+    with pytest.raises(ValueError, match="empty"):
+        odt.lab.format_precision_table([])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from ._memory import check_conv_saved_bytes, conv_saved_bytes
+from ._precision import PrecisionRow, format_precision_table, precision_row, step_memory
 from ._quantize import QUANTIZE_CASES, check_quantize
 from .checks import CheckResult, check_topk_ef, check_training_state_bytes
 from .suites import LAB_TASK, LAB_WIDTH, SUITE, lab_model
@@ -17,7 +18,7 @@ from .suites import LAB_TASK, LAB_WIDTH, SUITE, lab_model
 __all__ = [
     "CheckResult", "check_training_state_bytes", "check_conv_saved_bytes", "check_topk_ef",
     "check_quantize", "QUANTIZE_CASES", "conv_saved_bytes", "LAB_TASK", "LAB_WIDTH", "SUITE",
-    "lab_model", "smoke",
+    "lab_model", "smoke", "PrecisionRow", "precision_row", "format_precision_table", "step_memory",
 ]
 
 
