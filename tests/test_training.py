@@ -344,6 +344,10 @@ def test_figures_plot_the_history_numbers():
     lines = fig.axes[0].get_lines()
     assert [ln.get_label() for ln in lines] == ["a", "b"]
     assert list(lines[1].get_xdata()) == [1, 2, 3] and list(lines[1].get_ydata()) == b.test_acc
+    styles = {(ln.get_marker(), ln.get_color()) for ln in lines}
+    assert len(styles) == 2 and len({m for m, _ in styles}) == 2  # own marker and colour each
+    with pytest.raises(ValueError, match="at most 10"):
+        accuracy_curves({str(i): a for i in range(11)})
     fig2 = loss_curve(b)
     assert list(fig2.axes[0].get_lines()[0].get_ydata()) == b.loss
     assert list(fig2.axes[1].get_lines()[0].get_ydata()) == b.test_acc

@@ -28,6 +28,9 @@ def _series(history: Any, metric: str, run: str) -> list[float]:
     return [float(v) for v in values]
 
 
+_MARKERS = "osD^v<>pX*"  # one marker (and colour C0..C9) per run: ten runs at most
+
+
 def accuracy_curves(
     histories: Mapping[str, Any],
     metric: str = "test_acc",
@@ -40,11 +43,14 @@ def accuracy_curves(
         raise choice_error("metric", metric, _METRICS)
     if not histories:
         raise ValueError("histories is empty: pass {'run name': history, ...}")
+    if len(histories) > len(_MARKERS):
+        raise ValueError(f"{len(histories)} runs in one plot cannot each get their own colour "
+                         f"and marker; plot at most {len(_MARKERS)} at a time")
     fig, ax = plt.subplots(figsize=figsize)
-    for run, history in histories.items():
+    for i, (run, history) in enumerate(histories.items()):
         values = _series(history, metric, run)
         epochs = range(1, len(values) + 1)
-        ax.plot(epochs, values, marker="o", markersize=3, label=str(run))
+        ax.plot(epochs, values, marker=_MARKERS[i], markersize=4, color=f"C{i}", label=str(run))
     ax.set_xlabel("epoch")
     ax.set_ylabel(_LABELS[metric])
     if metric != "loss":
