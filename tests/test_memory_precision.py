@@ -147,3 +147,89 @@ def test_fp16_fit_on_a_chip_without_fp16_units_says_so():
     bf = odt.measure(model, x, odt.plan(model, "full", precision="bf16"), rss=False)
     notes = odt.device("stm32f746").fit(bf).notes
     assert any("bf16 step time at the fp16 peak" in n for n in notes)
+
+
+# ---------------------------------------------------------------- fp8
+
+
+@pytest.mark.parametrize(("name", "scheme", "optimizer", "precision"), [
+    ("mcunet-tiny", "full", "adam", "fp8-e4m3"), ("mcunet-tiny", "last:2", "sgd-m", "fp8-e5m2"),
+    ("mbv2-tiny", "bias-only", "sgd", "fp8-e4m3"), ("resnet8", "last:2", "sgd-m", "fp8-e4m3"),
+    ("ds-cnn", "full", "sgd-m", "fp8-e4m3"), ("mlp", "full", "adam", "fp8-e5m2")])
+def test_fp8_estimate_matches_the_real_fp8_step(name, scheme, optimizer, precision):
+    torch.manual_seed(0)
+    model = odt.models.create(name, num_classes=10)
+    x = odt.models.example_input(model, batch_size=2)
+    plan = odt.plan(model, scheme, precision=precision)
+    est = odt.estimate(model, x, plan, optimizer=optimizer)
+    meas = odt.measure(model, x, plan, optimizer=optimizer, rss=False)
+    assert est.by_category == meas.by_category
+    assert est.frozen_weight_bytes == meas.frozen_weight_bytes
+    assert est.peak_bytes == meas.peak_bytes == est.total_bytes
+    assert {r.name: r.saved_bytes for r in est.rows} == {r.name: r.saved_bytes for r in meas.rows}
+    assert est.precision == meas.precision == precision
+    fp32 = odt.measure(model, x, odt.plan(model, scheme), optimizer=optimizer, rss=False)
+    assert meas.by_category["weights"] == fp32.by_category["weights"]  # fp32 master weights
+    assert meas.by_category["optimizer"] == fp32.by_category["optimizer"]
+    assert meas.by_category["gradients"] <= fp32.by_category["gradients"]
+
+
+def test_fp8_bytes_by_hand():
+    torch.manual_seed(0)
+    model = odt.models.create("mlp", num_classes=10)
+    batch = 3
+    x = odt.models.example_input(model, batch_size=batch)
+    lin = [m for m in model if isinstance(m, torch.nn.Linear)]
+    hidden, head = lin[-2], lin[-1]
+    plan = odt.plan(model, "last:2", precision="fp8-e4m3")
+    assert plan.trainable == {f"{i}.{p}" for i in ("3", "5") for p in ("weight", "bias")}
+    n_params = sum(p.numel() for p in model.parameters())
+    n_buffers = sum(b.numel() for b in model.buffers())
+    for method in (odt.estimate, odt.measure):
+        kw = {"rss": False} if method is odt.measure else {}
+        rep = method(model, x, plan, optimizer="sgd-m", **kw)
+        trained = [hidden.weight, hidden.bias, head.weight, head.bias]
+        assert rep.by_category["weights"] == 4 * (n_params + n_buffers)
+        # weight gradients arrive through the fp8 casts (1 B), bias gradients fp32 (4 B)
+        assert rep.by_category["gradients"] == (hidden.weight.numel() + head.weight.numel()
+                                                + 4 * (hidden.bias.numel() + 10))
+        assert rep.by_category["optimizer"] == 4 * sum(p.numel() for p in trained)
+        # hidden linear: its fp8 input copy (its weight trains, its input needs no gradient);
+        # ReLU: its fp32 output; head: fp8 copies of its input and of its weight
+        assert rep.by_category["activations"] == (
+            batch * hidden.in_features + 4 * batch * hidden.out_features
+            + batch * head.in_features + head.weight.numel())
+        assert rep.peak_bytes == rep.total_bytes
+        assert "fp8" in rep.table() and any("1 B per element" in n for n in rep.notes)
+
+
+def test_fp8_casts_are_marked_for_the_memory_model():
+    from odtkit.quant.precision import fp8_autocast, is_fp8_cast
+
+    w = torch.randn(4, 3, requires_grad=True)
+    x = torch.randn(2, 3)
+    arrived = []
+    w.register_hook(lambda g: arrived.append(is_fp8_cast(g)))
+    saved = []
+    with fp8_autocast("fp8-e4m3"), torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(is_fp8_cast(t)) or t, lambda t: t):
+        y = torch.nn.functional.linear(x, w)
+    y.sum().backward()
+    assert saved == [True] and arrived == [True]  # addmm keeps the input copy only
+    assert not is_fp8_cast(x) and not is_fp8_cast(w) and not is_fp8_cast(w.grad * 1)
+
+
+def test_fp8_estimate_refuses_a_matmul_outside_linear():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(8, 10))
+
+        def forward(self, x):
+            return x @ self.w
+
+    model = Net()
+    x = torch.randn(2, 8)
+    plan = odt.plan(model, "full", precision="fp8-e4m3")
+    with pytest.raises(ValueError, match=r"aten\.mm in .*Net \(module .*fp8.*odt\.measure"):
+        odt.estimate(model, x, plan)

@@ -34,6 +34,8 @@ from ..units import format_bytes
 from ._measure import run_step
 from ._precision import (
     ELEMENT_BYTES,
+    FP8,
+    FP8_NOTE,
     INT8_NOTE,
     check_precision_model,
     int8_step,
@@ -236,15 +238,18 @@ def estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | st
     ``plan``: a TrainPlan or a scheme name (then ``odt.plan(model, plan)``). ``engine``:
     "pytorch" (stock autograd) or "lean" (what ``odt.lean(model, plan)`` keeps, with the
     blocks of ``plan.recompute`` checkpointed). An Int8Model (``odt.quant.to_int8``) is
-    counted as a device keeps the int8 graph (see the report's bytes per element); the
-    autocast precisions "bf16" and "fp16" are refused here: ``measure`` counts them.
+    counted as a device keeps the int8 graph (see the report's bytes per element); "fp8-e4m3"
+    / "fp8-e5m2" as a device with float8 storage keeps the ``fp8_autocast`` step (peak =
+    the four categories); the autocast precisions "bf16" and "fp16" are refused here:
+    ``measure`` counts them.
     """
     plan = _prepare(model, example_input, plan, optimizer, engine)
     refuse_estimate(plan.precision)
     if plan.precision == "int8":
         return _int8_report(model, example_input, plan, optimizer, "estimate")
     trace = _trace_of(model, example_input)
-    sim = play_step(trace, plan.trainable, engine, optimizer, _recomputed(plan, engine))
+    fp8 = plan.precision in FP8
+    sim = play_step(trace, plan.trainable, engine, optimizer, _recomputed(plan, engine), fp8)
     rows = tuple(
         LayerMemory(r.name, r.type, r.output_shape, r.params, r.macs, saved, trains)
         for r, saved, trains in zip(trace.layers, sim.row_saved_bytes, sim.row_trainable,
@@ -253,11 +258,12 @@ def estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | st
                   for name, nbytes in sim.checkpoint_rows)
     return MemoryReport(
         by_category=sim.by_category,
-        peak_bytes=sim.peak_bytes, frozen_weight_bytes=sim.frozen_weight_bytes,
+        peak_bytes=sum(sim.by_category.values()) if fp8 else sim.peak_bytes,
+        frozen_weight_bytes=sim.frozen_weight_bytes,
         forward_macs=sum(r.macs for r in trace.layers), backward_macs=sim.backward_macs,
         batch_size=int(example_input.shape[0]), engine=engine, optimizer=optimizer,
-        method="estimate", rows=rows, timeline=sim.timeline, scheme=plan.scheme,
-        precision=plan.precision)
+        method="estimate", rows=rows, timeline=() if fp8 else sim.timeline,
+        scheme=plan.scheme, precision=plan.precision, notes=(FP8_NOTE,) if fp8 else ())
 
 
 def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str,
@@ -269,7 +275,8 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
     tensors are counted through autograd's saved-tensor hooks, the peak by tracking live
     storages op by op; ``rss`` also samples the process's resident memory (memory-profiler).
     At "bf16"/"fp16" the step runs under ``torch.autocast("cpu")`` (fp16 with a
-    ``torch.amp.GradScaler("cpu")``); an Int8Model runs its own step (forward, backward,
+    ``torch.amp.GradScaler("cpu")``); at "fp8-e4m3"/"fp8-e5m2" under ``fp8_autocast``,
+    counted in device bytes (see the estimate); an Int8Model runs its own step (forward, backward,
     optimizer step, re-rounding) counted as a device keeps the int8 graph.
     """
     plan = _prepare(model, example_input, plan, optimizer, engine)
@@ -299,13 +306,15 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
     else:
         record = run_step(*args)
     rows = _measured_rows(model, x, plan, record)
+    fp8 = plan.precision in FP8  # device bytes: the simulation's float32 timeline is not
     return MemoryReport(
         by_category=record.by_category,
-        peak_bytes=record.peak_bytes, frozen_weight_bytes=record.frozen_weight_bytes,
+        peak_bytes=sum(record.by_category.values()) if fp8 else record.peak_bytes,
+        frozen_weight_bytes=record.frozen_weight_bytes,
         forward_macs=sum(r.macs for r in record.rows), backward_macs=record.backward_macs,
         batch_size=int(x.shape[0]), engine=engine, optimizer=optimizer, method="measure",
-        rows=rows, timeline=record.timeline, scheme=plan.scheme, precision=plan.precision,
-        rss_peak_bytes=rss_peak)
+        rows=rows, timeline=() if fp8 else record.timeline, scheme=plan.scheme,
+        precision=plan.precision, rss_peak_bytes=rss_peak, notes=(FP8_NOTE,) if fp8 else ())
 
 
 def _int8_report(model: nn.Module, x: torch.Tensor, plan: TrainPlan, optimizer: str,

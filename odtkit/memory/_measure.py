@@ -59,8 +59,13 @@ class _OpWatch(TorchDispatchMode):
         self.last_shape: tuple[int, ...] = ()
         self.frozen_keys = frozen_keys
         self.weight_copies: dict[int, StorageWeakRef] = {}
+        self.fp8_copies: dict[int, StorageWeakRef] | None = None  # set to watch fp8 casts
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.fp8_copies is not None:  # views of a cast copy (a linear's weight.t())
+            for a in tree_leaves(args):
+                if isinstance(a, torch.Tensor):
+                    self.note_fp8(a)
         out = func(*args, **(kwargs or {}))
         self.n_ops += 1
         self.last_op = func._overloadpacket.__name__
@@ -75,6 +80,20 @@ class _OpWatch(TorchDispatchMode):
     def is_weight_copy(self, t: torch.Tensor) -> bool:
         """True if ``t`` lives in a live cast copy of a parameter or buffer."""
         ref = self.weight_copies.get(storage_key(t))
+        return ref is not None and not ref.expired()
+
+    def note_fp8(self, t: torch.Tensor) -> None:
+        """Remember the storage of ``t`` if it is a copy made by ``fp8_autocast``'s cast."""
+        from ..quant.precision import is_fp8_cast
+
+        if self.fp8_copies is not None and is_fp8_cast(t):
+            self.fp8_copies[storage_key(t)] = StorageWeakRef(t.untyped_storage())
+
+    def is_fp8_copy(self, t: torch.Tensor) -> bool:
+        """True if ``t`` lives in a live copy made by ``fp8_autocast``'s cast. Autograd
+        saves an op's inputs before the op reaches this mode: ``t`` itself is checked too."""
+        self.note_fp8(t)
+        ref = None if self.fp8_copies is None else self.fp8_copies.get(storage_key(t))
         return ref is not None and not ref.expired()
 
 
@@ -221,14 +240,18 @@ class StepSetup:
     """How the step runs and counts, per precision.
 
     ``autocast``: the dtype of ``torch.autocast("cpu", ...)`` around forward and loss;
+    ``fp8``: the float8 dtype of ``fp8_autocast`` around forward (the tensors saved from its
+    casts count as kind "fp8", the gradients of parameters that arrive only through its
+    casts as kind "fp8-grad");
     ``grad_scaler``: a ``torch.amp.GradScaler("cpu")`` scales the loss and steps (its scale
     and growth tracker count as optimizer state); ``after_step``: called with the model
     after the optimizer step (the int8 graph re-rounds); ``element_bytes(kind, tensor)``:
     bytes per element that a device keeps for a tensor of ``kind`` ("param", "buffer",
-    "grad", "state", "saved", "weight-copy"), or None for the tensor's own element size.
+    "grad", "fp8-grad", "state", "saved", "weight-copy", "fp8"), or None for the tensor's own element size.
     """
 
     autocast: torch.dtype | None = None
+    fp8: torch.dtype | None = None
     grad_scaler: bool = False
     after_step: Callable[[torch.nn.Module], None] | None = None
     element_bytes: Callable[[str, torch.Tensor], int | None] | None = None
@@ -248,8 +271,14 @@ class StepSetup:
 def _train(model: torch.nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer | None,
            setup: StepSetup, watch: _OpWatch, layers: _Layers, pack: Callable) -> object:
     """Forward (and loss) under the setup's autocast, backward, step; returns the scaler."""
-    cast = (torch.autocast("cpu", dtype=setup.autocast) if setup.autocast is not None
-            else contextlib.nullcontext())
+    if setup.autocast is not None:
+        cast = torch.autocast("cpu", dtype=setup.autocast)
+    elif setup.fp8 is not None:
+        from ..quant.precision import fp8_autocast
+
+        cast = fp8_autocast(setup.fp8)
+    else:
+        cast = contextlib.nullcontext()
     scaler = torch.amp.GradScaler("cpu") if setup.grad_scaler and opt is not None else None
     with cast:
         with record_function(_PHASE + "forward"), watch:
@@ -298,6 +327,18 @@ def run_step(
     saved_by_row: dict[str, int] = {}
     watch = _OpWatch(frozen_keys)
     layers = _Layers(model, watch, frozenset(checkpointed))
+    fp8_grads: dict[int, bool] = {}  # parameter id -> every gradient arrived through a cast
+    grad_hooks = []
+    if setup.fp8 is not None:
+        from ..quant.precision import is_fp8_cast
+
+        watch.fp8_copies = {}
+
+        def arrived(p: torch.Tensor, g: torch.Tensor) -> None:
+            fp8_grads[id(p)] = fp8_grads.get(id(p), True) and is_fp8_cast(g)
+
+        grad_hooks = [p.register_hook(lambda g, p=p: arrived(p, g))
+                      for p in params if p.requires_grad]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
@@ -308,7 +349,8 @@ def run_step(
         if key not in frozen_keys and (old is None or old.expired()):
             saved[key] = StorageWeakRef(storage)
             row = layers.owner(watch)
-            kind = "weight-copy" if watch.is_weight_copy(t) else "saved"
+            kind = ("fp8" if watch.is_fp8_copy(t) else
+                    "weight-copy" if watch.is_weight_copy(t) else "saved")
             saved_by_row[row] = saved_by_row.get(row, 0) + setup.nbytes(kind, t)
         return t
 
@@ -324,6 +366,8 @@ def run_step(
         scaler = _train(model, x, opt, setup, watch, layers, pack)
     finally:
         layers.remove()
+        for h in grad_hooks:
+            h.remove()
         with _quiet_stderr():
             prof.__exit__(None, None, None)
         if gc_was_enabled:
@@ -337,7 +381,11 @@ def run_step(
     frozen_buffers = [b for b, old in zip(buffers, before, strict=True) if torch.equal(b, old)]
     return StepRecord(
         weights_bytes=setup.total("param", params) + setup.total("buffer", buffers),
-        gradients_bytes=setup.total("grad", (p.grad for p in params if p.grad is not None)),
+        gradients_bytes=(
+            setup.total("grad", (p.grad for p in params
+                                 if p.grad is not None and not fp8_grads.get(id(p))))
+            + setup.total("fp8-grad", (p.grad for p in params
+                                       if p.grad is not None and fp8_grads.get(id(p))))),
         optimizer_bytes=setup.total("state", state),
         activations_bytes=sum(saved_by_row.values()),
         peak_bytes=max([start_bytes, *(b for _, b in timeline)]),

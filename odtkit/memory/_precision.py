@@ -5,6 +5,14 @@
   parameters and gradients fp32 (master weights), what autograd keeps at its own size
   (2 bytes where autocast cast it; the cast weight copies count as activations), the
   scaler's scale and growth tracker as optimizer state. Only ``measure`` counts these.
+- "fp8-e4m3" / "fp8-e5m2": the fp8-simulated step (``fp8_autocast`` around forward)
+  counted as a device with float8 storage keeps it: parameters fp32 (master weights, 4
+  bytes), the copies ``fp8_autocast`` makes of conv/linear inputs and weights and keeps for
+  backward 1 byte per element (``is_fp8_cast`` marks them), gradients 1 byte for the
+  parameters whose gradient arrives only through those casts (conv/linear weights), 4 for
+  the rest (biases, norms), optimizer state 4, other kept tensors at their own size (4).
+  The estimate plays the same step by rules: every conv/linear node keeps fresh 1-byte
+  copies in place of its input and weight. ``peak_bytes`` is the sum of the categories.
 - "int8": the int8 graph (``odt.quant.to_int8``) trained in integer units, counted as the
   device keeps it, per element: int8 weights 1 byte, int32 biases 4, quantization
   parameters (scales, zero points, multipliers, shifts) 4, float-head parameters 4;
@@ -39,9 +47,17 @@ ELEMENT_BYTES = {
             "(weight copies included), 4 where it runs in fp32",
     "int8": "weights 1 (int8), biases 4 (int32), quantization parameters 4, gradients 4, "
             "optimizer 4, activations and masks 1",
+    **{name: "weights 4 (fp32 master), gradients 1 where they arrive through the fp8 "
+             "casts (conv/linear weights), else 4, optimizer 4, activations 1 for the fp8 "
+             "copies conv/linear keep (inputs and weights), 4 for the rest"
+       for name in ("fp8-e4m3", "fp8-e5m2")},
 }
 MEASURED_ONLY = ("bf16", "fp16")  # the estimate refuses these (see refuse_estimate)
-UNSUPPORTED = ("fp8-e4m3", "fp8-e5m2")
+FP8 = {"fp8-e4m3": torch.float8_e4m3fn, "fp8-e5m2": torch.float8_e5m2}
+FP8_NOTE = ("fp8 step as a device with float8 storage keeps it: fp32 master weights 4 B, "
+            "the fp8 copies conv/linear keep for backward (inputs, weights) and the weight "
+            "gradients that arrive through the casts 1 B per element, everything else 4 B; "
+            "peak = the four categories together")
 INT8_NOTE = ("int8 graph as a device keeps it: weights 1 B, biases and quantization "
              "parameters 4 B, gradients and optimizer state 4 B, kept activations and masks "
              "1 B per element; peak = the four categories together")
@@ -61,10 +77,6 @@ def check_precision_model(plan: TrainPlan, model: nn.Module) -> None:
     """Raise ValueError unless ``model`` is what a step at ``plan.precision`` trains."""
     precision = plan.precision
     int8 = is_int8_model(model)
-    if precision in UNSUPPORTED:
-        raise ValueError(f"odtkit.memory does not count precision {precision!r} yet: its "
-                         "simulated fp8 step keeps float32 tensors that a per-byte report "
-                         "cannot tell apart; plan with 'fp32', 'bf16', 'fp16' or 'int8'")
     if precision == "int8" and not int8:
         raise ValueError(f"plan precision 'int8' needs the int8 graph, but the model is a "
                          f"{type(model).__name__}; convert it with "
@@ -72,11 +84,12 @@ def check_precision_model(plan: TrainPlan, model: nn.Module) -> None:
     if int8 and precision != "int8":
         raise ValueError(f"the model is an Int8Model, but the plan's precision is "
                          f"{precision!r}; make the plan with precision='int8'")
-    if precision in _AUTOCAST:
+    if precision in _AUTOCAST or precision in FP8:
         have = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
+        how = "under autocast" if precision in _AUTOCAST else "through fp8 casts"
         if have and have != ["torch.float32"]:
             raise ValueError(f"plan precision {precision!r} trains float32 master weights "
-                             f"under autocast, but the model's parameters are {have}; pass "
+                             f"{how}, but the model's parameters are {have}; pass "
                              "the float32 model (model.float())")
     elif not int8:
         plan.check_dtype(model)
@@ -98,7 +111,13 @@ def step_setup(precision: str, model: nn.Module) -> StepSetup:
         return StepSetup(autocast=_AUTOCAST[precision], grad_scaler=precision == "fp16")
     if precision == "int8":
         return StepSetup(after_step=lambda m: m.round_(), element_bytes=_int8_sizes(model))
+    if precision in FP8:
+        return StepSetup(fp8=FP8[precision], element_bytes=_fp8_sizes)
     return StepSetup()
+
+
+def _fp8_sizes(kind: str, t: torch.Tensor) -> int | None:
+    return 1 if kind in ("fp8", "fp8-grad") else None
 
 
 def _int8_sizes(model: nn.Module):

@@ -184,3 +184,41 @@ def rule_for(op: Op, engine: str) -> Rule | None:
 def supported_ops() -> list[str]:
     """Names of the aten ops the memory model has rules for."""
     return sorted(STOCK)
+
+
+# ---------------------------------------------------------------- fp8 casts
+
+
+def _fp8_copies(*slots: tuple[int, int]) -> Callable[[Op, Flags, Trace], tuple]:
+    """A conv/linear under ``fp8_autocast`` runs on fresh fp8 copies of its input and
+    weight and keeps those (1 byte per element) where stock autograd keeps the originals:
+    ``slots`` pairs (argument kept, argument whose gradient needs it; -1: always)."""
+    def saves(op: Op, rg: Flags, t: Trace) -> tuple:
+        return tuple(("new", _numel(t, op.ins[kept])) for kept, needs in slots
+                     if needs < 0 or rg[needs])
+    return saves
+
+
+FP8_CAST_TYPES: dict[str, tuple[type, ...]] = {
+    "convolution": _LEAN_CONV_TYPES, "addmm": (nn.Linear,), "mm": (nn.Linear,)}
+_FP8: dict[str, Rule] = {
+    "convolution": Rule(saves=_fp8_copies((0, -1), (1, -1)), grads=("alloc", "alloc", "alloc")),
+    "addmm": Rule(saves=_fp8_copies((1, 2), (2, 1)), grads=("reduce", "alloc", "alloc")),
+    "mm": Rule(saves=_fp8_copies((0, 1), (1, 0)), grads=("alloc", "alloc")),
+}
+
+
+def fp8_rule_for(op: Op) -> Rule | None:
+    """The rule for ``op`` in a step under ``fp8_autocast`` (stock autograd otherwise);
+    raises ValueError for a conv/matmul that does not come from nn.Conv*/nn.Linear,
+    whose casts the trace cannot see."""
+    kinds = FP8_CAST_TYPES.get(op.name)
+    if kinds is None:
+        return STOCK.get(op.name)
+    if op.leaf_type not in kinds:
+        raise ValueError(
+            f"odt.estimate cannot model aten.{op.name} in {op.leaf_type.__qualname__} "
+            f"(module {op.module!r}) at an fp8 precision: only nn.Conv1d/2d/3d and nn.Linear "
+            "calls are known to go through fp8_autocast's casts; use odt.measure for this "
+            "model, or estimate with an 'fp32' plan")
+    return _FP8[op.name]

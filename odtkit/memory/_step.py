@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..models.summary import backward_macs
 from ..training.optim import state_copies
 from ._measure import StepBytes
-from ._rules import Rule, rule_for, supported_ops
+from ._rules import FP8_CAST_TYPES, Rule, fp8_rule_for, rule_for, supported_ops
 from ._trace import Trace, UnsupportedOperation, where
 
 # optimizer -> transient copies of a trainable tensor while its update is computed
@@ -35,11 +35,12 @@ class StepModel(StepBytes):
     timeline: tuple[tuple[str, int], ...]
 
 
-def rules_of(trace: Trace, engine: str) -> list[Rule]:
-    """The rule of every op, or UnsupportedOperation naming the first op without one."""
+def rules_of(trace: Trace, engine: str, fp8: bool = False) -> list[Rule]:
+    """The rule of every op, or UnsupportedOperation naming the first op without one.
+    ``fp8``: conv/linear keep fresh fp8 copies of their input and weight (``fp8_autocast``)."""
     out = []
     for op in trace.ops:
-        rule = rule_for(op, engine)
+        rule = fp8_rule_for(op) if fp8 else rule_for(op, engine)
         if rule is None:
             raise UnsupportedOperation(
                 f"odtkit.estimate does not model aten.{op.name} / "
@@ -61,9 +62,9 @@ class _Step:
     """The state of one simulated step; ``run`` goes through it in order."""
 
     def __init__(self, t: Trace, trainable: frozenset[str], engine: str, optimizer: str,
-                 recompute: tuple[str, ...]) -> None:
-        self.t, self.trainable, self.optimizer = t, trainable, optimizer
-        self.rules = rules_of(t, engine)
+                 recompute: tuple[str, ...], fp8: bool = False) -> None:
+        self.t, self.trainable, self.optimizer, self.fp8 = t, trainable, optimizer, fp8
+        self.rules = rules_of(t, engine, fp8)
         self.params = {v: name for name, v in t.param_value.items()}
         self.rg = bytearray(len(t.value_storage))
         for name, v in t.param_value.items():
@@ -295,6 +296,14 @@ class _Step:
             self.timeline.append(("step: done", self.live))
         return sum(n_state * vbytes[v] + extra for v in param_grad)
 
+    def _gradient_bytes(self, param_grad: dict[int, int]) -> int:
+        """Bytes of the parameters' gradients: their own size, 1 byte per element under
+        fp8 for a parameter read only as a conv/linear weight (its gradient arrives through
+        the cast)."""
+        cast = _fp8_cast_params(self.t) if self.fp8 else set()
+        return sum(_elements(self.t, v) if v in cast else self.t.value_bytes[v]
+                   for v in param_grad)
+
     def run(self) -> StepModel:
         t = self.t
         self.plan_nodes()
@@ -307,7 +316,7 @@ class _Step:
         return StepModel(
             weights_bytes=sum(b for b, k in zip(t.storage_bytes, t.storage_kind, strict=True)
                               if k in ("param", "buffer")),
-            gradients_bytes=sum(t.value_bytes[v] for v in param_grad), optimizer_bytes=state,
+            gradients_bytes=self._gradient_bytes(param_grad), optimizer_bytes=state,
             activations_bytes=self.activations, peak_bytes=max(b for _, b in self.timeline),
             frozen_weight_bytes=frozen, backward_macs=_backward_macs(t, self.rg, self.trainable),
             row_saved_bytes=tuple(self.row_saved),
@@ -317,12 +326,38 @@ class _Step:
 
 
 def play_step(trace: Trace, trainable: frozenset[str], engine: str, optimizer: str,
-             recompute: tuple[str, ...] = ()) -> StepModel:
+             recompute: tuple[str, ...] = (), fp8: bool = False) -> StepModel:
     """Simulate forward, loss, backward and one ``optimizer`` step under a plan.
 
-    ``recompute``: names of the modules checkpointed (recomputed in backward).
+    ``recompute``: names of the modules checkpointed (recomputed in backward). ``fp8``:
+    the step runs under ``fp8_autocast`` (conv/linear keep 1-byte copies, see _rules).
     """
-    return _Step(trace, trainable, engine, optimizer, recompute).run()
+    return _Step(trace, trainable, engine, optimizer, recompute, fp8).run()
+
+
+def _elements(t: Trace, v: int) -> int:
+    n = 1
+    for d in t.value_shape[v]:
+        n *= d
+    return n
+
+
+def _fp8_cast_params(t: Trace) -> set[int]:
+    """Parameter values read only as the weight of an nn.Conv*/nn.Linear call (directly by
+    the convolution, or through the transpose a linear makes of it): under fp8_autocast
+    all their gradient arrives through a cast."""
+    params = set(t.param_value.values())
+    cast, other = set(), set()
+    for op in t.ops[:t.n_forward]:
+        for pos, v in enumerate(op.ins):
+            for u in v if isinstance(v, tuple) else (v,):
+                if u not in params:
+                    continue
+                conv = op.name == "convolution" and pos == 1
+                linear = op.name == "t" and pos == 0
+                kinds = FP8_CAST_TYPES["convolution" if conv else "addmm"]
+                ((cast if (conv or linear) and op.leaf_type in kinds else other).add(u))
+    return cast - other
 
 
 def _input_grads(op, rule: Rule, flags: tuple[bool, ...], g_out: int, rg: bytearray,

@@ -40,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 from .._checks import check_choice, lookup
 
 __all__ = ["PRECISIONS", "Precision", "precision_info", "fp8_cast", "fp8_autocast",
-           "FP8_DTYPES"]
+           "FP8_DTYPES", "is_fp8_cast"]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp8-e4m3", "fp8-e5m2", "int8")
 FP8_DTYPES = {"fp8-e4m3": torch.float8_e4m3fn, "fp8-e5m2": torch.float8_e5m2}
@@ -139,18 +139,36 @@ def _float8(dtype: torch.dtype | str) -> torch.dtype:
     return dtype
 
 
+_MARK = "_odtkit_fp8_cast"
+
+
+def is_fp8_cast(t: torch.Tensor) -> bool:
+    """True if ``t`` is a copy ``fp8_autocast`` made through ``fp8_cast``: a conv/linear
+    input or weight in forward, or the gradient arriving at one of those casts in backward
+    (what a device with float8 storage keeps in 1 byte per element). Views of it are not
+    marked; the memory model follows their storage."""
+    return bool(getattr(t, _MARK, False))
+
+
+def _marked(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if out is not x:  # an all-zero tensor comes back unchanged: not a copy
+        setattr(out, _MARK, True)
+    return out
+
+
 class _CastFp8(torch.autograd.Function):
     """Forward: ``fp8_cast``; backward: the incoming gradient through ``fp8_cast`` too
-    (straight through the rounding, the gradient stored in fp8)."""
+    (straight through the rounding, the gradient stored in fp8). Both copies are marked
+    (``is_fp8_cast``) for the memory measurement."""
 
     @staticmethod
     def forward(ctx: object, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         ctx.dtype = dtype  # type: ignore[attr-defined]
-        return fp8_cast(x, dtype)
+        return _marked(fp8_cast(x, dtype), x)
 
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return fp8_cast(grad, ctx.dtype), None  # type: ignore[attr-defined]
+        return _marked(fp8_cast(grad, ctx.dtype), grad), None  # type: ignore[attr-defined]
 
 
 _FP8_OPS = (F.conv1d, F.conv2d, F.conv3d, F.linear)
