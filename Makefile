@@ -38,6 +38,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/compress.py
+	$(BIN)/python benchmarks/quant.py
 
 data: setup
 	$(BIN)/python data/build_pretrained.py
