@@ -375,12 +375,7 @@ def compare(est: MemoryReport, meas: MemoryReport) -> dict[str, float]:
 
 
 def __getattr__(name: str):
-    if name == "check_conv_saved_bytes":  # lab 01's exercise check lives with the lab book
-        import warnings
-
-        from .. import lab
-
-        warnings.warn("odtkit.memory.check_conv_saved_bytes moved to "
-                      "odtkit.lab.check_conv_saved_bytes", DeprecationWarning, stacklevel=2)
-        return lab.check_conv_saved_bytes
+    if name == "check_conv_saved_bytes":  # the library never imports the lab book
+        raise AttributeError("odtkit.memory.check_conv_saved_bytes moved to the lab book: use "
+                             "odt.lab.check_conv_saved_bytes")
     raise AttributeError(f"module 'odtkit.memory' has no attribute {name!r}")
