@@ -120,7 +120,7 @@ def format_precision_table(rows: Sequence[PrecisionRow]) -> str:
     w_dev = {d: max(len(f"{d} step"), *(len(r.cells[d]) for r in rows)) for d in devices}
     lines = [f"{'variant':<{w_label}}  {'test acc':>8}  {'peak memory (how)':<{w_mem}}  "
              + "  ".join(f"{d + ' step':<{w_dev[d]}}" for d in devices)]
-    for r, mem in zip(rows, memory):
+    for r, mem in zip(rows, memory, strict=True):
         lines.append(f"{r.label:<{w_label}}  {r.accuracy:>8.1%}  {mem:<{w_mem}}  "
                      + "  ".join(f"{r.cells[d]:<{w_dev[d]}}" for d in devices))
     below = [f"— {r.label}: memory refused by {r.refusal}" for r in rows if r.memory_bytes is None]
