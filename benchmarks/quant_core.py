@@ -12,7 +12,8 @@ Each run is odtkit's training loop (``odt.training.Loop``); the int8 ones re-rou
 ``round_after_step_`` on the loop's optimizer. Prints JSON: per variant, the final target
 test accuracy over seeds (mean, std), the share of trained conv weights that differ from
 their start after training, and the per-layer gradient/weight norm ratios of one batch
-for fp32, int8 (integer units) and int8 + QAS.
+for fp32, int8 (integer units) and int8 + QAS. benchmarks/quant.py reuses this setting
+(``build``, ``ratios``) to compare every training precision through ``odt.train``.
 
     python benchmarks/quant_core.py            # 3 seeds, 10 epochs: ~3-4 min on 2 cores
     python benchmarks/quant_core.py --quick    # 1 seed, 2 epochs: a smoke test
