@@ -4,6 +4,8 @@ counts from parameter and activation sizes, the device profile's own numbers."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -233,3 +235,34 @@ def test_fp8_estimate_refuses_a_matmul_outside_linear():
     plan = odt.plan(model, "full", precision="fp8-e4m3")
     with pytest.raises(ValueError, match=r"aten\.mm in .*Net \(module .*fp8.*odt\.measure"):
         odt.estimate(model, x, plan)
+
+
+def test_fp16_measure_counts_the_state_of_a_step_that_really_updates():
+    """At GradScaler's default scale (65536) this step's fp16 gradients overflow, so a plain
+    first step is skipped and keeps no momentum; measure finds a scale that steps, so the
+    optimizer state is the momentum of every trained value (4 bytes each) plus the scaler's
+    scale and growth tracker (4 + 4 bytes)."""
+    from odtkit.quant import fold_bn_
+
+    model = fold_bn_(odt.models.create("mcunet-tiny", pretrained=True).eval())
+    names = [n for n, _ in model.named_parameters() if n.startswith(("blocks.7.", "classifier."))]
+    x = odt.models.example_input(model, batch_size=1)
+    # the premise, by hand: PyTorch's GradScaler at its default scale skips this step
+    probe = copy.deepcopy(model)
+    for n, p in probe.named_parameters():
+        p.requires_grad_(n in names)
+    opt = torch.optim.SGD([p for p in probe.parameters() if p.requires_grad], lr=0.01,
+                          momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=torch.float16):
+        logits = probe(x)
+        loss = torch.nn.functional.cross_entropy(logits, torch.arange(1) % logits.shape[1])
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() < 65536.0 and not opt.state  # skipped: no momentum
+    report = odt.measure(model, x, odt.plan(model, names, precision="fp16"), optimizer="sgd-m",
+                         rss=False)
+    trained = sum(p.numel() for n, p in model.named_parameters() if n in names)
+    assert report.by_category["optimizer"] == 4 * trained + 8
+    assert report.by_category["gradients"] == 4 * trained

@@ -27,14 +27,10 @@ from torch.utils._pytree import tree_leaves
 
 from ..models.summary import backward_macs, is_layer, layer_calls
 from ..training.optim import make_optimizer
+from ._setup import StepSetup, labels_for, loss_scale_that_steps, storage_key
 from ._trace import LayerCall, check_logits, first_tensor, layer_row
 
 _PHASE = "odtkit::"  # prefix of the profiler ranges that mark the phases of the step
-
-
-def storage_key(t: torch.Tensor) -> int:
-    """Identity of the memory a tensor lives in (unique while that memory is alive)."""
-    return t.untyped_storage()._cdata
 
 
 def unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
@@ -235,41 +231,9 @@ class _Layers:
         self.hooks.close()
 
 
-@dataclass(frozen=True)
-class StepSetup:
-    """How the step runs and counts, per precision.
-
-    ``autocast``: the dtype of ``torch.autocast("cpu", ...)`` around forward and loss;
-    ``fp8``: the float8 dtype of ``fp8_autocast`` around forward (the tensors saved from its
-    casts count as kind "fp8", the gradients of parameters that arrive only through its
-    casts as kind "fp8-grad");
-    ``grad_scaler``: a ``torch.amp.GradScaler("cpu")`` scales the loss and steps (its scale
-    and growth tracker count as optimizer state); ``after_step``: called with the model
-    after the optimizer step (the int8 graph re-rounds); ``element_bytes(kind, tensor)``:
-    bytes per element that a device keeps for a tensor of ``kind`` ("param", "buffer",
-    "grad", "fp8-grad", "state", "saved", "weight-copy", "fp8"), or None for the tensor's own element size.
-    """
-
-    autocast: torch.dtype | None = None
-    fp8: torch.dtype | None = None
-    grad_scaler: bool = False
-    after_step: Callable[[torch.nn.Module], None] | None = None
-    element_bytes: Callable[[str, torch.Tensor], int | None] | None = None
-
-    def nbytes(self, kind: str, t: torch.Tensor) -> int:
-        """Bytes of the storage behind ``t`` as a tensor of ``kind`` is kept."""
-        real = t.untyped_storage().nbytes()
-        per = None if self.element_bytes is None else self.element_bytes(kind, t)
-        return real if per is None else real // t.element_size() * per
-
-    def total(self, kind: str, tensors: Iterable[torch.Tensor]) -> int:
-        """``nbytes`` of the distinct storages behind ``tensors`` (views counted once)."""
-        seen = {storage_key(t): t for t in tensors}
-        return sum(self.nbytes(kind, t) for t in seen.values())
-
-
 def _train(model: torch.nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer | None,
-           setup: StepSetup, watch: _OpWatch, layers: _Layers, pack: Callable) -> object:
+           setup: StepSetup, watch: _OpWatch, layers: _Layers, pack: Callable,
+           init_scale: float = 65536.0) -> object:
     """Forward (and loss) under the setup's autocast, backward, step; returns the scaler."""
     if setup.autocast is not None:
         cast = torch.autocast("cpu", dtype=setup.autocast)
@@ -279,7 +243,8 @@ def _train(model: torch.nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer |
         cast = fp8_autocast(setup.fp8)
     else:
         cast = contextlib.nullcontext()
-    scaler = torch.amp.GradScaler("cpu") if setup.grad_scaler and opt is not None else None
+    scaler = (torch.amp.GradScaler("cpu", init_scale=init_scale)
+              if setup.grad_scaler and opt is not None else None)
     with cast:
         with record_function(_PHASE + "forward"), watch:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -287,8 +252,7 @@ def _train(model: torch.nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer |
         layers.forward = False
         check_logits(logits, x.shape, "measure")
         with record_function(_PHASE + "loss"):
-            labels = torch.arange(logits.shape[0]) % logits.shape[1]
-            loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, labels_for(logits))
             del logits
     if opt is not None:
         with record_function(_PHASE + "backward"):
@@ -354,6 +318,9 @@ def run_step(
             saved_by_row[row] = saved_by_row.get(row, 0) + setup.nbytes(kind, t)
         return t
 
+    init_scale = 65536.0
+    if setup.grad_scaler and opt is not None:  # before profiling: the probe runs on a copy
+        init_scale = loss_scale_that_steps(model, x, setup.autocast or torch.float16)
     start_bytes = unique_bytes([*params, *buffers, x])
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     # no garbage collection inside the step: freeing an earlier step's cyclic garbage
@@ -363,7 +330,7 @@ def run_step(
     try:
         with _quiet_stderr():
             prof.__enter__()
-        scaler = _train(model, x, opt, setup, watch, layers, pack)
+        scaler = _train(model, x, opt, setup, watch, layers, pack, init_scale)
     finally:
         layers.remove()
         for h in grad_hooks:
