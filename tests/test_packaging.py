@@ -88,6 +88,7 @@ def test_readme_library_example_runs():
     exec(compile(block.group(1).replace("epochs=3", "epochs=1"), "README.md", "exec"), namespace)
     assert namespace["est"].by_category == namespace["meas"].by_category
     assert namespace["hist"].epochs == 1
+    assert namespace["hist8"].precision == "int8" and namespace["hist8"].qas is True
 
 
 # ---------------------------------------------------------------- the wheel
