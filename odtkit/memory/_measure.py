@@ -252,7 +252,8 @@ def _train(model: torch.nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer |
         layers.forward = False
         check_logits(logits, x.shape, "measure")
         with record_function(_PHASE + "loss"):
-            loss = F.cross_entropy(logits, labels_for(logits))
+            labels = labels_for(logits)  # alive to the end of the step, as the estimate has it
+            loss = F.cross_entropy(logits, labels)
             del logits
     if opt is not None:
         with record_function(_PHASE + "backward"):
