@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import statistics
 import sys
 import time
@@ -39,7 +38,17 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quant_core import BATCH, CALIBRATION, LR, MODEL, TASK, TRAIN, build, ratios  # noqa: E402
+from quant_core import (  # noqa: E402
+    BATCH,
+    CALIBRATION,
+    LR,
+    MODEL,
+    TASK,
+    TRAIN,
+    build,
+    ratios,
+    run_parallel,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quant.json"
 EPOCHS = 10  # measured: the full run (3 seeds x 7 variants) then takes ~5-7 min on 2 cores
@@ -184,12 +193,7 @@ def main() -> None:
               for graph in ("fp32", "int8")}
     # seed-major, variants interleaved: whatever slows the machine slows every variant
     jobs = [(label, seed, epochs) for seed in range(seeds) for label in VARIANTS]
-    pool = multiprocessing.get_context("spawn").Pool(args.jobs)
-    try:
-        runs = pool.map(run_one, jobs, chunksize=1)
-    finally:
-        pool.close()
-        pool.join()
+    runs = run_parallel(run_one, jobs, args.jobs)
     variants = summarize(runs)
     per_layer = ratios(task)
     gap = variants[REFERENCE]["mean"] - variants["int8 sgd-m + qas"]["mean"]

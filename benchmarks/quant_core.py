@@ -103,6 +103,16 @@ def ratios(task: Any) -> dict[str, Any]:
             for path in fp32}
 
 
+def run_parallel(fn: Any, jobs: list[Any], processes: int) -> list[Any]:
+    """``fn`` over ``jobs`` in ``processes`` spawned workers, results in job order."""
+    pool = multiprocessing.get_context("spawn").Pool(processes)
+    try:
+        return pool.map(fn, jobs, chunksize=1)
+    finally:
+        pool.close()
+        pool.join()
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out = {}
     for label in VARIANTS:
@@ -132,12 +142,7 @@ def main() -> None:
     before = {graph: odt.training.evaluate(build(graph, task), task.x_test, task.y_test)
               for graph in ("fp32", "int8")}
     jobs = [(label, seed, epochs) for label in VARIANTS for seed in range(seeds)]
-    pool = multiprocessing.get_context("spawn").Pool(args.jobs)
-    try:
-        runs = pool.map(run_one, jobs, chunksize=1)
-    finally:
-        pool.close()
-        pool.join()
+    runs = run_parallel(run_one, jobs, args.jobs)
     result = {"model": MODEL, "task": TASK, "trained": list(TRAIN), "head": "float",
               "lr": LR, "batch": BATCH, "epochs": epochs, "seeds": seeds,
               "calibration_samples": CALIBRATION, "test_acc_before": before,
