@@ -15,21 +15,29 @@ Schemes, by parameter name (names as ``model.named_parameters()`` gives them):
   the BN is the later layer: "last:1" of a model ending in ``Linear`` is that Linear.
 A plan records every parameter name and shape of the model it was made for, so applying
 it to another model fails with the names that differ.
+
+Channel-sparse plans (Lin et al. 2022, sparse update at a channel ratio) train only some
+slices of a parameter: ``plan.with_channels({"features.3.weight": (1, [0, 2, 5])})``
+trains input channels 0, 2 and 5 of that conv weight and keeps its other entries frozen
+(``TrainPlan.channels``; ``plan.masks()`` gives the bool masks).
 """
 
 from __future__ import annotations
 
-import html
+import dataclasses
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import _plan_text
 from ._checks import choice_error, closest, lookup
+from ._plan_blocks import find_blocks, resolve_recompute
+from ._plan_channels import check_channels, entries_of, mask, merge, selected_numel
 from .quant.precision import PRECISIONS
 
 __all__ = ["TrainPlan", "plan", "as_plan", "from_names", "layers", "find_blocks", "SCHEMES", "PRECISIONS"]
@@ -50,6 +58,10 @@ class TrainPlan:
 
     ``names``/``shapes`` list every parameter of the model the plan was made for;
     ``recompute`` names the modules the lean engine checkpoints (recomputes in backward).
+    ``channels``: (parameter name, dim, sorted unique indices) entries; such a parameter
+    trains only those slices along ``dim`` (entries on several dims intersect), the rest
+    of it stays frozen. Conv weight (out, in/groups, *kernel) and Linear weight (out, in):
+    dim 1 selects input channels, dim 0 output channels (a depthwise conv's channels).
     """
 
     scheme: str
@@ -58,6 +70,7 @@ class TrainPlan:
     trainable: frozenset[str]
     precision: str = "fp32"
     recompute: tuple[str, ...] = ()
+    channels: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.scheme, str) or not self.scheme:
@@ -77,6 +90,8 @@ class TrainPlan:
         if not isinstance(self.recompute, tuple) or not all(
                 isinstance(r, str) and r for r in self.recompute):
             raise ValueError(f"recompute must be a tuple of module names, got {self.recompute!r}")
+        object.__setattr__(self, "channels", check_channels(
+            self.channels, self.names, self.shapes, self.trainable))
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -86,8 +101,9 @@ class TrainPlan:
 
     @property
     def trainable_numel(self) -> int:
-        """Number of parameter elements that train."""
-        return sum(math.prod(s) for n, s in zip(self.names, self.shapes, strict=True) if n in self.trainable)
+        """Number of parameter elements that train (of a channel-sparse one, the selected)."""
+        return sum(selected_numel(s, entries_of(self.channels, n))
+                   for n, s in zip(self.names, self.shapes, strict=True) if n in self.trainable)
 
     @property
     def trainable_share(self) -> float:
@@ -99,6 +115,23 @@ class TrainPlan:
     def frozen(self) -> frozenset[str]:
         """Names of the parameters that do not train."""
         return frozenset(self.names) - self.trainable
+
+    # ------------------------------------------------------------------ channels
+    def with_channels(self, selections: Mapping[str, object]) -> TrainPlan:
+        """A copy of this plan whose named parameters train only the selected slices.
+
+        ``selections``: {parameter name: (dim, indices)} (or a list of such pairs per name
+        for several dims), e.g. {"fc.weight": (1, range(0, 64, 2))} trains every other input
+        channel of ``fc``. An entry for a name and dim the plan already selects replaces it.
+        """
+        return dataclasses.replace(self, channels=tuple(merge(self.channels, selections)))
+
+    def masks(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """{name: bool tensor of the parameter's shape, True where it trains} for every
+        channel-sparse parameter (a parameter missing here trains wholly or not at all)."""
+        shape_of = dict(zip(self.names, self.shapes, strict=True))
+        sparse = dict.fromkeys(n for n, _, _ in self.channels)
+        return {n: mask(shape_of[n], entries_of(self.channels, n), device) for n in sparse}
 
     # ------------------------------------------------------------------ use
     def check_model(self, model: nn.Module) -> None:
@@ -144,50 +177,16 @@ class TrainPlan:
         return model
 
     # ------------------------------------------------------------------ display
-    def _rows(self) -> list[tuple[str, str, int, bool]]:
-        return [(n, "(" + ", ".join(map(str, s)) + ")", math.prod(s), n in self.trainable)
-                for n, s in zip(self.names, self.shapes, strict=True)]
-
-    def _header(self) -> str:
-        rec = ", ".join(self.recompute) if self.recompute else "none"
-        return (f"TrainPlan {self.scheme!r}: precision {self.precision}, "
-                f"recompute {rec}")
-
-    def _footer(self) -> str:
-        return (f"trainable {self.trainable_numel:,} of {self.total_numel:,} parameters "
-                f"({100 * self.trainable_share:.1f}%) in {len(self.trainable)} of "
-                f"{len(self.names)} tensors")
-
     def describe(self) -> str:
-        """A table: parameter, shape, numel, trains?, with totals and the trainable share."""
-        rows = self._rows()
-        head = ("parameter", "shape", "numel", "trains")
-        w0 = max([len(head[0])] + [len(r[0]) for r in rows])
-        w1 = max([len(head[1])] + [len(r[1]) for r in rows])
-        w2 = max([len(head[2])] + [len(f"{r[2]:,}") for r in rows])
-        lines = [self._header(),
-                 f"{head[0]:<{w0}}  {head[1]:<{w1}}  {head[2]:>{w2}}  {head[3]}"]
-        lines.append("-" * len(lines[-1]))
-        for name, shape, numel, trains in rows:
-            lines.append(f"{name:<{w0}}  {shape:<{w1}}  {numel:>{w2},}  "
-                         f"{'yes' if trains else 'no'}")
-        lines.append(self._footer())
-        return "\n".join(lines)
+        """A table: parameter, shape, numel, trains? (and the selected channels of a
+        channel-sparse plan), with totals and the trainable share."""
+        return _plan_text.describe(self)
 
     def _repr_html_(self) -> str:
-        esc = html.escape
-        body = "".join(
-            f"<tr><td>{esc(n)}</td><td>{esc(s)}</td><td style='text-align:right'>{k:,}</td>"
-            f"<td>{'yes' if t else 'no'}</td></tr>" for n, s, k, t in self._rows())
-        return (f"<p>{esc(self._header())}</p><table><thead><tr><th>parameter</th>"
-                f"<th>shape</th><th>numel</th><th>trains</th></tr></thead><tbody>{body}"
-                f"</tbody></table><p>{esc(self._footer())}</p>")
+        return _plan_text.to_html(self)
 
     def __repr__(self) -> str:
-        return (f"TrainPlan(scheme={self.scheme!r}, trainable={len(self.trainable)}/"
-                f"{len(self.names)} tensors, {self.trainable_numel:,}/{self.total_numel:,} "
-                f"parameters ({100 * self.trainable_share:.1f}%), precision={self.precision!r}, "
-                f"recompute={self.recompute!r})")
+        return _plan_text.to_repr(self)
 
 
 def _short(items: list[str], n: int = 8) -> str:
@@ -217,66 +216,6 @@ def layers(model: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
         if own:
             out.append((mod_name, tuple(own)))
     return out
-
-
-def _is_block(module: nn.Module) -> bool:
-    compute = sum(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in module.modules())
-    return not type(module).__module__.startswith("torch.") and compute >= 2
-
-
-def find_blocks(model: nn.Module) -> tuple[str, ...]:
-    """Names of the model's blocks, what ``recompute="blocks"`` checkpoints.
-
-    A block is a submodule (not the model itself) of a class defined outside torch that
-    holds at least two Conv/Linear layers, and the outermost such one on its path. A
-    residual or inverted-residual block needs its own class (its ``forward`` adds the
-    shortcut), while torch containers such as ``nn.Sequential`` are searched through.
-    """
-    found: list[str] = []
-
-    def visit(prefix: str, module: nn.Module) -> None:
-        for name, child in module.named_children():
-            full = f"{prefix}.{name}" if prefix else name
-            if _is_block(child):
-                found.append(full)
-            else:
-                visit(full, child)
-
-    visit("", model)
-    return tuple(found)
-
-
-def _resolve_recompute(model: nn.Module, recompute: str | Iterable[str] | None
-                       ) -> tuple[str, ...]:
-    if recompute is None:
-        return ()
-    if isinstance(recompute, str) and recompute == "blocks":
-        blocks = find_blocks(model)
-        if not blocks:
-            raise ValueError(
-                f"recompute='blocks' found no blocks in {type(model).__name__} (a block is a "
-                "submodule of a non-torch class with at least two Conv/Linear layers); "
-                "name the modules to recompute, e.g. recompute=('features.1', 'features.2')")
-        return blocks
-    names = (recompute,) if isinstance(recompute, str) else tuple(recompute)
-    modules = dict(model.named_modules())
-    del modules[""]
-    for name in names:
-        if not isinstance(name, str):
-            raise TypeError(f"recompute names must be strings, got {name!r}")
-        if name == "":
-            raise ValueError("cannot recompute the whole model; name its blocks instead")
-        if name not in modules:
-            raise choice_error("module to recompute", name, modules)
-    if len(set(names)) != len(names):
-        raise ValueError(f"recompute names a module twice: {names!r}")
-    for a in names:
-        for b in names:
-            if b.startswith(a + "."):
-                raise ValueError(f"recompute names {a!r} and its submodule {b!r}; "
-                                 "name only one of them")
-    order = {n: i for i, n in enumerate(modules)}
-    return tuple(sorted(names, key=order.__getitem__))
 
 
 def _scheme_trainable(model: nn.Module, scheme: str) -> tuple[str, set[str]]:
@@ -335,11 +274,14 @@ SCHEMES = tuple(_SCHEME_RULES)
 
 
 def plan(model: nn.Module, scheme: str | Iterable[str] | Predicate, precision: str = "fp32",
-         recompute: str | Iterable[str] | None = None) -> TrainPlan:
+         recompute: str | Iterable[str] | None = None,
+         channels: Mapping[str, object] | None = None) -> TrainPlan:
     """Plan which parameters of ``model`` train: a scheme name, a list of names or a predicate.
 
     ``recompute``: module names whose activations the lean engine recomputes in backward,
-    or "blocks" for every block ``find_blocks(model)`` finds.
+    or "blocks" for every block ``find_blocks(model)`` finds. ``channels``: {parameter
+    name: (dim, indices)}, trainable parameters that train only those slices
+    (``TrainPlan.with_channels``).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -367,10 +309,11 @@ def plan(model: nn.Module, scheme: str | Iterable[str] | Predicate, precision: s
     else:
         raise TypeError(f"scheme must be one of {SCHEMES}, a list of parameter names or a "
                         f"predicate(name, param) -> bool, got {type(scheme).__name__}")
-    return TrainPlan(
+    out = TrainPlan(
         scheme=label, names=tuple(named), shapes=tuple(tuple(p.shape) for p in named.values()),
         trainable=frozenset(trainable), precision=precision,
-        recompute=_resolve_recompute(model, recompute))
+        recompute=resolve_recompute(model, recompute))
+    return out if channels is None else out.with_channels(channels)
 
 
 def as_plan(model: nn.Module, scheme_or_plan: TrainPlan | str) -> TrainPlan:
