@@ -61,6 +61,7 @@ _SUBPACKAGES = (
     "training",
     "compress",
     "quant",
+    "sparse",
     "distributed",
     "lab",
     "viz",

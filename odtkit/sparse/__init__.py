@@ -1,0 +1,34 @@
+"""Sparse updates: which channels and neurons train under a memory budget.
+
+    idx = odt.sparse.select_channels(model, "features.3", 0.25, "magnitude-largest")
+    sel = odt.sparse.select(model, {"features.3": 0.25, "fc": 0.5}, "random", seed=0)
+    vel = odt.sparse.Velocity(model, x_val)   # NEq: vel.update() after each epoch
+    sel = vel.select(0.151)                   # neurons within 15.1% of the parameters
+    n = odt.sparse.budget_params(model, 0.151)
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+# public name -> module of this package that defines it (loaded on first use)
+_EXPORTS = {
+    "CRITERIA": "criteria", "select_channels": "criteria", "select": "criteria",
+    "channel_count": "criteria",
+    "Velocity": "velocity", "neuron_delta": "velocity",
+    "BUDGET_SHARES": "budget", "budget_params": "budget", "check_share": "budget",
+    "selected_params": "budget", "total_params": "budget",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'odtkit.sparse' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
