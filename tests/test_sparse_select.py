@@ -245,6 +245,42 @@ def test_velocity_budget_selection_counts_parameters_by_hand():
         "a.weight": (0, (0,)), "b.weight": (0, (0,))}
 
 
+# ------------------------------------------------------------------ plans
+def test_plan_trains_the_named_biases_and_the_selected_weight_channels():
+    model = _convnet()
+    p = sparse.plan(model, biases=["0", "6"], weights={"0": 0.34, "6": 0.5, "3": 1.0})
+    sel = sparse.select(model, {"0": 0.34, "6": 0.5})
+    assert p.trainable == {"0.bias", "6.bias", "0.weight", "6.weight", "3.weight"}
+    assert p.channels == tuple((n, d, idx) for n, (d, idx) in sel.items())  # 3: whole weight
+    # conv 0: 1 of 3 input channels of (8, 3, 3, 3) = 72; fc: 4 of 8 inputs of (5, 8) = 20;
+    # depthwise weight (8, 1, 3, 3) whole = 72; biases 8 + 5
+    assert p.trainable_numel == 72 + 20 + 72 + 8 + 5
+    last = sparse.plan(model, biases=2)          # layers with a bias: 0, 1 (BN), 3, 6
+    assert last.trainable == {"3.bias", "6.bias"} and last.channels == ()
+
+
+def test_a_velocity_selection_is_a_plan_with_the_same_parameter_count():
+    model = TwoHeads()
+    vel = sparse.Velocity(model, torch.eye(2))
+    with torch.no_grad():
+        model.a.weight.copy_(_rows([90, 60, 0]))
+        model.b.weight.copy_(_rows([180, 120]))
+    vel.update()
+    sel = vel.select(0.8)
+    p = odt.plan(model, list(sel), channels=sel)
+    assert p.trainable_numel == sparse.selected_params(model, sel) == 10
+
+
+def test_plan_refuses_biases_that_do_not_exist():
+    model = _convnet()
+    with pytest.raises(ValueError, match=r"'2' has no bias.*'0'"):
+        sparse.plan(model, biases=["2"])
+    with pytest.raises(ValueError, match=r"unknown layer \(for biases\) 'fc'"):
+        sparse.plan(model, biases=["fc"])
+    with pytest.raises(ValueError, match=r"biases=5.*has 4 layers with a bias.*\[0, 4\]"):
+        sparse.plan(model, biases=5)
+
+
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(("call", "error", "match"), [
     (lambda m: sparse.select_channels(m, "0", 0.0), ValueError, r"ratio for layer '0'.*0\.0"),
@@ -298,6 +334,7 @@ def test_a_mistyped_layer_name_gets_the_closest_names():
 def test_the_subpackage_is_public():
     assert "sparse" in odt.__all__
     assert set(sparse.__all__) >= {"CRITERIA", "select_channels", "select", "Velocity",
-                                   "budget_params"}
+                                   "budget_params", "plan"}
+    assert callable(sparse.plan) and callable(odt.plan)
     assert sparse.CRITERIA == ("magnitude-largest", "magnitude-smallest", "random",
                                "gradient", "velocity")

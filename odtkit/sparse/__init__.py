@@ -5,6 +5,8 @@
     vel = odt.sparse.Velocity(model, x_val)   # NEq: vel.update() after each epoch
     sel = vel.select(0.151)                   # neurons within 15.1% of the parameters
     n = odt.sparse.budget_params(model, 0.151)
+    plan = odt.sparse.plan(model, biases=2, weights={"features.3": 0.25})   # a TrainPlan
+    plan = odt.plan(model, list(sel), channels=sel)   # a neuron selection as a TrainPlan
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ _EXPORTS = {
     "Velocity": "velocity", "neuron_delta": "velocity",
     "BUDGET_SHARES": "budget", "budget_params": "budget", "check_share": "budget",
     "selected_params": "budget", "total_params": "budget",
+    "plan": "scheme",
 }
 
 __all__ = sorted(_EXPORTS)
