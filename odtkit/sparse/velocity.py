@@ -190,7 +190,9 @@ class Velocity:
         """Neurons with the largest |velocity|, in that order, while the parameters they carry
         stay within ``budget_share`` of the model's parameters: ``{weight or bias name:
         (0, sorted output-channel indices)}``. Ties go to the earlier layer, then the lower
-        index."""
+        index. The selection is the longest such prefix that fits (no smaller neuron further
+        down fills the rest); frozen neurons (|v| < eps) are taken only if the budget reaches
+        them. ``odt.plan(model, list(sel), channels=sel)`` makes it a TrainPlan."""
         budget = budget_params(self._model, budget_share)
         speed = self.velocity
         per = self.neuron_params()
