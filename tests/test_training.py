@@ -403,6 +403,31 @@ def test_mismatched_config_names_the_field(tmp_path):
         train(frozen, task, epochs=1, checkpoint=path, progress=False)
 
 
+def test_channel_sparse_run_resumes_exactly_and_its_channels_are_fingerprinted(tmp_path):
+    """Adam + weight decay over a channel-sparse plan: killed mid-epoch and resumed, it ends
+    bit-identical to an uninterrupted run, frozen entries untouched; other channels are
+    refused at resume."""
+    task, path = make_task(), tmp_path / "run.pt"
+    plan = odtkit.plan(make_model(), "full", channels={"2.weight": (1, [0, 5, 6, 11]),
+                                                      "6.weight": (0, [2])})
+    cfg = dict(epochs=2, batch_size=8, lr=0.01, optimizer="adam", weight_decay=0.1, seed=3,
+               checkpoint_every=5, progress=False)
+    start, ref = make_model().state_dict(), make_model()
+    train(ref, task, plan, loss_fn=CrossEntropyOrCrash(), **dict(cfg, checkpoint_every=None))
+    with pytest.raises(Crash):
+        train(make_model(), task, plan, loss_fn=CrossEntropyOrCrash(crash_at=17),
+              checkpoint=path, **cfg)  # fmt: skip
+    model = make_model()
+    train(model, task, plan, loss_fn=CrossEntropyOrCrash(), checkpoint=path, **cfg)
+    assert_same_weights(model, ref)
+    for name, keep in plan.masks().items():
+        after = model.state_dict()[name]
+        assert torch.equal(after[~keep], start[name][~keep]) and not torch.equal(after, start[name])
+    other = plan.with_channels({"2.weight": (1, [0, 5, 6])})
+    with pytest.raises(ValueError, match="written with plan=.*channels"):
+        train(make_model(), task, other, loss_fn=CrossEntropyOrCrash(), checkpoint=path, **cfg)
+
+
 def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
     task, path = make_task(), tmp_path / "run.pt"
     real_save = torch.save

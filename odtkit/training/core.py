@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from ..plans import TrainPlan
 from .config import TrainConfig
 from .history import History, evaluate, model_device
 from .mixed import PrecisionRun
@@ -110,7 +111,9 @@ class Loop:
     the shards listed in ``shards`` (all by default) through ``forward`` (the model by
     default; DDP passes its wrapper). ``indices`` restricts training to those samples of
     ``task.x_train`` (a federated client's shard). ``evaluate=False`` skips the test
-    evaluation (test_acc is then NaN). ``label`` names the run in messages.
+    evaluation (test_acc is then NaN). ``label`` names the run in messages. ``plan``: a
+    channel-sparse TrainPlan's frozen entries stay bit-identical (``make_optimizer``'s
+    masks); the Loop does not apply the plan's ``requires_grad``, its caller does.
     """
 
     def __init__(self, model: nn.Module, task: Any, config: TrainConfig, *,
@@ -118,7 +121,8 @@ class Loop:
                  forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  indices: torch.Tensor | None = None, workers: int = 1,
                  shards: Iterable[int] | None = None, evaluate: bool = True,
-                 progress: bool = False, label: str = "training") -> None:
+                 progress: bool = False, label: str = "training",
+                 plan: TrainPlan | None = None) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be an odt.TrainConfig, got {type(config).__name__}")
         if workers > 1 and not config.drop_last:
@@ -133,7 +137,8 @@ class Loop:
         self.evaluate, self.progress = evaluate, progress
         self.device = model_device(model)
         self.opt = make_optimizer(config.optimizer, model.parameters(), config.lr,
-                                  config.momentum, config.weight_decay)
+                                  config.momentum, config.weight_decay,
+                                  masks=_masks(model, plan))
         self.precision = PrecisionRun(config.precision or "fp32", model, self.opt,
                                       qas=config.qas, rounding=config.rounding,
                                       seed=config.seed)
@@ -266,6 +271,15 @@ class Loop:
                 f"{batch.steps_per_epoch}){where}. Likely cause: {cause}. Training stopped "
                 f"before this step's update, so the weights are those of step "
                 f"{batch.global_step}.{self.note}")
+
+
+def _masks(model: nn.Module, plan: TrainPlan | None) -> dict[nn.Parameter, torch.Tensor]:
+    """{parameter of ``model``: where it trains} for the plan's channel-sparse parameters."""
+    if plan is None or not plan.channels:
+        return {}
+    plan.check_model(model)
+    named = dict(model.named_parameters())
+    return {named[n]: m for n, m in plan.masks(model_device(model)).items()}
 
 
 def _check_scalar(loss: object) -> None:

@@ -111,6 +111,10 @@ def train(
     an Int8Model (``odt.quant.to_int8``; a float model is refused, not converted), whose
     integers are re-rounded after each step (``rounding``: "nearest" or "stochastic");
     ``qas=True`` applies ``odt.quant.qas_`` before training (int8 only).
+
+    A channel-sparse plan (``TrainPlan.channels``) updates only the selected entries of
+    its parameters, with exactly the gradient, momentum, moments and weight decay torch
+    computes for them; the other entries stay bit-identical (``make_optimizer``'s masks).
     """
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                       momentum=momentum, weight_decay=weight_decay, seed=seed,
@@ -126,7 +130,8 @@ def train(
     check_model(model, task)
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     loop = _Checkpointed(model, task, cfg, loss_fn=loss_fn, progress=progress,
-                         forward=_recomputing(model, plan), label=f"train {task.name}")
+                         forward=_recomputing(model, plan), label=f"train {task.name}",
+                         plan=plan)
     loop.path, loop.callbacks = path, tuple(callbacks)
     loop.fingerprint = _fingerprint(cfg, model, task, plan, loss_fn)
     torch.manual_seed(cfg.seed)
@@ -254,6 +259,8 @@ def _fingerprint(cfg: TrainConfig, model: nn.Module, task: Any, plan: TrainPlan 
     """What a resume must match: the config plus task, model, plan and loss."""
     recipe = None if plan is None else (f"{plan.scheme}, precision {plan.precision}, "
                                         f"recompute {list(plan.recompute)}")
+    if plan is not None and plan.channels:
+        recipe += f", channels {[list(e) for e in plan.channels]}"
     return {
         **cfg.fingerprint(), "task": str(task.name), "train_samples": len(task.x_train),
         "model": _model_layout(model),

@@ -2,11 +2,22 @@
 
 ``"sgd"`` keeps no state, ``"sgd-m"`` one momentum buffer per trainable tensor,
 ``"adam"`` two moment buffers plus a scalar step count per trainable tensor.
+
+Channel-sparse parameters (``TrainPlan.channels``, passed as ``masks``) keep their frozen
+entries bit-identical: a step pre-hook zeroes their gradient outside the mask and adds
+the weight decay there by hand, ``weight_decay * param`` on the trained entries only, in
+a parameter group of their own whose ``weight_decay`` is 0. The decay thus enters the
+gradient exactly where, and in the same arithmetic (``grad + wd * param``) as, torch's
+own SGD and Adam add it. A frozen entry then sees a zero gradient at every step, so its
+momentum buffer and Adam moments stay 0 and its update is exactly zero (Adam: 0 / (0 +
+eps)). The optimizer state stays full size (zeros at frozen entries); after a step the
+``.grad`` of such a parameter holds the masked gradient plus the decay term.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -36,8 +47,13 @@ def make_optimizer(
     lr: float,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
+    masks: Mapping[torch.nn.Parameter, torch.Tensor] | None = None,
 ) -> torch.optim.Optimizer:
-    """Build the optimizer called ``name`` over ``params`` (only those that train)."""
+    """Build the optimizer called ``name`` over ``params`` (only those that train).
+
+    ``masks``: {parameter: bool tensor of its shape, True where it trains} for the
+    channel-sparse parameters; their frozen entries never change (see the module notes).
+    """
     check_optimizer(name)
     params = [p for p in params if p.requires_grad]
     if not params:
@@ -47,8 +63,39 @@ def make_optimizer(
         )
     if lr <= 0:
         raise ValueError(f"learning rate must be positive, got lr={lr}")
+    keep = {id(p): m for p, m in (masks or {}).items()}
+    sparse = [p for p in params if id(p) in keep]
+    groups: list[Any] = params
+    if sparse:
+        plain = [p for p in params if id(p) not in keep]
+        groups = ([{"params": plain}] if plain else []) + [
+            {"params": sparse, "weight_decay": 0.0}]
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd-m":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, weight_decay=weight_decay)
+    elif name == "sgd-m":
+        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    if sparse:
+        frozen = [(p, ~keep[id(p)].to(device=p.device, dtype=torch.bool)) for p in sparse]
+        opt.register_step_pre_hook(_masked_step(frozen, weight_decay))
+    return opt
+
+
+def _masked_step(frozen: list[tuple[torch.Tensor, torch.Tensor]], weight_decay: float
+                 ) -> Callable[..., None]:
+    """Step pre-hook: zero the gradients at frozen entries; decay the trained ones."""
+
+    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        with torch.no_grad():
+            for param, off in frozen:
+                if param.grad is None:
+                    continue
+                if off.shape != param.grad.shape:
+                    raise ValueError(f"a gradient mask of shape {tuple(off.shape)} does not "
+                                     f"fit a parameter of shape {tuple(param.shape)}")
+                param.grad.masked_fill_(off, 0)
+                if weight_decay:
+                    param.grad.add_(param.masked_fill(off, 0), alpha=weight_decay)
+
+    return hook
