@@ -1,16 +1,19 @@
 """The int8 graph against independent references: TFLite's fixed-point C code written out
-on Python integers, torch's own int64 convolution, and the BN-folded float model run with
-PyTorch's fake-quantize ops (``Reference``, also used by test_quant_qas.py)."""
+on Python integers, torch's own int64 convolution, and the BN-folded float model run in
+float64 with fake quantization at PyTorch's observed qparams (``Reference``, also used by
+test_quant_qas.py)."""
 
 from __future__ import annotations
 
 import copy
+import math
 import operator
 import random
 
 import pytest
 import torch
 from torch import fx, nn
+from torch.ao.quantization.observer import MinMaxObserver
 from torch.nn import functional as F
 
 import odtkit as odt
@@ -103,21 +106,53 @@ def test_rounding_divide_is_tflites_pool_rounding():
 # ----------------------------------------------------------- the float reference
 
 def act_qparams(lo: float, hi: float) -> tuple[float, int]:
-    """Asymmetric int8 from an observed range widened to include 0 (MinMaxObserver's)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = float(torch.tensor(max((hi - lo) / 255.0, EPS), dtype=torch.float32))
-    return scale, int(max(-128, min(127, -128 - round(lo / scale))))
+    """Asymmetric int8 from an observed range, by PyTorch's ``MinMaxObserver`` (the range
+    widened to include 0, scale (max - min) / 255 in float32 arithmetic)."""
+    observer = MinMaxObserver(dtype=torch.qint8, quant_min=-128, quant_max=127)
+    observer(torch.tensor([lo, hi], dtype=torch.float32))
+    scale, zero_point = observer.calculate_qparams()
+    return float(scale), int(zero_point)
 
 
 def weight_scales(w: torch.Tensor) -> torch.Tensor:
     return torch.clamp(w.detach().abs().flatten(1).amax(1).float() / 127, min=EPS)
 
 
+def fake_quantize64(v: torch.Tensor, scale: float, zero_point: int,
+                    pool_count: int | None = None) -> torch.Tensor:
+    """``torch.fake_quantize_per_tensor_affine(v, scale, zero_point, -128, 127)`` (round half
+    to even, clamp, straight-through gradient where the integer is in range) with v / s and
+    (q - z) * s in float64, where PyTorch's kernel multiplies by a float32 1 / s: that
+    moves y / s by up to 2^-24 of itself, enough to flip a near-tie to the other integer.
+
+    ``pool_count``: v is the mean of ``pool_count`` values on the grid, so v / s + z is a
+    multiple of 1 / pool_count, taken exactly, and lies on an exact half for one window in
+    pool_count when that is even. The float model is then as far from either integer; ties
+    go as TFLite's integer pool sends them (half away from zero of the stored integers)."""
+    if pool_count is None:
+        q = torch.round(v.detach() / scale) + zero_point
+    else:
+        mean = torch.round((v.detach() / scale + zero_point) * pool_count) / pool_count
+        q = torch.sign(mean) * torch.floor(mean.abs() + 0.5)
+    inside = (q >= -128) & (q <= 127)
+    out = (torch.clamp(q, -128, 127) - zero_point) * scale
+    return out + (v - v.detach()) * inside
+
+
+def integers_of(fake: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """The integers q - z of a float32 fake-quantized tensor, whose (q - z) * s is float32."""
+    return torch.round(fake.double() / scale)
+
+
 class Reference:
-    """fold_bn_ on a copy, traced with fx, run in float64 with PyTorch's fake quantization:
-    weights per channel (narrow range), biases on the s_w * s_x grid, every conv/linear/add
-    output (or the ReLU/ReLU6 that alone consumes it) per tensor with its own calibrated
-    range, pools with their input's. ``leaves[path] = (w, b)`` replaces a layer's weight
+    """fold_bn_ on a copy, traced with fx, run in float64 with fake quantization: weights
+    per channel (narrow range: PyTorch's per-channel op picks the integers), biases on the
+    s_w * s_x grid, the input as the graph quantizes it (PyTorch's op on float32), every
+    conv/linear/add output (or the ReLU/ReLU6 that alone consumes it) per tensor with its
+    own calibrated range, pools with their input's (``fake_quantize64``). Quantized values
+    are dequantized exactly in float64 and y / s is taken in float64, so the y / s the
+    reference rounds carries float64 rounding errors only; ranges and qparams come from
+    PyTorch's ``MinMaxObserver``. ``leaves[path] = (w, b)`` replaces a layer's weight
     and bias (float, on the grid); ``forced`` (a list, in graph order, one per operator the
     int8 graph has) replaces each quantized value in the forward only (straight through)."""
 
@@ -152,8 +187,10 @@ class Reference:
         else:
             s_w = weight_scales(m.weight)
             zero = torch.zeros(len(s_w), dtype=torch.int32)
-            w = torch.fake_quantize_per_channel_affine(m.weight.detach().float(), s_w, zero,
-                                                       0, -127, 127).double()
+            fake = torch.fake_quantize_per_channel_affine(m.weight.detach().float(), s_w, zero,
+                                                          0, -127, 127)
+            s_c = s_w.double().reshape(-1, *([1] * (fake.dim() - 1)))
+            w = integers_of(fake, s_c) * s_c
             bias = m.bias.detach() if m.bias is not None else torch.zeros(len(s_w))
             unit = s_w.double() * s_x
             b = torch.round(bias.double() / unit) * unit
@@ -178,10 +215,17 @@ class Reference:
                 lo, hi = (float(v) for v in torch.aminmax(out))
                 old = self.ranges.get(n.name, (lo, hi))
                 self.ranges[n.name] = (min(old[0], lo), max(old[1], hi))
-            elif n.name in self.points or kind in POOLS:
-                qp[n.name] = (act_qparams(*self.ranges[n.name]) if n.name in self.points
-                              else qp[n.args[0].name])
-                out = torch.fake_quantize_per_tensor_affine(out, *qp[n.name], -128, 127)
+            elif n.op == "placeholder":  # as QInput: float32 x times float32 1 / s
+                qp[n.name] = s, z = act_qparams(*self.ranges[n.name])
+                out = integers_of(torch.fake_quantize_per_tensor_affine(x.float(), s, z, -128,
+                                                                        127), s) * s
+            elif n.name in self.points:
+                qp[n.name] = act_qparams(*self.ranges[n.name])
+                out = fake_quantize64(out, *qp[n.name])
+            elif kind in POOLS:
+                qp[n.name] = qp[n.args[0].name]
+                out = fake_quantize64(out, *qp[n.name], pool_count=pool_count(self.mods[
+                    n.target], args[0]))
             elif n.args and isinstance(n.args[0], fx.Node):  # shape ops keep their input's
                 qp[n.name] = qp.get(n.args[0].name)
             if not observe and forced and (n.name in self.points or kind in POOLS
@@ -200,6 +244,14 @@ class Reference:
     def integers(self, x: torch.Tensor) -> torch.Tensor:
         out, (s, z), _ = self(x)
         return torch.round(out / s) + z
+
+
+def pool_count(pool: nn.Module, x: torch.Tensor) -> int:
+    """How many inputs each output of an average pool (padding 0) averages."""
+    if isinstance(pool, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+        return math.prod(x.shape[2:])  # to size 1, as to_int8 converts
+    kernel = pool.kernel_size
+    return math.prod(kernel) if isinstance(kernel, tuple) else kernel ** (x.dim() - 2)
 
 
 def zoo_model(name: str, seed: int = 1) -> nn.Module:
