@@ -57,6 +57,34 @@ def test_digits_shift_source_and_target_are_disjoint_halves():
     assert abs(len(src.y_train) + len(src.y_test) - 1797 / 2) <= 10
 
 
+def test_shipped_digits_equal_scikit_learns_copy():
+    """The package's digits file holds exactly the images and labels scikit-learn bundles."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x, y = ds._digits_arrays()
+    assert np.array_equal(x, (bunch.images / 16.0).astype(np.float32)[:, None])
+    assert np.array_equal(y, bunch.target) and y.dtype == np.int64
+
+
+def test_damaged_digits_file_is_refused_with_the_fix(tmp_path, monkeypatch):
+    with np.load(ds.DIGITS_FILE) as f:
+        images, labels = f["images"].copy(), f["labels"]
+    images[5, 3, 3] ^= 1  # one grey level off
+    bad = tmp_path / "digits.npz"
+    np.savez_compressed(bad, images=images, labels=labels)
+    monkeypatch.setattr(ds, "DIGITS_FILE", bad)
+    ds._digits_arrays.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match=r"damaged .*build_digits\.py"):
+            ds.load("digits")
+        monkeypatch.setattr(ds, "DIGITS_FILE", tmp_path / "missing.npz")
+        with pytest.raises(RuntimeError, match=r"cannot be read .*reinstall odtkit"):
+            ds.load("digits")
+    finally:
+        ds._digits_arrays.cache_clear()
+
+
 def test_digits_shift_target_statistics_differ_from_source():
     task = ds.load("digits-shift")
     assert task.name == "digits-shift" and task.source.input_shape == (1, 8, 8)

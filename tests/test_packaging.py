@@ -103,6 +103,7 @@ from odtkit import cli, models
 from odtkit.datasets import data_dir
 
 model = models.create("mcunet-tiny", pretrained=True)
+digits = odt.datasets.load("digits")
 try:
     odt.datasets.load("mnist")
     missing = ""
@@ -115,6 +116,7 @@ print(json.dumps({
     "odtkit": odt.__file__, "pretrained": str(models.pretrained_path("mcunet-tiny")),
     "sums": {k: float(v.double().sum()) for k, v in model.state_dict().items()},
     "config": model.config["name"],
+    "digits": [len(digits.x_train), len(digits.x_test), float(digits.x_train.double().sum())],
     "data_dir": str(data_dir()), "missing": missing, "cli_code": code, "cli": out.getvalue(),
 }))
 """
@@ -163,6 +165,7 @@ def test_the_wheel_ships_the_package_data(installed_wheel):
     assert profiles and links
     assert {f"odtkit/hardware/profiles/{n}" for n in profiles} <= names
     assert {f"odtkit/hardware/profiles/links/{n}" for n in links} <= names
+    assert "odtkit/datasets/data/digits.npz" in names
     assert not any(n.startswith(("tests/", "labs/", "data/")) for n in names)
 
 
@@ -185,6 +188,12 @@ def test_the_installed_wheel_runs_outside_the_repository(installed_wheel):
     shipped = torch.load(ROOT / "odtkit/models/pretrained/mcunet-tiny.pt", weights_only=True)
     want = {k: float(v.double().sum()) for k, v in shipped["state_dict"].items()}
     assert got["sums"] == pytest.approx(want, rel=1e-12, abs=1e-12)
+    # the digits load from the installed package data, without scikit-learn installed there
+    import odtkit as odt
+
+    here = odt.datasets.load("digits")
+    assert got["digits"] == [len(here.x_train), len(here.x_test),
+                             float(here.x_train.double().sum())]
     # no checkout around the installed package: local data go under the user's home, and
     # the error for missing files says where to put them
     assert got["data_dir"] == str(home / ".odtkit" / "data")

@@ -4,7 +4,7 @@
     task.x_train.shape                 # (N, 1, 8, 8) float32
     small = task.subset(n_train=200)   # fewer samples for smoke runs or few-shot fine-tuning
 
-Built in: "digits" (scikit-learn's bundled digits), "digits-shift" (a sensor-shift transfer
+Built in: "digits" (the 1797 UCI handwritten digits, shipped as package data), "digits-shift" (a sensor-shift transfer
 task built from them) and "mnist1d" (generated). "mnist", "cifar10" and "speech-commands"
 read the original files from a local folder (``root=``, default ``data_dir()/<name>``).
 """
@@ -12,9 +12,11 @@ read the original files from a local folder (``root=``, default ``data_dir()/<na
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,13 +63,28 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int, name: str = "te
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
 
 
+# the shipped digits (package data, written by data/build_digits.py), checked on load
+DIGITS_FILE = Path(__file__).with_name("data") / "digits.npz"
+DIGITS_SHA256 = "87ff0c9e40dc7e2c0e34e7257799c2e3f3aec1a016363bb11cad869ec428a826"
+
+
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = (bunch.images / 16.0).astype(np.float32)[:, None]  # (1797, 1, 8, 8) in [0, 1]
-    return x, bunch.target.astype(np.int64)
+    try:
+        with np.load(DIGITS_FILE) as f:
+            images, labels = f["images"], f["labels"]
+    except (OSError, KeyError, ValueError) as err:
+        raise RuntimeError(f"the digits shipped with odtkit cannot be read ({DIGITS_FILE}: "
+                           f"{err}); reinstall odtkit, or rebuild the file from a source "
+                           "checkout with python data/build_digits.py") from None
+    digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+    if digest != DIGITS_SHA256 or images.shape != (1797, 8, 8) or images.dtype != np.uint8:
+        raise RuntimeError(f"the digits shipped with odtkit are damaged ({DIGITS_FILE}: "
+                           f"sha256 {digest[:16]}..., expected {DIGITS_SHA256[:16]}...); "
+                           "reinstall odtkit, or rebuild the file from a source checkout "
+                           "with python data/build_digits.py")
+    x = (images / np.float32(16.0)).astype(np.float32)[:, None]  # (1797, 1, 8, 8) in [0, 1]
+    return x, labels.astype(np.int64)
 
 
 def _make_task(name: str, description: str, x: np.ndarray, y: np.ndarray, train: np.ndarray,
@@ -79,7 +96,8 @@ def _make_task(name: str, description: str, x: np.ndarray, y: np.ndarray, train:
 
 
 def _digits(seed: int = 0, test_fraction: float = 0.3) -> Task:
-    """scikit-learn's 1797 handwritten digits, 1x8x8 in [0, 1], stratified split by ``seed``."""
+    """The 1797 handwritten digits of the UCI optdigits test set (as scikit-learn bundles
+    them; Alpaydin and Kaynak, CC BY 4.0), 1x8x8 in [0, 1], stratified split by ``seed``."""
     x, y = _digits_arrays()
     train, test = _stratified_split(y, test_fraction, check_seed("seed", seed))
     return _make_task("digits", "scikit-learn handwritten digits (UCI optdigits test set), "
