@@ -13,6 +13,11 @@ saver of the same input, exactly as stock.
 What each layer saves (shared contract with odtkit.memory):
 - Conv1d/2d/3d and Linear: nothing if the weight is frozen (dx needs only the weight, db
   is a sum of dy); their input if the weight trains; no graph at all if nothing needs grad.
+  A channel-sparse weight (``plan.channels``) keeps only the input channels its selected
+  entries need (input channels of a full conv or Linear, the channels of a depthwise
+  conv; an output-channel selection of a full conv keeps the whole input) and gets its
+  gradient zero outside the selection (``_sparse``). Other channel-sparse parameters
+  (norms, layers left stock) get a gradient hook that zeroes the unselected entries.
 - ReLU / ReLU6 / Hardtanh (modules, and F.relu, torch.relu, Tensor.relu, F.relu6,
   F.hardtanh and their in-place forms called in any forward): a bit-packed mask,
   ceil(numel/8) uint8 bytes.
@@ -49,6 +54,7 @@ from ._ops import (
     pack_bits,
     unpack_bits,
 )
+from ._sparse import ConvSelect, LinearSelect, Selection, attach
 
 __all__ = ["lean", "is_lean", "LEAN_TYPES", "pack_bits", "unpack_bits", "lean_functions"]
 
@@ -90,16 +96,23 @@ class LeanReLU6(nn.ReLU6):
 
 
 class LeanLinear(nn.Linear):
-    """nn.Linear that saves its input only when its weight trains."""
+    """nn.Linear that saves its input only when its weight trains (of a channel-sparse
+    weight, only the selected input features)."""
+
+    lean_channels: Selection | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _wants_graph(x, self.weight, self.bias):
             return F.linear(x, self.weight, self.bias)
+        if self.lean_channels is not None:
+            return LinearSelect.apply(x, self.weight, self.bias, self.lean_channels)
         return LinearNoInput.apply(x, self.weight, self.bias)
 
 
 class _LeanConv:
     """Shared forward of the lean Conv1d/2d/3d: padding modes, 'same'/'valid' padding."""
+
+    lean_channels: Selection | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _wants_graph(x, self.weight, self.bias):
@@ -120,8 +133,10 @@ class _LeanConv:
                               for v in (lo, t - lo)])
                 padding = (0,) * nd
         unbatched = x.dim() == nd + 1
-        out = ConvNoInput.apply(x.unsqueeze(0) if unbatched else x, self.weight, self.bias,
-                                self.stride, padding, self.dilation, self.groups)
+        args = (x.unsqueeze(0) if unbatched else x, self.weight, self.bias, self.stride,
+                padding, self.dilation, self.groups)
+        sel = self.lean_channels
+        out = ConvNoInput.apply(*args) if sel is None else ConvSelect.apply(*args, sel)
         return out.squeeze(0) if unbatched else out
 
 
@@ -346,5 +361,6 @@ def lean(model: nn.Module, plan: TrainPlan | str) -> nn.Module:
             module.__dict__.pop("forward", None)
         else:
             module.forward = inner
+    attach(out, plan, (LeanLinear, _LeanConv))
     out.lean_plan = plan
     return out
