@@ -1,5 +1,5 @@
-"""The int8 graph against independent references: TFLite's fixed-point C code written out
-on Python integers, torch's own int64 convolution, and the BN-folded float model run in
+"""The int8 graph against independent references (its fixed-point arithmetic has its own,
+test_quant_fixed_point.py): torch's own int64 convolution, and the BN-folded float model run in
 float64 with fake quantization at PyTorch's observed qparams (``Reference``, also used by
 test_quant_qas.py)."""
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import math
 import operator
-import random
 
 import pytest
 import torch
@@ -18,11 +17,6 @@ from torch.nn import functional as F
 
 import odtkit as odt
 from odtkit.quant import fold_bn_, to_int8
-from odtkit.quant._fixed_point import (
-    multiply_by_quantized_multiplier,
-    quantize_multiplier,
-    rounding_divide,
-)
 
 EPS = torch.finfo(torch.float32).eps
 ACTS = (nn.ReLU, nn.ReLU6)
@@ -30,77 +24,6 @@ LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d)
 SHAPES = {"mcunet-tiny": (3, 12, 12), "mbv2-tiny": (3, 12, 12), "ds-cnn": (10, 25),
           "resnet8": (3, 12, 12), "mlp": (1, 8, 8)}
-
-
-# ----------------------------------------------------------- TFLite's C code, by hand
-
-def c_div(a: int, b: int) -> int:
-    """C integer division (truncates toward zero)."""
-    q = abs(a) // abs(b)
-    return q if (a >= 0) == (b > 0) else -q
-
-
-def tflite_mbqm(x: int, m0: int, shift: int) -> int:
-    """MultiplyByQuantizedMultiplier as in tensorflow/lite/kernels/internal/common.h."""
-    left, right = max(shift, 0), max(-shift, 0)
-    a = x * (1 << left)
-    if a == m0 == -(2**31):
-        high = 2**31 - 1
-    else:
-        ab = a * m0
-        high = c_div(ab + ((1 << 30) if ab >= 0 else 1 - (1 << 30)), 1 << 31)
-    mask = (1 << right) - 1
-    remainder = high & mask
-    threshold = (mask >> 1) + (1 if high < 0 else 0)
-    return (high >> right) + (1 if remainder > threshold else 0)
-
-
-def test_quantize_multiplier_by_hand():
-    assert quantize_multiplier(0.5) == (2**30, 0)
-    assert quantize_multiplier(1.0) == (2**30, 1)
-    assert quantize_multiplier(0.375) == (1610612736, -1)       # 0.75 * 2^31, shift -1
-    assert quantize_multiplier(0.0) == (0, 0)
-    assert quantize_multiplier(2.0**-40) == (0, 0)              # flushed to zero
-    rng = random.Random(0)
-    for _ in range(200):
-        real = rng.uniform(1e-6, 0.99)
-        m0, shift = quantize_multiplier(real)
-        assert 2**30 <= m0 < 2**31
-        assert abs(m0 * 2.0 ** (shift - 31) - real) <= 2.0 ** (shift - 32)
-    with pytest.raises(ValueError, match="multiplier must be finite"):
-        quantize_multiplier(float("nan"))
-
-
-def test_multiply_by_quantized_multiplier_by_hand():
-    m_half, m_quarter, m_3_8 = (quantize_multiplier(v) for v in (0.5, 0.25, 0.375))
-    cases = [(5, m_3_8, 2),       # 1.875 -> 2
-             (3, m_half, 2),      # 1.5 -> 2
-             (-3, m_half, -1),    # -1.5 -> -1: the high multiply rounds half up
-             (-6, m_quarter, -2),  # -1.5 -> -2: the rounding shift rounds half away from 0
-             (1000, m_3_8, 375)]
-    for x, (m0, shift), want in cases:
-        got = multiply_by_quantized_multiplier(torch.tensor([x]), torch.tensor(m0), torch.tensor(shift))
-        assert int(got) == want == tflite_mbqm(x, m0, shift), (x, m0, shift)
-
-
-def test_multiply_by_quantized_multiplier_matches_the_c_code():
-    rng = random.Random(1)
-    xs = [0, 1, -1, 2**31 - 1, -(2**31), 12345, -12345] + [
-        rng.randint(-(2**31), 2**31 - 1) for _ in range(300)] + [
-        rng.randint(-(2**20), 2**20) for _ in range(300)]
-    for real in (0.5, 0.375, 1e-4, 3.7e-3, 0.999, 2.0**-20, 1.5, 7.25):
-        m0, shift = quantize_multiplier(real)
-        got = multiply_by_quantized_multiplier(torch.tensor(xs), torch.tensor(m0), torch.tensor(shift))
-        want = [tflite_mbqm(x, m0, shift) if shift <= 0 or abs(x << shift) < 2**31 else None
-                for x in xs]
-        pairs = [(int(g), w) for g, w in zip(got, want, strict=True) if w is not None]
-        assert [g for g, _ in pairs] == [w for _, w in pairs], real
-
-
-def test_rounding_divide_is_tflites_pool_rounding():
-    totals = torch.tensor([7, -7, 5, -6, 6, 0, -1, 1])
-    assert rounding_divide(totals, 2).tolist() == [4, -4, 3, -3, 3, 0, -1, 1]  # 2.5 -> 3
-    assert rounding_divide(totals, 4).tolist() == [2, -2, 1, -2, 2, 0, 0, 0]   # -1.5 -> -2
 
 
 # ----------------------------------------------------------- the float reference

@@ -10,8 +10,18 @@ power-of-two exponent: M = M0 * 2^(shift - 31). An int32 accumulator x becomes
 
 with the C semantics of TFLite's reference code: the high multiply adds a nudge of 2^30
 (1 - 2^30 below zero) and divides by 2^31 truncating toward zero; the rounding shift rounds
-half away from zero. Two roundings in a row, so the result can differ by one from
-round(x * M) when x * M lies within 2^-(right shift + 1) of a half-integer.
+half away from zero. Two roundings in a row ("double", TFLite's and CMSIS-NN's default
+build), so the result can differ by one from round(x * M) when x * M lies within
+2^-(right shift + 1) of a half-integer: 0.01% to 0.8% of the outputs of the zoo's conv
+layers, and each such step travels through the layers after it.
+
+Both engines also build with one rounding ("single": TFLITE_SINGLE_ROUNDING,
+CMSIS_NN_USE_SINGLE_ROUNDING): with t = 31 - shift,
+
+    (x * M0 + 2^(t - 1)) >> t        in 64 bits, an arithmetic (flooring) shift,
+
+which is floor(x * M0 * 2^-t + 1/2): x * M rounded half up, off round(x * M) only through
+M0's 31-bit approximation of M.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import math
 import torch
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+REQUANTIZE = ("single", "double")
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
@@ -65,11 +76,17 @@ def saturating_rounding_doubling_high_mul(a: torch.Tensor, b: torch.Tensor,
 class Multiplier:
     """A fixed multiplier (M0, shift), per tensor or per channel, with the constants of
     ``MultiplyByQuantizedMultiplier`` worked out once: 2^left, the right shift, its mask
-    and half mask. ``view(shape)`` reshapes them all to broadcast (per-channel layers)."""
+    and half mask ("double"), the total shift 31 - shift and its half ("single").
+    ``view(shape)`` reshapes them all to broadcast (per-channel layers)."""
 
-    def __init__(self, m0: torch.Tensor, shift: torch.Tensor) -> None:
+    def __init__(self, m0: torch.Tensor, shift: torch.Tensor, requantize: str = "double") -> None:
+        if requantize not in REQUANTIZE:
+            raise ValueError(f"requantize must be one of {REQUANTIZE}, got {requantize!r}")
+        self.requantize = requantize
         self.m0 = torch.as_tensor(m0, dtype=torch.int64)
         shift = torch.as_tensor(shift, dtype=torch.int64)
+        self.total = 31 - shift                        # in [1, 62] for shift in [-31, 30]
+        self.round = torch.bitwise_left_shift(torch.ones_like(self.total), self.total - 1)
         left, self.right = torch.clamp(shift, min=0), torch.clamp(-shift, min=0)
         self.left_mult = torch.bitwise_left_shift(torch.ones_like(left), left)
         self.any_left = bool((left > 0).any())
@@ -79,15 +96,19 @@ class Multiplier:
 
     def view(self, *shape: int) -> Multiplier:
         out = copy.copy(self)
-        for name in ("m0", "right", "left_mult", "mask", "half"):
+        for name in ("m0", "right", "left_mult", "mask", "half", "total", "round"):
             setattr(out, name, getattr(self, name).reshape(shape))
         return out
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x * M0 * 2^(shift - 31) in TFLite's integer arithmetic (int64 holding int32).
 
-        The left shift (multipliers >= 1 only) saturates to int32 where the C code would
-        overflow: such values clamp to the int8 range afterwards either way."""
+        Where the C code would overflow int32 (multipliers >= 1 only: the left shift of
+        "double", the result of "single"), the value saturates: such values clamp to the
+        int8 range afterwards either way."""
+        if self.requantize == "single":  # |x * M0| < 2^62, + 2^61: no int64 overflow
+            out = torch.bitwise_right_shift(x * self.m0 + self.round, self.total)
+            return torch.clamp(out, INT32_MIN, INT32_MAX)
         if self.any_left:
             x = torch.clamp(x * self.left_mult, INT32_MIN, INT32_MAX)
         high = saturating_rounding_doubling_high_mul(x, self.m0, self.has_int32_min)
@@ -98,10 +119,12 @@ class Multiplier:
 
 
 def multiply_by_quantized_multiplier(x: torch.Tensor, m0: torch.Tensor | int,
-                                     shift: torch.Tensor | int) -> torch.Tensor:
-    """``MultiplyByQuantizedMultiplier``: x * M0 * 2^(shift - 31) in integer arithmetic;
-    ``m0`` and ``shift`` broadcast against ``x`` (per-channel multipliers)."""
-    return Multiplier(torch.as_tensor(m0), torch.as_tensor(shift))(x)
+                                     shift: torch.Tensor | int,
+                                     requantize: str = "double") -> torch.Tensor:
+    """``MultiplyByQuantizedMultiplier``: x * M0 * 2^(shift - 31) in integer arithmetic,
+    rounded twice ("double") or once ("single"); ``m0`` and ``shift`` broadcast against
+    ``x`` (per-channel multipliers)."""
+    return Multiplier(torch.as_tensor(m0), torch.as_tensor(shift), requantize)(x)
 
 
 def rounding_divide(total: torch.Tensor, count: int) -> torch.Tensor:
