@@ -67,23 +67,26 @@ class QOp(nn.Module):
         return q + (linear - linear.detach()) * inside
 
     def extra_repr(self) -> str:
+        rounding = getattr(self, "requantize", None)
         return (f"path={self.path!r}, out_scale={float(self.out_scale):.4g}, "
-                f"out_zp={int(self.out_zp)}, clamp=[{self.act_min}, {self.act_max}]")
+                f"out_zp={int(self.out_zp)}, clamp=[{self.act_min}, {self.act_max}]"
+                + (f", requantize={rounding!r}" if rounding else ""))
 
 
 class QLayer(QOp):
     """Conv1d, Conv2d (groups and depthwise too) or Linear with int8 weights (per output
     channel scale ``w_scale``), an int32 bias in units of s_W * s_x, int32 accumulation and
-    requantization by a Q31 multiplier and shift per output channel.
+    requantization by a Q31 multiplier and shift per output channel, rounded once or twice
+    (``requantize``, see ``_fixed_point``).
 
     ``weight`` (float32) and ``bias`` (float64) are the trainable integer values."""
 
     def __init__(self, path: str, kind: str, weight: torch.Tensor, bias: torch.Tensor,
                  w_scale: torch.Tensor, in_qparams: tuple[float, int],
                  out_qparams: tuple[float, int], act: str | None,
-                 conv_args: dict[str, object]) -> None:
+                 conv_args: dict[str, object], requantize: str) -> None:
         super().__init__(path, *out_qparams, act)
-        self.kind, self.conv_args = kind, dict(conv_args)
+        self.kind, self.conv_args, self.requantize = kind, dict(conv_args), requantize
         self.weight = nn.Parameter(weight.to(torch.float32))
         self.bias = nn.Parameter(bias.to(torch.float64))
         self.register_buffer("w_scale", w_scale.to(torch.float32))
@@ -137,10 +140,12 @@ class QLayer(QOp):
     def multiplier(self, ndim: int) -> Multiplier:
         """The per-channel requantization multiplier, shaped for an ``ndim`` output."""
         cache = self.__dict__.setdefault("_multipliers", {})
-        key = (ndim, self.m0._version, self.m0.data_ptr(), self.shift._version)  # a load resets
+        key = (ndim, self.m0._version, self.m0.data_ptr(), self.shift._version,  # a load resets
+               self.requantize)
         if key not in cache:
             cache.clear()
-            cache[key] = Multiplier(self.m0, self.shift).view(*channel_view(self.kind, ndim))
+            cache[key] = Multiplier(self.m0, self.shift, self.requantize).view(
+                *channel_view(self.kind, ndim))
         return cache[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,13 +164,15 @@ class QLayer(QOp):
 
 class QAdd(QOp):
     """Residual add of two int8 tensors as TFLite's integer ADD: both inputs rescaled to
-    2^20 / (2 max(s1, s2)) units by Q31 multipliers, summed, requantized to the output."""
+    2^20 / (2 max(s1, s2)) units by Q31 multipliers, summed, requantized to the output;
+    all three multiplies round as ``requantize`` says."""
 
     LEFT_SHIFT = 20
 
     def __init__(self, path: str, in_qparams: tuple[tuple[float, int], tuple[float, int]],
-                 out_qparams: tuple[float, int], act: str | None) -> None:
+                 out_qparams: tuple[float, int], act: str | None, requantize: str) -> None:
         super().__init__(path, *out_qparams, act)
+        self.requantize = requantize
         (s1, z1), (s2, z2) = in_qparams
         self.register_buffer("in_scale", torch.tensor([s1, s2], dtype=torch.float32))
         self.register_buffer("in_zp", torch.tensor([z1, z2], dtype=torch.int64))
@@ -178,7 +185,7 @@ class QAdd(QOp):
         self.register_buffer("shift", shift)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        m = [Multiplier(self.m0[i], self.shift[i]) for i in range(3)]
+        m = [Multiplier(self.m0[i], self.shift[i], self.requantize) for i in range(3)]
         zp = [int(z) for z in self.in_zp]
         scaled = [m[i]((x.detach().to(torch.int64) - zp[i]) * 2**self.LEFT_SHIFT)
                   for i, x in enumerate((a, b))]

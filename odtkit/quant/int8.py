@@ -13,8 +13,13 @@ Conventions (TFLite int8, as TFLite Micro and CMSIS-NN run it):
   and max pool keep their input's quantization;
 - biases int32 in units of s_W * s_x, accumulation in int32 (emulated exactly: in float32
   where every partial sum stays below 2^24, else float64),
-  requantization by a Q31 multiplier and shift per output channel with TFLite's rounding
-  (``_fixed_point``), then the zero point and a clamp that also applies a fused ReLU/ReLU6;
+  requantization by a Q31 multiplier and shift per output channel, then the zero point
+  and a clamp that also applies a fused ReLU/ReLU6. ``requantize`` picks the rounding of
+  both engines' two builds (``_fixed_point``): "single" (default), x * M rounded once, so
+  the logits follow the fake-quantized float model within one output step (on the zoo:
+  equal); "double", TFLite's default ``MultiplyByQuantizedMultiplier`` bit for bit, whose
+  second rounding flips 0.01% to 0.8% of a layer's outputs, steps that add up over the
+  layers (on the zoo: logits up to 5 steps off);
 - residual adds as TFLite's integer ADD; average pools round (sum +- n/2) / n.
 
 Trainable tensors are the integers themselves (``weight`` float32, ``bias`` float64, both
@@ -30,7 +35,7 @@ import torch
 from torch import fx, nn
 
 from .._checks import check_choice, check_positive_int
-from ._fixed_point import INT32_MAX, INT32_MIN
+from ._fixed_point import INT32_MAX, INT32_MIN, REQUANTIZE
 from ._int8_ops import (
     WEIGHT_QMAX,
     FloatHead,
@@ -46,7 +51,7 @@ from ._int8_ops import (
 from .qat import fold_bn_
 from .quantizers import ROUNDINGS, QTensor, calculate_qparams, quantize
 
-__all__ = ["to_int8", "Int8Model", "HEADS", "SUPPORTED"]
+__all__ = ["to_int8", "Int8Model", "HEADS", "REQUANTIZE", "SUPPORTED"]
 
 HEADS = ("int8", "float")
 SUPPORTED = ("Conv1d, Conv2d (groups, depthwise), Linear, ReLU, ReLU6, Flatten, "
@@ -65,11 +70,14 @@ class Int8Model(nn.Module):
 
     ``forward`` takes float inputs and returns float logits (dequantized int8 logits, or a
     float head's output), so ``odt.training.evaluate`` and any loss work unchanged.
+    ``requantize`` is the rounding its layers and adds requantize with ("single" or
+    "double").
     """
 
     def __init__(self, ops: list[tuple[str, nn.Module, tuple[int, ...]]],
-                 input_shape: tuple[int, ...] | None) -> None:
+                 input_shape: tuple[int, ...] | None, requantize: str) -> None:
         super().__init__()
+        self.requantize = requantize
         self._program: list[tuple[str, tuple[int, ...]]] = []
         for path, op, args in ops:
             path = _place(self, path, op)
@@ -131,15 +139,18 @@ class Int8Model(nn.Module):
 
 
 def to_int8(model: nn.Module, calibration_inputs: torch.Tensor, *, head: str = "int8",
-            batch_size: int = 256) -> Int8Model:
+            requantize: str = "single", batch_size: int = 256) -> Int8Model:
     """Convert a float model into the int8 graph an integer-only engine runs.
 
     The model is not changed: a copy in eval mode has its BatchNorms folded (``fold_bn_``)
     first. Activation ranges are observed on ``calibration_inputs`` (N, *input_shape), run
     through the folded float model ``batch_size`` samples at a time. ``head="float"`` keeps
     the final nn.Linear in float, fed by dequantized int8 features (as the paper's code).
+    ``requantize="single"`` rounds each requantization once (TFLITE_SINGLE_ROUNDING,
+    CMSIS_NN_USE_SINGLE_ROUNDING); ``"double"`` as both engines' default build.
     """
     check_choice("head", head, HEADS)
+    check_choice("requantize", requantize, REQUANTIZE)
     check_positive_int("batch_size", batch_size)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -147,8 +158,8 @@ def to_int8(model: nn.Module, calibration_inputs: torch.Tensor, *, head: str = "
     _check_calibration(folded, calibration_inputs)
     graph = _trace(folded)
     ranges = _observe(graph, calibration_inputs, batch_size)
-    ops = _Builder(graph, ranges, head).build()
-    return Int8Model(ops, getattr(model, "input_shape", None))
+    ops = _Builder(graph, ranges, head, requantize).build()
+    return Int8Model(ops, getattr(model, "input_shape", None), requantize)
 
 
 def _check_calibration(model: nn.Module, x: object) -> None:
@@ -220,8 +231,8 @@ class _Builder:
     """Walks the traced graph once, fusing activations and building the int8 operators."""
 
     def __init__(self, graph: fx.GraphModule, ranges: dict[str, tuple[float, float]],
-                 head: str) -> None:
-        self.graph, self.ranges, self.head = graph, ranges, head
+                 head: str, requantize: str) -> None:
+        self.graph, self.ranges, self.head, self.requantize = graph, ranges, head, requantize
         self.modules = dict(graph.named_modules())
         self.ops: list[tuple[str, nn.Module, tuple[int, ...]]] = []
         self.step: dict[str, int] = {}       # node name -> index of the op computing it
@@ -311,7 +322,7 @@ class _Builder:
             raise ValueError(f"to_int8 cannot convert {node.target!r} ({type(m).__name__}) with "
                              f"padding_mode={m.padding_mode!r}: only 'zeros' padding is supported")
         layer = QLayer(str(node.target), kind, qw.values.float(), b_int, qw.scale, (s_x, z_x),
-                       (s_y, z_y), act, conv_args)
+                       (s_y, z_y), act, conv_args, self.requantize)
         self._add(node, layer, (src,))
 
     def _residual(self, node: fx.Node) -> None:
@@ -322,7 +333,7 @@ class _Builder:
         out = self._qparams(range_node)
         stack = list(node.meta.get("nn_module_stack", {}))
         path = f"{stack[-1]}.add" if stack and stack[-1] else "add"
-        op = QAdd(path, (self._out(a), self._out(b)), out, act)
+        op = QAdd(path, (self._out(a), self._out(b)), out, act, self.requantize)
         self._add(node, op, (a, b))
 
     def _shape_op(self, path: str, m: nn.Module, qparams: tuple[float, int]) -> QOp:
