@@ -124,17 +124,36 @@ def selected_numel(shape: tuple[int, ...], entries: list[tuple[int, tuple[int, .
     return math.prod(sizes)
 
 
+def frozen_slices(shape: tuple[int, ...], entries: list[tuple[int, tuple[int, ...]]],
+                  device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
+    """Per entry, a bool tensor that broadcasts to ``shape`` (size 1 but on its dim): True
+    at the slices it leaves frozen. An element trains where none is True; zeroing a
+    gradient is ``for off in offs: grad.masked_fill_(off, 0)``, at sum(shape[dim]) bytes
+    of masks rather than numel."""
+    out = []
+    for dim, idx in entries:
+        off = torch.ones(shape[dim], dtype=torch.bool, device=device)
+        off[list(idx)] = False
+        view = [1] * len(shape)
+        view[dim] = shape[dim]
+        out.append(off.view(view))
+    return tuple(out)
+
+
 def mask(shape: tuple[int, ...], entries: list[tuple[int, tuple[int, ...]]],
          device: torch.device | str | None = None) -> torch.Tensor:
     """Bool tensor of ``shape``: True where an entry trains (all True without entries)."""
     out = torch.ones(shape, dtype=torch.bool, device=device)
-    for dim, idx in entries:
-        keep = torch.zeros(shape[dim], dtype=torch.bool, device=device)
-        keep[list(idx)] = True
-        view = [1] * len(shape)
-        view[dim] = shape[dim]
-        out &= keep.view(view)
+    for off in frozen_slices(shape, entries, device):
+        out &= ~off
     return out
+
+
+def zero_frozen_(tensor: torch.Tensor, offs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``tensor`` with every element that ``offs`` (``frozen_slices``) freezes set to 0."""
+    for off in offs:
+        tensor.masked_fill_(off, 0)
+    return tensor
 
 
 def _axis(shape: tuple[int, ...], dim: int) -> str:

@@ -210,6 +210,28 @@ def test_train_keeps_frozen_entries_and_matches_stock(digits, zoo, channels, opt
         assert torch.equal(got[name], start[name]), name
 
 
+def test_make_optimizer_masks_full_or_per_dim_agree_and_are_checked() -> None:
+    torch.manual_seed(0)
+    w0 = torch.randn(4, 6)
+    rows, cols = torch.tensor([1, 0, 1, 1]).bool(), torch.tensor([0, 1, 1, 0, 0, 1]).bool()
+    runs = []
+    for masks in ((rows[:, None] & cols[None, :]), (rows.view(4, 1), cols.view(1, 6))):
+        w = nn.Parameter(w0.clone())
+        opt = odt.make_optimizer("adam", [w], 0.1, weight_decay=0.5, masks={w: masks})
+        for step in range(3):
+            w.grad = torch.full_like(w, float(step + 1))
+            opt.step()
+        runs.append(w.detach().clone())
+    assert torch.equal(runs[0], runs[1])
+    keep = rows[:, None] & cols[None, :]
+    assert torch.equal(runs[0][~keep], w0[~keep]) and bool((runs[0][keep] != w0[keep]).all())
+    w = nn.Parameter(w0.clone())
+    with pytest.raises(ValueError, match=r"shape \(4,\) does not broadcast to .*\(4, 6\)"):
+        odt.make_optimizer("sgd", [w], 0.1, masks={w: rows})  # rows needs .view(4, 1)
+    with pytest.raises(TypeError, match="must be a bool tensor"):
+        odt.make_optimizer("sgd", [w], 0.1, masks={w: torch.ones(4, 6)})
+
+
 # ---------------------------------------------------------------- the lean engine
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}

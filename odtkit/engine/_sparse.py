@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._plan_channels import entries_of, frozen_slices, zero_frozen_
 from ..plans import TrainPlan
 from ._ops import _internal
 
@@ -37,8 +38,8 @@ from ._ops import _internal
 class Selection:
     """What a channel-sparse conv/linear keeps and computes; tensors are int64 indices."""
 
-    keep: torch.Tensor  # bool, the weight's shape: True where the weight trains
-    bias_keep: torch.Tensor | None  # bool (out,), or None: the bias trains wholly
+    frozen: tuple[torch.Tensor, ...]  # bool, broadcast to the weight: True where frozen
+    bias_frozen: tuple[torch.Tensor, ...]  # the same for the bias (empty: it trains wholly)
     inputs: torch.Tensor | None  # input channels kept for backward; None: the whole input
     rows: torch.Tensor | None  # weight rows (output channels) computed; None: all
     cols: torch.Tensor | None  # weight dim-1 slices computed; None: all
@@ -50,12 +51,12 @@ class Selection:
         return None if self.inputs is None else len(self.inputs)
 
 
-def selection(weight_shape: tuple[int, ...], groups: int, keep: torch.Tensor,
+def selection(weight_shape: tuple[int, ...], groups: int, frozen: tuple[torch.Tensor, ...],
               rows: tuple[int, ...] | None, cols: tuple[int, ...] | None,
-              bias_keep: torch.Tensor | None) -> Selection:
+              bias_frozen: tuple[torch.Tensor, ...], device: torch.device) -> Selection:
     """The Selection of a weight with ``groups`` groups whose plan selects output channels
-    ``rows`` (dim 0) and dim-1 slices ``cols`` (None: no entry on that dim); ``keep``:
-    where the weight trains (entries on kernel dims only mask, they keep every input)."""
+    ``rows`` (dim 0) and dim-1 slices ``cols`` (None: no entry on that dim); ``frozen``:
+    ``frozen_slices`` of the weight (entries on kernel dims only mask, keeping all input)."""
     out, per_group = weight_shape[0], weight_shape[1]
     rows_per_group = out // groups
     chosen = sorted({r // rows_per_group for r in rows}) if rows else list(range(groups))
@@ -69,9 +70,9 @@ def selection(weight_shape: tuple[int, ...], groups: int, keep: torch.Tensor,
 
     def index(values: list[int] | None) -> torch.Tensor | None:
         return None if values is None else torch.tensor(values, dtype=torch.long,
-                                                         device=keep.device)
+                                                         device=device)
 
-    return Selection(keep, bias_keep, index(inputs), index(row_idx), index(col_idx),
+    return Selection(frozen, bias_frozen, index(inputs), index(row_idx), index(col_idx),
                      len(chosen))
 
 
@@ -82,11 +83,11 @@ def _place(part: torch.Tensor, sel: Selection, shape: torch.Size) -> torch.Tenso
         part = wide.index_copy_(1, sel.cols, part)
     if sel.rows is not None:
         part = part.new_zeros(shape).index_copy_(0, sel.rows, part)
-    return part.masked_fill_(~sel.keep, 0)
+    return zero_frozen_(part, sel.frozen)
 
 
-def _masked(grad: torch.Tensor | None, keep: torch.Tensor | None) -> torch.Tensor | None:
-    return grad if grad is None or keep is None else grad.masked_fill(~keep, 0)
+def _masked(grad: torch.Tensor | None, frozen: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    return grad if grad is None or not frozen else zero_frozen_(grad, frozen)
 
 
 class ConvSelect(torch.autograd.Function):
@@ -127,7 +128,7 @@ class ConvSelect(torch.autograd.Function):
                 g_part, kept, w_part, None, stride, padding, dilation, False, [0] * nd,
                 sel.groups, [False, True, False])
             gw = _place(part, sel, weight.shape)
-        return gx, gw, _masked(gb, sel.bias_keep), None, None, None, None, None
+        return gx, gw, _masked(gb, sel.bias_frozen), None, None, None, None, None
 
 
 class LinearSelect(torch.autograd.Function):
@@ -155,7 +156,7 @@ class LinearSelect(torch.autograd.Function):
             part = g2.t() @ kept.reshape(-1, kept.shape[-1])  # (out, kept features)
             gw = _place(part, sel, weight.shape)
         gb = g2.sum(0) if need_b else None  # (out,)
-        return gx, gw, _masked(gb, sel.bias_keep), None
+        return gx, gw, _masked(gb, sel.bias_frozen), None
 
 
 def attach(model: nn.Module, plan: TrainPlan, layer_types: tuple[type, ...]) -> None:
@@ -164,7 +165,8 @@ def attach(model: nn.Module, plan: TrainPlan, layer_types: tuple[type, ...]) -> 
     gradient hook that zeroes its unselected entries (hooks do not survive a deepcopy:
     re-lean a copy)."""
     params = dict(model.named_parameters())
-    masks = {n: m.to(params[n].device) for n, m in plan.masks().items()}
+    masks = {n: frozen_slices(tuple(p.shape), entries_of(plan.channels, n), p.device)
+             for n, p in params.items() if entries_of(plan.channels, n)}
     handled = set()
     for name, module in model.named_modules():
         if not isinstance(module, layer_types):
@@ -174,17 +176,15 @@ def attach(model: nn.Module, plan: TrainPlan, layer_types: tuple[type, ...]) -> 
         module.lean_channels = None
         if weight not in masks and bias not in masks:
             continue
-        dims = {d: idx for n, d, idx in plan.channels if n == weight}
-        keep = masks.get(weight)
-        if keep is None:
-            keep = torch.ones(module.weight.shape, dtype=torch.bool, device=module.weight.device)
-        module.lean_channels = selection(tuple(module.weight.shape), getattr(module, "groups", 1),
-                                         keep, dims.get(0), dims.get(1), masks.get(bias))
+        dims = dict(entries_of(plan.channels, weight))
+        module.lean_channels = selection(
+            tuple(module.weight.shape), getattr(module, "groups", 1), masks.get(weight, ()),
+            dims.get(0), dims.get(1), masks.get(bias, ()), module.weight.device)
         handled |= {weight, bias}
-    for name, keep in masks.items():
+    for name, frozen in masks.items():
         if name not in handled:
-            params[name].register_hook(functools.partial(_zero_outside, ~keep))
+            params[name].register_hook(functools.partial(_zero_frozen, frozen))
 
 
-def _zero_outside(off: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    return grad.masked_fill(off, 0)
+def _zero_frozen(frozen: tuple[torch.Tensor, ...], grad: torch.Tensor) -> torch.Tensor:
+    return zero_frozen_(grad.clone(), frozen)

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .._plan_channels import entries_of, frozen_slices
 from ..plans import TrainPlan
 from .config import TrainConfig
 from .history import History, evaluate, model_device
@@ -273,13 +274,19 @@ class Loop:
                 f"{batch.global_step}.{self.note}")
 
 
-def _masks(model: nn.Module, plan: TrainPlan | None) -> dict[nn.Parameter, torch.Tensor]:
-    """{parameter of ``model``: where it trains} for the plan's channel-sparse parameters."""
+def _masks(model: nn.Module, plan: TrainPlan | None
+           ) -> dict[nn.Parameter, tuple[torch.Tensor, ...]]:
+    """{parameter of ``model``: one broadcastable bool vector per selected dim, True where
+    it trains} for the plan's channel-sparse parameters."""
     if plan is None or not plan.channels:
         return {}
     plan.check_model(model)
-    named = dict(model.named_parameters())
-    return {named[n]: m for n, m in plan.masks(model_device(model)).items()}
+    out = {}
+    for name, p in model.named_parameters():
+        entries = entries_of(plan.channels, name)
+        if entries:
+            out[p] = tuple(~off for off in frozen_slices(tuple(p.shape), entries, p.device))
+    return out
 
 
 def _check_scalar(loss: object) -> None:

@@ -11,7 +11,9 @@ gradient exactly where, and in the same arithmetic (``grad + wd * param``) as, t
 own SGD and Adam add it. A frozen entry then sees a zero gradient at every step, so its
 momentum buffer and Adam moments stay 0 and its update is exactly zero (Adam: 0 / (0 +
 eps)). The optimizer state stays full size (zeros at frozen entries); after a step the
-``.grad`` of such a parameter holds the masked gradient plus the decay term.
+``.grad`` of such a parameter holds the masked gradient plus the decay term. A mask may
+be one bool vector per selected dim, viewed to broadcast (``(1, in, 1, 1)``), which costs
+in + out bytes instead of a full bool tensor.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 
 from .._checks import choice_error
+from .._plan_channels import zero_frozen_
 
 OPTIMIZERS = ("sgd", "sgd-m", "adam")
 # full-size state tensors each optimizer keeps per trainable tensor (Adam also keeps a
@@ -47,12 +50,13 @@ def make_optimizer(
     lr: float,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    masks: Mapping[torch.nn.Parameter, torch.Tensor] | None = None,
+    masks: Mapping[torch.nn.Parameter, torch.Tensor | tuple[torch.Tensor, ...]] | None = None,
 ) -> torch.optim.Optimizer:
     """Build the optimizer called ``name`` over ``params`` (only those that train).
 
-    ``masks``: {parameter: bool tensor of its shape, True where it trains} for the
-    channel-sparse parameters; their frozen entries never change (see the module notes).
+    ``masks``: {parameter: bool tensor, True where it trains} for the channel-sparse
+    parameters, each broadcastable to the parameter's shape, or a tuple of such (an entry
+    trains where all are True); their frozen entries never change (module notes).
     """
     check_optimizer(name)
     params = [p for p in params if p.requires_grad]
@@ -77,25 +81,42 @@ def make_optimizer(
     else:
         opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
     if sparse:
-        frozen = [(p, ~keep[id(p)].to(device=p.device, dtype=torch.bool)) for p in sparse]
+        frozen = [(p, _frozen(p, keep[id(p)])) for p in sparse]
         opt.register_step_pre_hook(_masked_step(frozen, weight_decay))
     return opt
 
 
-def _masked_step(frozen: list[tuple[torch.Tensor, torch.Tensor]], weight_decay: float
-                 ) -> Callable[..., None]:
+def _frozen(param: torch.Tensor, keep: torch.Tensor | tuple[torch.Tensor, ...]
+            ) -> tuple[torch.Tensor, ...]:
+    """The masks inverted (True where frozen), checked to broadcast to ``param``."""
+    keeps = keep if isinstance(keep, tuple) else (keep,)
+    out = []
+    for k in keeps:
+        if not isinstance(k, torch.Tensor) or k.dtype != torch.bool:
+            raise TypeError(f"a mask must be a bool tensor, got {k!r:.80}")
+        try:
+            fits = torch.broadcast_shapes(k.shape, param.shape) == param.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"a mask of shape {tuple(k.shape)} does not broadcast to the "
+                             f"parameter's shape {tuple(param.shape)}")
+        out.append(~k.to(param.device))
+    return tuple(out)
+
+
+def _masked_step(frozen: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]],
+                 weight_decay: float) -> Callable[..., None]:
     """Step pre-hook: zero the gradients at frozen entries; decay the trained ones."""
 
     def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
-            for param, off in frozen:
+            for param, offs in frozen:
                 if param.grad is None:
                     continue
-                if off.shape != param.grad.shape:
-                    raise ValueError(f"a gradient mask of shape {tuple(off.shape)} does not "
-                                     f"fit a parameter of shape {tuple(param.shape)}")
-                param.grad.masked_fill_(off, 0)
+                zero_frozen_(param.grad, offs)
                 if weight_decay:
-                    param.grad.add_(param.masked_fill(off, 0), alpha=weight_decay)
+                    param.grad.add_(zero_frozen_(param.detach().clone(), offs),
+                                    alpha=weight_decay)
 
     return hook
