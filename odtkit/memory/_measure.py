@@ -27,8 +27,9 @@ from torch.utils._pytree import tree_leaves
 
 from ..models.summary import backward_macs, is_layer, layer_calls
 from ..training.optim import make_optimizer
+from ._layers import LayerCall, first_tensor, layer_row
 from ._setup import StepSetup, labels_for, loss_scale_that_steps, storage_key
-from ._trace import LayerCall, check_logits, first_tensor, layer_row
+from ._trace import check_logits
 
 _PHASE = "odtkit::"  # prefix of the profiler ranges that mark the phases of the step
 
@@ -46,7 +47,9 @@ class _OpWatch(TorchDispatchMode):
     """During forward only: the last aten op and its output shape (to name the rows of
     functional ops), how many ops ran (to spot a checkpoint saving a block's inputs), and
     the storages that are cast copies of a parameter or buffer (``weight_copies``: what
-    autocast or an integer graph's dtype change makes of a weight)."""
+    autocast or an integer graph's dtype change makes of a weight), and the storages of
+    parameters and buffers an op writes (``written``: BN running statistics, which an
+    update can leave equal to what they were)."""
 
     def __init__(self, frozen_keys: set[int] | frozenset[int] = frozenset()) -> None:
         super().__init__()
@@ -56,6 +59,7 @@ class _OpWatch(TorchDispatchMode):
         self.frozen_keys = frozen_keys
         self.weight_copies: dict[int, StorageWeakRef] = {}
         self.fp8_copies: dict[int, StorageWeakRef] | None = None  # set to watch fp8 casts
+        self.written: set[int] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.fp8_copies is not None:  # views of a cast copy (a linear's weight.t())
@@ -65,6 +69,7 @@ class _OpWatch(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         self.n_ops += 1
         self.last_op = func._overloadpacket.__name__
+        self._note_writes(func, args)
         if (self.last_op == "_to_copy" and isinstance(out, torch.Tensor)
                 and storage_key(args[0]) in self.frozen_keys):
             self.weight_copies[storage_key(out)] = StorageWeakRef(out.untyped_storage())
@@ -72,6 +77,17 @@ class _OpWatch(TorchDispatchMode):
         if leaves and isinstance(leaves[0], torch.Tensor):
             self.last_shape = tuple(leaves[0].shape)
         return out
+
+    def _note_writes(self, func, args: tuple) -> None:
+        # native_batch_norm updates its running statistics (arguments 3, 4) in training
+        # (argument 5) though its schema does not mark them written
+        bn = self.last_op == "native_batch_norm" and len(args) > 5 and args[5]
+        for k, (a, arg) in enumerate(zip(func._schema.arguments, args, strict=False)):
+            write = a.alias_info is not None and a.alias_info.is_write
+            if isinstance(arg, torch.Tensor) and (write or (bn and k in (3, 4))):
+                key = storage_key(arg)
+                if key in self.frozen_keys:
+                    self.written.add(key)
 
     def is_weight_copy(self, t: torch.Tensor) -> bool:
         """True if ``t`` lives in a live cast copy of a parameter or buffer."""
@@ -288,6 +304,9 @@ def run_step(
     frozen_keys = {storage_key(t) for t in params + buffers}
     trains = any(p.requires_grad for p in params)
     opt = make_optimizer(optimizer, params, lr=lr) if trains else None
+    init_scale = 65536.0
+    if setup.grad_scaler and opt is not None:  # before hooks and profiling: runs on a copy
+        init_scale = loss_scale_that_steps(model, x, setup.autocast or torch.float16)
     saved: dict[int, StorageWeakRef] = {}  # storages seen by the saved-tensor hooks
     saved_by_row: dict[str, int] = {}
     watch = _OpWatch(frozen_keys)
@@ -319,9 +338,6 @@ def run_step(
             saved_by_row[row] = saved_by_row.get(row, 0) + setup.nbytes(kind, t)
         return t
 
-    init_scale = 65536.0
-    if setup.grad_scaler and opt is not None:  # before profiling: the probe runs on a copy
-        init_scale = loss_scale_that_steps(model, x, setup.autocast or torch.float16)
     start_bytes = unique_bytes([*params, *buffers, x])
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     # no garbage collection inside the step: freeing an earlier step's cyclic garbage
@@ -346,7 +362,8 @@ def run_step(
     if scaler is not None:  # the loss scale and its growth tracker persist between steps
         state += [scaler._scale, scaler._growth_tracker]
     frozen = [p for p in params if not p.requires_grad]
-    frozen_buffers = [b for b, old in zip(buffers, before, strict=True) if torch.equal(b, old)]
+    frozen_buffers = [b for b, old in zip(buffers, before, strict=True)
+                      if storage_key(b) not in watch.written and torch.equal(b, old)]
     return StepRecord(
         weights_bytes=setup.total("param", params) + setup.total("buffer", buffers),
         gradients_bytes=(

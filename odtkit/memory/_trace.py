@@ -1,7 +1,9 @@
 """Trace one forward pass and the loss on the meta device: every aten op, with shapes.
 
 No arithmetic runs: each op is replayed on shape-only "meta" twins of its tensors, so the
-parameters and buffers of the model are never read or written. The trace records which
+parameters and buffers of the model are never read or written. The model's code holds
+CPU-device shells of those twins (``_shell``), so ``torch.autocast("cpu")`` around the
+trace makes the casts it makes in a real step, and the trace records them. The trace records which
 storage every tensor lives in (views share one), which op made it, when the model's own
 code lets go of it, and which module was running. It does not depend on the plan, so it
 is cached per model structure and input shape.
@@ -10,8 +12,6 @@ is cached per model structure and input shape.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,9 +21,9 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..models.summary import LayerRow, is_layer, layer_calls
-from ..models.summary import layer_row as summary_row
+from ._layers import LayerCall, layer_rows, watch
 from ._shapes import DtypeMismatch, fast_output, mixed_dtypes
+from ._shell import Shell, TopLevelCalls, autocast_region, unwrap, wrap_outputs
 
 META = torch.device("meta")
 
@@ -51,16 +51,6 @@ class Op:
 
 
 @dataclass(frozen=True)
-class LayerCall(LayerRow):
-    """One call of a layer (a leaf module, or one holding parameters itself), or one
-    functional op outside any layer (a residual add): a row of the per-layer table.
-    ``params`` counts a module called twice once."""
-
-    param_names: tuple[str, ...]
-    input_value: int | None  # value id of the first tensor argument
-
-
-@dataclass(frozen=True)
 class Trace:
     """Everything the memory model needs to know about one forward pass plus loss."""
 
@@ -68,10 +58,12 @@ class Trace:
     value_storage: tuple[int, ...]  # value id -> storage id
     value_bytes: tuple[int, ...]  # value id -> numel * itemsize
     value_float: tuple[bool, ...]  # value id -> floating point (can carry a gradient)
+    value_dtype: tuple[torch.dtype, ...]
     value_shape: tuple[tuple[int, ...], ...]
     storage_bytes: tuple[int, ...]
     storage_kind: tuple[str, ...]  # "param", "buffer", "input", "act"
     param_value: dict[str, int]  # parameter name -> value id
+    param_names: tuple[str, ...]  # the model's parameters in its order (an optimizer's)
     layers: tuple[LayerCall, ...]
     spans: tuple[tuple[str, int, int, tuple[int, ...]], ...]  # module, ops [first, end), inputs
     op_layer: tuple[int, ...]  # op index -> row in layers (-1: the loss)
@@ -81,6 +73,11 @@ class Trace:
     logits_value: int
     loss_value: int
     n_forward: int  # ops[:n_forward] are the model's forward, the rest the loss
+    # ops that end a top-level op (where a measured step reads its live bytes), and the
+    # storages freed inside a top-level op (gone when it ends; see _shell)
+    op_ends: frozenset[int]
+    freed_within: frozenset[int]
+    autocast: torch.dtype | None  # forward and loss ran under torch.autocast("cpu", this)
 
 
 _TAKES_DEVICE: dict[object, bool] = {}
@@ -114,6 +111,7 @@ class _Tracer(TorchDispatchMode):
         self.v_storage: list[int] = []
         self.v_bytes: list[int] = []
         self.v_float: list[bool] = []
+        self.v_dtype: list[torch.dtype] = []
         self.v_shape: list[tuple[int, ...]] = []
         self.s_bytes: list[int] = []
         self.s_kind: list[str] = []
@@ -121,6 +119,9 @@ class _Tracer(TorchDispatchMode):
         self.ops: list[Op] = []
         self.stack: list[tuple[str, type, int]] = [("", type(model), 0)]
         self.phase = "forward"
+        self.in_call = False  # inside a torch call of the model's code (TopLevelCalls)
+        self.op_ends: set[int] = set()
+        self.freed_within: set[int] = set()
         for kind, _, t in self.known.values():  # weights count even if no op reads them
             self._storage(t, kind)
 
@@ -145,17 +146,30 @@ class _Tracer(TorchDispatchMode):
             self.storage_of.pop(cdata, None)
             self.died_after[sid] = len(self.ops) - 1
 
+    def end_call(self, first_op: int) -> None:
+        """A top-level op ended after ``ops[first_op:]``: what it freed inside itself."""
+        self.op_ends.add(len(self.ops) - 1)
+        before = set(self.alive)
+        self.sweep()
+        self.freed_within.update(before.difference(self.alive))
+
     def new_value(self, t: torch.Tensor, kind: str) -> int:
         vid = len(self.v_storage)
         self.v_storage.append(self._storage(t, kind))
         self.v_bytes.append(t.numel() * t.element_size())
         self.v_float.append(t.is_floating_point() or t.is_complex())
+        self.v_dtype.append(t.dtype)
         self.v_shape.append(tuple(t.shape))
         self.value_of[t] = vid
         return vid
 
+    def vid(self, t: torch.Tensor) -> int | None:
+        """The value id of a tensor the model's code holds (a shell, a meta tensor)."""
+        return self.value_of.get(unwrap(t))
+
     def _meta(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(meta twin, value id) of a tensor argument, registering it on first sight."""
+        t = unwrap(t)
         if t.device.type == "meta":
             vid = self.value_of.get(t)
             return t, (self.new_value(t, "act") if vid is None else vid)
@@ -215,7 +229,9 @@ class _Tracer(TorchDispatchMode):
         self.ops.append(Op(name, tuple(p[1] for p in pairs), outs,
                            tuple(range(n_storages, len(self.s_bytes))), scalars, module, leaf,
                            self.phase))
-        return out
+        if not self.in_call:  # an op no torch call of the model's code made: its own end
+            self.op_ends.add(len(self.ops) - 1)
+        return wrap_outputs(out, margs, args)
 
     def unsupported(self, func: object, why: str) -> UnsupportedOperation:
         module, leaf, _ = self.stack[-1]
@@ -240,90 +256,19 @@ def where(module: str, leaf: type) -> str:
     return f"the forward of {leaf.__qualname__}"
 
 
-def first_tensor(items: tuple) -> torch.Tensor | None:
-    """The first tensor among a module call's positional arguments."""
-    return next((a for a in items if isinstance(a, torch.Tensor)), None)
-
-
-def layer_row(name: str, mod: nn.Module, inputs: tuple, output: object, own: tuple[str, ...],
-              counted: set[int], input_value: int | None) -> LayerCall:
-    """The row of one layer call (its parameters count only at its first call)."""
-    row = summary_row(name, mod, inputs, output, counted)
-    return LayerCall(row.name, row.type, row.output_shape, row.params, row.macs, own,
-                     input_value)
-
-
-@contextmanager
-def _watch(model: nn.Module, tracer: _Tracer, calls: list, spans: list) -> Iterator[None]:
-    """Through ``layer_calls`` on every module but the model itself: keep the module stack,
-    record every layer call and every module's op range and input values (``spans``, for
-    blocks that are recomputed). On an error the stack stays put (no ``always_call``)."""
-    counted: set[int] = set()
-    own = {name: tuple(f"{name}.{n}" for n, _ in module.named_parameters(recurse=False))
-           for name, module in model.named_modules()}
-
-    def enter(name: str, mod: nn.Module) -> None:
-        if name:  # the model itself is the bottom of the stack already
-            tracer.stack.append((name, type(mod), len(tracer.ops)))
-
-    def leave(name: str, mod: nn.Module, inputs: tuple, output: object) -> None:
-        if not name:
-            return
-        first_op = tracer.stack.pop()[2]
-        spans.append((name, first_op, len(tracer.ops), tuple(
-            tracer.value_of[a] for a in inputs
-            if isinstance(a, torch.Tensor) and a in tracer.value_of)))
-        if is_layer(mod):
-            x = first_tensor(inputs)
-            row = layer_row(name, mod, inputs, output, own[name], counted,
-                            None if x is None else tracer.value_of.get(x))
-            calls.append((first_op, len(tracer.ops), row))
-
-    with layer_calls(model, leave, on_enter=enter, every_module=True):
-        yield
-
-
-# ops that move no data of their own: never a row of the per-layer table
-_QUIET = frozenset({"view", "_unsafe_view", "t", "transpose", "permute", "unsqueeze", "squeeze",
-                    "expand", "alias", "slice", "select", "detach", "empty", "add_"})
-
-
-def _rows(ops: list[Op], calls: list, v_shape: list) -> tuple[tuple, tuple]:
-    """Per-layer rows (layer calls plus functional ops outside layers) and op -> row."""
-    op_layer = [-1] * len(ops)
-    # innermost layer wins: visit the shortest calls first
-    for k in sorted(range(len(calls)), key=lambda k: calls[k][1] - calls[k][0]):
-        for i in range(calls[k][0], calls[k][1]):
-            if op_layer[i] < 0:
-                op_layer[i] = k
-    rows = [c[2] for c in calls]
-    starts = [c[0] for c in calls]
-    for i, op in enumerate(ops):
-        if op_layer[i] >= 0 or op.phase != "forward":
-            continue
-        if op.name in _QUIET:  # a view outside layers: bill it to the row before it
-            op_layer[i] = op_layer[i - 1] if i else -1
-            continue
-        name = f"{op.module}.{op.name}" if op.module else op.name
-        rows.append(LayerCall(name, op.name, v_shape[op.outs[0]] if op.outs else (), 0, 0, (),
-                              next((v for v in op.ins if isinstance(v, int)), None)))
-        starts.append(i)
-        op_layer[i] = len(rows) - 1
-    # rows in forward order
-    order = sorted(range(len(rows)), key=lambda r: starts[r])
-    position = {old: new for new, old in enumerate(order)}
-    return tuple(rows[r] for r in order), tuple(position.get(r, -1) for r in op_layer)
-
-
-def trace(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> Trace:
-    """Trace ``model`` on a meta input of ``shape``/``dtype``, then cross-entropy on its logits."""
+def trace(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype,
+          autocast: torch.dtype | None = None) -> Trace:
+    """Trace ``model`` on a meta input of ``shape``/``dtype``, then cross-entropy on its
+    logits; ``autocast``: both under ``torch.autocast("cpu", autocast)``, as a real step."""
     tracer = _Tracer(model)
     calls: list = []
     spans: list = []
     x = torch.empty(shape, dtype=dtype, device=META)
     tracer.new_value(x, "input")
+    x = Shell(x)
     try:
-        with _watch(model, tracer, calls, spans), tracer, torch.no_grad():
+        with (watch(model, tracer, calls, spans), tracer, TopLevelCalls(tracer),
+              torch.no_grad(), autocast_region(autocast)):
             logits = model(x)
             check_logits(logits, shape, "the memory model")
             n_forward = len(tracer.ops)
@@ -349,13 +294,15 @@ def trace(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> Trace
             written.update(vs[v] for v in op.ins[3:5] if v is not None)
     # what the caller still holds at the end (input, logits, labels, loss, anything cached)
     held = frozenset(tracer.alive)
-    rows, op_layer = _rows(ops, calls, tracer.v_shape)
+    rows, op_layer = layer_rows(ops, calls, tracer.v_shape)
     return Trace(
-        tuple(ops), tuple(vs), tuple(tracer.v_bytes), tuple(tracer.v_float),
+        tuple(ops), tuple(vs), tuple(tracer.v_bytes), tuple(tracer.v_float), tuple(tracer.v_dtype),
         tuple(tracer.v_shape), tuple(tracer.s_bytes), tuple(kinds), tracer.param_value,
+        tuple(n for n, _ in model.named_parameters()),
         rows, tuple(spans), op_layer, tuple(map(tuple, dies)), held,
-        frozenset(s for s in written if kinds[s] == "buffer"), tracer.value_of[logits],
-        tracer.value_of[loss], n_forward)
+        frozenset(s for s in written if kinds[s] == "buffer"), tracer.vid(logits),
+        tracer.vid(loss), n_forward, frozenset(tracer.op_ends),
+        frozenset(tracer.freed_within), autocast)
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -369,13 +316,14 @@ def _signature(model: nn.Module) -> tuple:
     return mods, tensors
 
 
-def cached_trace(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> Trace:
-    """``trace`` memoized per model object, structure, modes and input shape."""
-    key = (_signature(model), shape, dtype)
+def cached_trace(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype,
+                 autocast: torch.dtype | None = None) -> Trace:
+    """``trace`` memoized per model object, structure, modes, input shape and autocast."""
+    key = (_signature(model), shape, dtype, autocast)
     per_model = _CACHE.setdefault(model, {})
     hit = per_model.get(key)
     if hit is None:
-        hit = per_model[key] = trace(model, shape, dtype)
+        hit = per_model[key] = trace(model, shape, dtype, autocast)
         if len(per_model) > 32:  # many shapes of one model (a widget sweep): drop the oldest
             del per_model[next(iter(per_model))]
     return hit
