@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ._trace import Op, Trace
+from ._trace import Op, Trace, UnsupportedOperation, where
 
 Flags = tuple[bool, ...]  # requires-grad per positional argument
 
@@ -104,6 +104,8 @@ STOCK: dict[str, Rule] = {
     "unsqueeze": _VIEW, "squeeze": _VIEW, "expand": _VIEW, "alias": _VIEW, "clone": _VIEW,
     # the gradient of a slice is a zero tensor of the whole input with the slice filled in
     "slice": _NO_SAVE, "select": _NO_SAVE, "cat": Rule(grads=("alias",)),
+    # a dtype cast (autocast's copies): the gradient is cast back, a fresh tensor
+    "_to_copy": _NO_SAVE,
     # the loss
     "nll_loss_forward": Rule(saves=_keep("i0", "i1", "o1"), grads=("alloc",)),
     # no gradient flows through these
@@ -222,3 +224,18 @@ def fp8_rule_for(op: Op) -> Rule | None:
             "calls are known to go through fp8_autocast's casts; use odt.measure for this "
             "model, or estimate with an 'fp32' plan")
     return _FP8[op.name]
+
+
+def rules_of(trace: Trace, engine: str, fp8: bool = False) -> list[Rule]:
+    """The rule of every op, or UnsupportedOperation naming the first op without one.
+    ``fp8``: conv/linear keep fresh fp8 copies of their input and weight (``fp8_autocast``)."""
+    out = []
+    for op in trace.ops:
+        rule = fp8_rule_for(op) if fp8 else rule_for(op, engine)
+        if rule is None:
+            raise UnsupportedOperation(
+                f"odtkit.estimate does not model aten.{op.name} / "
+                f"{where(op.module, op.leaf_type)}; supported aten "
+                f"ops: {', '.join(supported_ops())}. measure() still works for this model.")
+        out.append(rule)
+    return out

@@ -15,14 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models.summary import backward_macs
-from ..training.optim import state_copies
+from ._casts import cached_casts, elements, fp8_cast_params
 from ._measure import StepBytes
-from ._rules import FP8_CAST_TYPES, Rule, fp8_rule_for, rule_for, supported_ops
-from ._trace import Trace, UnsupportedOperation, where
-
-# optimizer -> transient copies of a trainable tensor while its update is computed
-_UPDATE_TEMPORARIES = {"sgd": 0, "sgd-m": 0, "adam": 2}
-_ADAM_STEP_BYTES = 4  # Adam keeps its step count as a float32 scalar tensor per parameter
+from ._rules import Rule, rules_of
+from ._trace import Trace
+from ._update import (
+    SCALER_STATE_BYTES,
+    optimizer_step,
+    scale_loss,
+    state_bytes,
+    unscale,
+    update_scale,
+)
 
 
 @dataclass(frozen=True)
@@ -33,21 +37,6 @@ class StepModel(StepBytes):
     row_trainable: tuple[bool, ...]
     checkpoint_rows: tuple[tuple[str, int], ...]  # (block, bytes of inputs it keeps)
     timeline: tuple[tuple[str, int], ...]
-
-
-def rules_of(trace: Trace, engine: str, fp8: bool = False) -> list[Rule]:
-    """The rule of every op, or UnsupportedOperation naming the first op without one.
-    ``fp8``: conv/linear keep fresh fp8 copies of their input and weight (``fp8_autocast``)."""
-    out = []
-    for op in trace.ops:
-        rule = fp8_rule_for(op) if fp8 else rule_for(op, engine)
-        if rule is None:
-            raise UnsupportedOperation(
-                f"odtkit.estimate does not model aten.{op.name} / "
-                f"{where(op.module, op.leaf_type)}; supported aten "
-                f"ops: {', '.join(supported_ops())}. measure() still works for this model.")
-        out.append(rule)
-    return out
 
 
 def _flag(x: object, rg: bytearray) -> bool:
@@ -62,8 +51,9 @@ class _Step:
     """The state of one simulated step; ``run`` goes through it in order."""
 
     def __init__(self, t: Trace, trainable: frozenset[str], engine: str, optimizer: str,
-                 recompute: tuple[str, ...], fp8: bool = False) -> None:
+                 recompute: tuple[str, ...], fp8: bool = False, scaler: bool = False) -> None:
         self.t, self.trainable, self.optimizer, self.fp8 = t, trainable, optimizer, fp8
+        self.scaler = scaler
         self.rules = rules_of(t, engine, fp8)
         self.params = {v: name for name, v in t.param_value.items()}
         self.rg = bytearray(len(t.value_storage))
@@ -158,6 +148,16 @@ class _Step:
         rec_peak = [0] * len(self.blocks)
         start = dead_kept = 0
         skipped_all: set[int] = set()  # storages never allocated for real
+        cached = cached_casts(t, {v for v in self.params if self.rg[v]}, self.params)
+
+        def free(s: int, block: int | None) -> None:
+            nonlocal dead_kept
+            if (s not in self.saved_by and s not in t.held and s not in skipped_all
+                    and s not in cached):
+                self.live -= sbytes[s]
+                if block is not None and s in self.block_kept[block]:
+                    dead_kept += sbytes[s]
+
         for i, op in enumerate(t.ops):
             block = self.block_of.get(i)
             if block is not None and i == self.blocks[block][1]:
@@ -168,20 +168,25 @@ class _Step:
             made = tuple(s for s in made if s not in skipped_all)
             self.live += sum(sbytes[s] for s in made)
             extra = self.rules[i].fwd_extra(op, node_flags[i], t) if i in node_flags else 0
-            self.timeline.append((f"{op.phase}: {op.name}", self.live + extra))
             if block is not None:  # recomputing, the block's kept tensors would all be alive
                 rec_peak[block] = max(rec_peak[block], self.live + extra + dead_kept - start)
             dying = list(t.dies_after[i])
             if block is not None:  # kept under a checkpoint: dropped as soon as made
                 dying += self.created_at.get(i, ())
+            if i in t.op_ends:  # a measured step reads the live bytes as a top-level op ends
+                for s in dying:
+                    if s in t.freed_within:
+                        free(s, block)
+                dying = [s for s in dying if s not in t.freed_within]
+            if i in t.op_ends or extra:
+                self.timeline.append((f"{op.phase}: {op.name}", self.live + extra))
             for s in dying:
-                if s not in self.saved_by and s not in t.held and s not in skipped_all:
-                    self.live -= sbytes[s]
-                    if block is not None and s in self.block_kept[block]:
-                        dead_kept += sbytes[s]
+                free(s, block)
         logits = t.value_storage[t.logits_value]
         if logits not in self.saved_by:  # the caller lets go of the logits once the loss is known
             self.live -= sbytes[logits]
+        # autocast clears its cache as it exits: copies no backward node keeps go
+        self.live -= sum(sbytes[s] for s in cached if s not in self.saved_by)
         return rec_peak
 
     # ------------------------------------------------------------ backward
@@ -233,8 +238,18 @@ class _Step:
                 drop(old)
                 drop(g)
 
+        root = None  # the gradient backward() starts from: the graph root holds it to the end
+        loss_bytes = vbytes[t.loss_value]
         if self.nodes:
-            buffers[t.loss_value] = alloc(vbytes[t.loss_value])
+            if self.scaler:  # backward starts from the scaled loss, which hands on a fresh one
+                self.live = scale_loss(self.live, self.timeline, loss_bytes)
+            root = alloc(loss_bytes)
+            if self.scaler:  # the scaled loss's backward hands the loss a fresh gradient
+                buffers[t.loss_value] = alloc(loss_bytes)
+                self.timeline.append(("backward: mul", self.live))
+            else:  # the first node gets the root gradient itself
+                refs[root] += 1
+                buffers[t.loss_value] = root
         recomputed: set[int] = set()
         first_node = {}  # block -> its earliest node, after which the checkpoint lets go
         for i, _, _ in self.nodes:
@@ -264,6 +279,9 @@ class _Step:
                 route(v, g)
         for g in buffers.values():  # gradients nobody consumed (dead branches)
             drop(g)
+        if root is not None:
+            drop(root)
+            self.live -= loss_bytes * self.scaler  # the scaled loss
         self.live -= sum(sbytes[s] for s, n in self.saved_by.items()
                          if n and (s not in t.held or s == logits))
         if t.storage_kind[t.value_storage[t.loss_value]] == "act":
@@ -283,25 +301,27 @@ class _Step:
 
     # ------------------------------------------------------------ optimizer step
     def step(self, param_grad: dict[int, int]) -> int:
-        """State appears tensor by tensor, then each update's temporaries; returns state bytes."""
-        vbytes = self.t.value_bytes
-        n_state, n_temp = state_copies(self.optimizer), _UPDATE_TEMPORARIES[self.optimizer]
-        extra = _ADAM_STEP_BYTES if self.optimizer == "adam" else 0
-        for v in param_grad if n_state else ():
-            self.live += n_state * vbytes[v] + extra
-            self.timeline.append(("step: state", self.live))
-        for v in param_grad if n_temp else ():
-            self.timeline.append(("step: update", self.live + n_temp * vbytes[v]))
-        if param_grad:
-            self.timeline.append(("step: done", self.live))
-        return sum(n_state * vbytes[v] + extra for v in param_grad)
+        """The optimizer's step (inside the loss scaler's unscale and update at fp16), as
+        ``_update`` plays it; returns the bytes of the state it leaves."""
+        if not param_grad:
+            return 0
+        t = self.t  # the optimizer goes through the parameters in the model's order
+        order = [t.param_value[n] for n in t.param_names if t.param_value.get(n) in param_grad]
+        sizes = [t.value_bytes[v] for v in order]
+        if self.scaler:
+            self.live = unscale(self.live, self.timeline)
+        self.live = optimizer_step(self.live, self.timeline, self.optimizer, sizes)
+        if self.scaler:
+            self.live = update_scale(self.live, self.timeline)
+        self.timeline.append(("step: done", self.live))
+        return state_bytes(self.optimizer, sizes) + SCALER_STATE_BYTES * self.scaler
 
     def _gradient_bytes(self, param_grad: dict[int, int]) -> int:
         """Bytes of the parameters' gradients: their own size, 1 byte per element under
         fp8 for a parameter read only as a conv/linear weight (its gradient arrives through
         the cast)."""
-        cast = _fp8_cast_params(self.t) if self.fp8 else set()
-        return sum(_elements(self.t, v) if v in cast else self.t.value_bytes[v]
+        cast = fp8_cast_params(self.t) if self.fp8 else set()
+        return sum(elements(self.t, v) if v in cast else self.t.value_bytes[v]
                    for v in param_grad)
 
     def run(self) -> StepModel:
@@ -326,38 +346,16 @@ class _Step:
 
 
 def play_step(trace: Trace, trainable: frozenset[str], engine: str, optimizer: str,
-             recompute: tuple[str, ...] = (), fp8: bool = False) -> StepModel:
+             recompute: tuple[str, ...] = (), fp8: bool = False,
+             scaler: bool = False) -> StepModel:
     """Simulate forward, loss, backward and one ``optimizer`` step under a plan.
 
     ``recompute``: names of the modules checkpointed (recomputed in backward). ``fp8``:
     the step runs under ``fp8_autocast`` (conv/linear keep 1-byte copies, see _rules).
+    A trace made under autocast plays its casts and autocast's weight cache; ``scaler``:
+    a ``torch.amp.GradScaler`` scales the loss and wraps the optimizer step (fp16).
     """
-    return _Step(trace, trainable, engine, optimizer, recompute, fp8).run()
-
-
-def _elements(t: Trace, v: int) -> int:
-    n = 1
-    for d in t.value_shape[v]:
-        n *= d
-    return n
-
-
-def _fp8_cast_params(t: Trace) -> set[int]:
-    """Parameter values read only as the weight of an nn.Conv*/nn.Linear call (directly by
-    the convolution, or through the transpose a linear makes of it): under fp8_autocast
-    all their gradient arrives through a cast."""
-    params = set(t.param_value.values())
-    cast, other = set(), set()
-    for op in t.ops[:t.n_forward]:
-        for pos, v in enumerate(op.ins):
-            for u in v if isinstance(v, tuple) else (v,):
-                if u not in params:
-                    continue
-                conv = op.name == "convolution" and pos == 1
-                linear = op.name == "t" and pos == 0
-                kinds = FP8_CAST_TYPES["convolution" if conv else "addmm"]
-                ((cast if (conv or linear) and op.leaf_type in kinds else other).add(u))
-    return cast - other
+    return _Step(trace, trainable, engine, optimizer, recompute, fp8, scaler).run()
 
 
 def _input_grads(op, rule: Rule, flags: tuple[bool, ...], g_out: int, rg: bytearray,
