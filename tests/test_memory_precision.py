@@ -105,8 +105,63 @@ def test_autocast_step_keeps_fp32_weights_and_two_byte_activations(precision):
             work(x)
     assert rep.by_category["activations"] == sum(v for k, v in kept.items() if k not in params)
     assert 2 in sizes  # the cast inputs and weight copies of the linears
-    with pytest.raises(ValueError, match=f"does not model precision '{precision}'.*odt.measure"):
-        odt.estimate(model, x, plan)
+    est = odt.estimate(model, x, plan, optimizer="sgd-m")
+    assert (est.by_category, est.peak_bytes) == (rep.by_category, rep.peak_bytes)
+
+
+# a small input keeps the real autocast steps fast; every model accepts it
+SMALL = {"mcunet-tiny": (3, 16, 16), "mbv2-tiny": (3, 16, 16), "ds-cnn": (10, 25),
+         "resnet8": (3, 16, 16), "mlp": (1, 8, 8)}
+
+
+@pytest.mark.parametrize(("name", "scheme", "optimizer", "precision"), [
+    ("mcunet-tiny", "full", "sgd-m", "bf16"), ("mcunet-tiny", "last:2", "adam", "fp16"),
+    ("mbv2-tiny", "bias-only", "sgd", "fp16"), ("mbv2-tiny", "full", "adam", "bf16"),
+    ("ds-cnn", "full", "adam", "fp16"), ("ds-cnn", "bias-only", "sgd-m", "bf16"),
+    ("mlp", "full", "adam", "bf16"), ("mlp", "last:2", "sgd", "fp16"),
+    ("resnet8", "last:2", "sgd-m", "fp16"), ("resnet8", "full", "sgd", "bf16")])
+def test_autocast_estimate_matches_the_real_step(name, scheme, optimizer, precision):
+    model = odt.models.create(name, num_classes=10, input_shape=SMALL[name])
+    x = odt.models.example_input(model, batch_size=2)
+    plan = odt.plan(model, scheme, precision=precision)
+    est = odt.estimate(model, x, plan, optimizer=optimizer)
+    meas = odt.measure(model, x, plan, optimizer=optimizer, rss=False)
+    assert est.by_category == meas.by_category
+    assert est.peak_bytes == meas.peak_bytes  # to the byte, transients included
+    assert est.frozen_weight_bytes == meas.frozen_weight_bytes
+    assert {r.name: r.saved_bytes for r in est.rows} == {r.name: r.saved_bytes for r in meas.rows}
+    assert est.precision == meas.precision == precision
+    assert (est.forward_macs, est.backward_macs) == (meas.forward_macs, meas.backward_macs)
+
+
+def test_autocast_bytes_by_hand():
+    """mlp (Flatten, Linear 64-128, ReLU, Linear 128-64, ReLU, Linear 64-10), last two
+    linears trained, batch 3: every kept tensor is 2 bytes per element."""
+    torch.manual_seed(0)
+    model = odt.models.create("mlp", num_classes=10)
+    batch = 3
+    x = odt.models.example_input(model, batch_size=batch)
+    n_params = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for n, p in model.named_parameters() if n[0] in "35")
+    reports = {p: odt.estimate(model, x, odt.plan(model, "last:2", precision=p),
+                               optimizer="adam") for p in ("fp32", "bf16", "fp16")}
+    for precision, rep in reports.items():
+        assert rep.by_category["weights"] == 4 * n_params  # fp32 master weights
+        assert rep.by_category["gradients"] == 4 * trained
+        scaler = 8 if precision == "fp16" else 0  # scale (fp32), growth tracker (int32)
+        assert rep.by_category["optimizer"] == 2 * 4 * trained + 4 * 4 + scaler
+    # linear 3 keeps its input (the first ReLU's output), ReLU 4 its output, which linear 5
+    # keeps too, with its weight (the cast copy at 2 bytes; fp32 keeps the parameter itself)
+    kept = batch * 128 + batch * 64
+    assert reports["fp32"].by_category["activations"] == 4 * kept
+    for precision in ("bf16", "fp16"):
+        assert reports[precision].by_category["activations"] == 2 * (kept + 10 * 64)
+        assert "2 in " + precision in reports[precision].table()
+    # Adam's peak is in its step (the denominator of the largest weight); at fp16 the
+    # scaler's scale and growth tracker and the found-inf flag unscale_ keeps are alive too
+    peaks = {p: max(rep.timeline, key=lambda point: point[1]) for p, rep in reports.items()}
+    assert all(label == "step: div" for label, _ in peaks.values())
+    assert reports["fp16"].peak_bytes == reports["bf16"].peak_bytes + 8 + 4
 
 
 def test_stm32f746_fit_of_int8_and_fp32_plans():

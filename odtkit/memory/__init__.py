@@ -8,12 +8,14 @@ Four categories, in bytes: ``weights`` (parameters and buffers), ``gradients``,
 ``optimizer`` (its state after one step) and ``activations`` (distinct tensors autograd
 keeps for backward, parameters and buffers excluded). ``peak_bytes`` is the most tensor
 bytes alive at once during forward, loss, backward and the optimizer step, weights
-included (scratch space a kernel frees before it returns is not a tensor: not counted).
+included, read as each top-level op returns (what an op allocates and frees inside itself,
+a kernel's scratch space or autocast's copy of a frozen weight, is not counted).
 
 The estimate never runs the model's arithmetic: it traces one forward pass on the meta
-device (``_trace``), applies per-op rules of what autograd or the lean engine keeps
-(``_rules``) and plays the step through (``_step``). The measurement runs one
-real step (``_measure``). Lab 01 compares the two.
+device (``_trace``; under ``torch.autocast`` at bf16/fp16), applies per-op rules of what
+autograd or the lean engine keeps (``_rules``) and plays the step through (``_step``, the
+optimizer and loss scaler in ``_update``). The measurement runs one real step
+(``_measure``). Lab 01 compares the two.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..training.optim import check_optimizer, state_copies
 from ..units import format_bytes
 from ._measure import run_step
 from ._precision import (
+    AUTOCAST,
     ELEMENT_BYTES,
     FP8,
     FP8_NOTE,
@@ -40,7 +43,6 @@ from ._precision import (
     check_precision_model,
     int8_step,
     is_int8_model,
-    refuse_estimate,
     step_setup,
 )
 from ._step import play_step
@@ -205,9 +207,9 @@ def _dtype_error(model: nn.Module, x: torch.Tensor, err: DtypeMismatch) -> Value
                       f"there too. {fix}")
 
 
-def _trace_of(model: nn.Module, x: torch.Tensor):
+def _trace_of(model: nn.Module, x: torch.Tensor, precision: str = "fp32"):
     try:
-        return cached_trace(model, tuple(x.shape), x.dtype)
+        return cached_trace(model, tuple(x.shape), x.dtype, AUTOCAST.get(precision))
     except DtypeMismatch as err:
         raise _dtype_error(model, x, err) from None
     except (UnsupportedOperation, TypeError):
@@ -240,16 +242,16 @@ def estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | st
     blocks of ``plan.recompute`` checkpointed). An Int8Model (``odt.quant.to_int8``) is
     counted as a device keeps the int8 graph (see the report's bytes per element); "fp8-e4m3"
     / "fp8-e5m2" as a device with float8 storage keeps the ``fp8_autocast`` step (peak =
-    the four categories); the autocast precisions "bf16" and "fp16" are refused here:
-    ``measure`` counts them.
+    the four categories); "bf16" and "fp16" as the ``torch.autocast("cpu")`` step that
+    ``measure`` runs (fp16 with a ``torch.amp.GradScaler``), its peak included.
     """
     plan = _prepare(model, example_input, plan, optimizer, engine)
-    refuse_estimate(plan.precision)
     if plan.precision == "int8":
         return _int8_report(model, example_input, plan, optimizer, "estimate")
-    trace = _trace_of(model, example_input)
+    trace = _trace_of(model, example_input, plan.precision)
     fp8 = plan.precision in FP8
-    sim = play_step(trace, plan.trainable, engine, optimizer, _recomputed(plan, engine), fp8)
+    sim = play_step(trace, plan.trainable, engine, optimizer, _recomputed(plan, engine), fp8,
+                    scaler=plan.precision == "fp16")
     rows = tuple(
         LayerMemory(r.name, r.type, r.output_shape, r.params, r.macs, saved, trains)
         for r, saved, trains in zip(trace.layers, sim.row_saved_bytes, sim.row_trainable,
@@ -275,7 +277,8 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
     tensors are counted through autograd's saved-tensor hooks, the peak by tracking live
     storages op by op; ``rss`` also samples the process's resident memory (memory-profiler).
     At "bf16"/"fp16" the step runs under ``torch.autocast("cpu")`` (fp16 with a
-    ``torch.amp.GradScaler("cpu")``); at "fp8-e4m3"/"fp8-e5m2" under ``fp8_autocast``,
+    ``torch.amp.GradScaler("cpu")``, at a loss scale under which the step updates), as
+    the estimate models it; at "fp8-e4m3"/"fp8-e5m2" under ``fp8_autocast``,
     counted in device bytes (see the estimate); an Int8Model runs its own step (forward, backward,
     optimizer step, re-rounding) counted as a device keeps the int8 graph.
     """
@@ -283,7 +286,8 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
     if plan.precision == "int8":
         return _int8_report(model, example_input, plan, optimizer, "measure", lr)
     try:  # the dtype error of the estimate, before a real step fails less clearly
-        cached_trace(model, tuple(example_input.shape), example_input.dtype)
+        cached_trace(model, tuple(example_input.shape), example_input.dtype,
+                     AUTOCAST.get(plan.precision))
     except DtypeMismatch as err:
         raise _dtype_error(model, example_input, err) from None
     except (UnsupportedOperation, RuntimeError, ValueError, TypeError):
@@ -349,7 +353,7 @@ def _measured_rows(model: nn.Module, x: torch.Tensor, plan: TrainPlan, record) -
     """Rows named as the estimate names them (from the stock model's trace when it can be
     traced), with the bytes the measurement saw kept per layer."""
     try:
-        layers = cached_trace(model, tuple(x.shape), x.dtype).layers
+        layers = cached_trace(model, tuple(x.shape), x.dtype, AUTOCAST.get(plan.precision)).layers
     except (UnsupportedOperation, RuntimeError, ValueError, TypeError):
         layers = record.rows
     saved = dict(record.saved_by_row)

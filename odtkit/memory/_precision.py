@@ -4,7 +4,11 @@
 - "bf16" / "fp16": the real ``torch.autocast("cpu")`` step (fp16 with a GradScaler):
   parameters and gradients fp32 (master weights), what autograd keeps at its own size
   (2 bytes where autocast cast it; the cast weight copies count as activations), the
-  scaler's scale and growth tracker as optimizer state. Only ``measure`` counts these.
+  scaler's scale and growth tracker as optimizer state. The estimate traces forward and
+  loss under the same autocast (``_shell``), so it sees the casts autocast makes and the
+  dtypes ops run in, and plays the step with autocast's weight cache (a trained weight's
+  copy lives until autocast exits after the loss), gradients flowing back in 2 bytes
+  through the casts, the scaler's own tensors and the optimizer's step (``_update``).
 - "fp8-e4m3" / "fp8-e5m2": the fp8-simulated step (``fp8_autocast`` around forward)
   counted as a device with float8 storage keeps it: parameters fp32 (master weights, 4
   bytes), the copies ``fp8_autocast`` makes of conv/linear inputs and weights and keeps for
@@ -36,15 +40,17 @@ from ..plans import TrainPlan
 from ._measure import StepSetup
 from ._trace import check_logits
 
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # bytes per element, by category, as each precision's report counts them
 ELEMENT_BYTES = {
     "fp32": "weights 4, gradients 4, optimizer 4, activations 4",
-    "bf16": "weights 4 (fp32 master), gradients 4, optimizer 4, activations 2 where "
-            "autocast cast them (weight copies included), 4 where it runs in fp32",
+    "bf16": "weights 4 (fp32 master), gradients 4, optimizer 4, activations 2 in bf16 "
+            "(autocast's copies of conv/linear inputs and weights, what runs on them), 4 "
+            "in fp32 (the input, what autocast runs in fp32)",
     "fp16": "weights 4 (fp32 master), gradients 4, optimizer 4 plus the loss scaler's "
-            "scale and growth tracker (4 + 4), activations 2 where autocast cast them "
-            "(weight copies included), 4 where it runs in fp32",
+            "scale and growth tracker (4 + 4), activations 2 in fp16 (autocast's copies of "
+            "conv/linear inputs and weights, what runs on them), 4 in fp32 (the input, "
+            "what autocast runs in fp32)",
     "int8": "weights 1 (int8), biases 4 (int32), quantization parameters 4, gradients 4, "
             "optimizer 4, activations and masks 1",
     **{name: "weights 4 (fp32 master), gradients 1 where they arrive through the fp8 "
@@ -52,7 +58,6 @@ ELEMENT_BYTES = {
              "copies conv/linear keep (inputs and weights), 4 for the rest"
        for name in ("fp8-e4m3", "fp8-e5m2")},
 }
-MEASURED_ONLY = ("bf16", "fp16")  # the estimate refuses these (see refuse_estimate)
 FP8 = {"fp8-e4m3": torch.float8_e4m3fn, "fp8-e5m2": torch.float8_e5m2}
 FP8_NOTE = ("fp8 step as a device with float8 storage keeps it: fp32 master weights 4 B, "
             "the fp8 copies conv/linear keep for backward (inputs, weights) and the weight "
@@ -84,9 +89,9 @@ def check_precision_model(plan: TrainPlan, model: nn.Module) -> None:
     if int8 and precision != "int8":
         raise ValueError(f"the model is an Int8Model, but the plan's precision is "
                          f"{precision!r}; make the plan with precision='int8'")
-    if precision in _AUTOCAST or precision in FP8:
+    if precision in AUTOCAST or precision in FP8:
         have = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
-        how = "under autocast" if precision in _AUTOCAST else "through fp8 casts"
+        how = "under autocast" if precision in AUTOCAST else "through fp8 casts"
         if have and have != ["torch.float32"]:
             raise ValueError(f"plan precision {precision!r} trains float32 master weights "
                              f"{how}, but the model's parameters are {have}; pass "
@@ -95,20 +100,10 @@ def check_precision_model(plan: TrainPlan, model: nn.Module) -> None:
         plan.check_dtype(model)
 
 
-def refuse_estimate(precision: str) -> None:
-    """The estimate cannot yet match the autocast step to the byte: say so and what works."""
-    if precision in MEASURED_ONLY:
-        raise ValueError(
-            f"odt.estimate does not model precision {precision!r}: what autocast keeps "
-            "(cast copies, cached weights, fp32 ops inside) is not yet matched to the byte; "
-            f"use odt.measure(model, x, plan, ...) for {precision!r}, or estimate with an "
-            "'fp32' plan")
-
-
 def step_setup(precision: str, model: nn.Module) -> StepSetup:
     """How ``measure`` runs and counts one step of ``model`` at ``precision``."""
-    if precision in _AUTOCAST:
-        return StepSetup(autocast=_AUTOCAST[precision], grad_scaler=precision == "fp16")
+    if precision in AUTOCAST:
+        return StepSetup(autocast=AUTOCAST[precision], grad_scaler=precision == "fp16")
     if precision == "int8":
         return StepSetup(after_step=lambda m: m.round_(), element_bytes=_int8_sizes(model))
     if precision in FP8:
