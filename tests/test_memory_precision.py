@@ -1,5 +1,5 @@
 """Memory reports per precision: the int8 graph counted as a device keeps it, the autocast
-steps measured, device fit per precision. References: a real step of each (measure), hand
+and fp8 steps estimated to the byte of their measurement, device fit per precision. References: a real step of each (measure), hand
 counts from parameter and activation sizes, the device profile's own numbers."""
 
 from __future__ import annotations
@@ -164,6 +164,33 @@ def test_autocast_bytes_by_hand():
     assert reports["fp16"].peak_bytes == reports["bf16"].peak_bytes + 8 + 4
 
 
+class _Twice(torch.nn.Module):
+    """One linear called twice: autocast's cache serves its second call the first copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.head = torch.nn.Linear(8, 8), torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fc(torch.relu(self.fc(x)))))
+
+
+def test_autocast_estimate_refuses_a_trained_weight_cast_twice_and_lean():
+    model, x = _Twice(), torch.randn(3, 8)
+    frozen_fc = odt.plan(model, ["head.weight", "head.bias"], precision="bf16")
+    est = odt.estimate(model, x, frozen_fc, optimizer="sgd-m")  # no cache: each call casts
+    meas = odt.measure(model, x, frozen_fc, optimizer="sgd-m", rss=False)
+    assert (est.by_category, est.peak_bytes) == (meas.by_category, meas.peak_bytes)
+    plan = odt.plan(model, "full", precision="fp16")
+    with pytest.raises(ValueError, match=r"'fc\.\w+' cast twice under autocast.*odt\.measure"):
+        odt.estimate(model, x, plan)
+    assert odt.measure(model, x, plan, rss=False).peak_bytes > 0
+    for method in (odt.estimate, odt.measure):
+        with pytest.raises(ValueError, match="engine='lean' runs fp32.*engine='pytorch'"):
+            method(model, x, odt.plan(model, "full", precision="bf16"), engine="lean")
+
+
 def test_stm32f746_fit_of_int8_and_fp32_plans():
     model, q, x = _int8("mcunet-tiny", batch=1)
     dev = odt.device("stm32f746")
@@ -197,11 +224,11 @@ def test_fp16_fit_on_a_chip_without_fp16_units_says_so():
     torch.manual_seed(0)
     model = odt.models.create("mlp", num_classes=10)
     x = odt.models.example_input(model, batch_size=1)
-    rep = odt.measure(model, x, odt.plan(model, "full", precision="fp16"), rss=False)
+    rep = odt.estimate(model, x, odt.plan(model, "full", precision="fp16"))
     fit = odt.device("stm32f746").fit(rep)
     assert fit.step_time_s is None
     assert any("no fp16 peak" in n and "single precision" in n for n in fit.notes)
-    bf = odt.measure(model, x, odt.plan(model, "full", precision="bf16"), rss=False)
+    bf = odt.estimate(model, x, odt.plan(model, "full", precision="bf16"))
     notes = odt.device("stm32f746").fit(bf).notes
     assert any("bf16 step time at the fp16 peak" in n for n in notes)
 
