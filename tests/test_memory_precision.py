@@ -164,6 +164,17 @@ def test_autocast_bytes_by_hand():
     assert reports["fp16"].peak_bytes == reports["bf16"].peak_bytes + 8 + 4
 
 
+def test_an_input_sliced_from_a_dataset_counts_its_own_bytes():
+    torch.manual_seed(0)
+    model = odt.models.create("mlp", num_classes=10)
+    dataset = torch.randn(50, *odt.models.example_input(model).shape[1:])
+    plan = odt.plan(model, "full", precision="bf16")
+    est = odt.estimate(model, dataset[:2], plan)
+    for x in (dataset[:2], dataset[:2].clone()):  # a view keeps all 50 alive, not the step
+        meas = odt.measure(model, x, plan, rss=False)
+        assert (meas.by_category, meas.peak_bytes) == (est.by_category, est.peak_bytes)
+
+
 class _Twice(torch.nn.Module):
     """One linear called twice: autocast's cache serves its second call the first copy."""
 

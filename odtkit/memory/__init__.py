@@ -298,7 +298,7 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
         work = lean(model, plan)
     else:
         work = plan.apply_(copy.deepcopy(model))
-    x = example_input.detach()
+    x = example_input.detach().clone()  # its own bytes, not a whole dataset it slices
     args = (work, x, optimizer, lr, _recomputed(plan, engine), step_setup(plan.precision, work))
     rss_peak = None
     if rss:
