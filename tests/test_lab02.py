@@ -173,15 +173,35 @@ def _small():
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
 
 
+class _Twice(torch.nn.Module):
+    """One Linear applied twice (a shared weight)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.flat, self.fc = torch.nn.Flatten(), torch.nn.Linear(64, 64)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.fc(self.flat(x))))[:, :3]
+
+
 def test_step_memory_prefers_estimate_then_measure_then_refuses():
     x = torch.zeros(1, 1, 8, 8)
-    for precision, how in (("fp32", "estimate"), ("fp16", "measure"), ("bf16", "measure")):
+    for precision, how in (("fp32", "estimate"), ("fp16", "estimate"), ("bf16", "estimate")):
         model = _small()
         plan = odt.plan(model, "full", precision=precision)
         report, got, reason = odt.lab.step_memory(model, x, plan)
         assert (got, reason) == (how, "")
         expected = (odt.estimate if how == "estimate" else odt.measure)(model, x, plan, optimizer="sgd-m")
         assert report.peak_bytes == expected.peak_bytes
+    # a trained weight used twice under autocast: the estimate refuses it, measure counts it
+    twice = _Twice()
+    plan = odt.plan(twice, "full", precision="fp16")
+    with pytest.raises(ValueError):
+        odt.estimate(twice, x, plan, optimizer="sgd-m")
+    report, got, reason = odt.lab.step_memory(twice, x, plan)
+    assert (got, reason) == ("measure", "")
+    assert report.peak_bytes == odt.measure(twice, x, plan, optimizer="sgd-m").peak_bytes
     model = _small()
     plan = odt.plan(model, "full", precision="fp8-e4m3")
     try:
@@ -206,7 +226,7 @@ def test_precision_row_times_and_cells_come_from_device_fit():
 
     half = odt.lab.precision_row("fp16", model, x, odt.plan(model, "full", precision="fp16"),
                                  accuracy=0.5)
-    assert half.memory_how == "measure"
+    assert half.memory_how == "estimate"
     for name in ("stm32f746", "raspberry-pi-4"):  # neither has fp16 arithmetic
         assert half.step_s[name] is None and half.cells[name].startswith("no fp16 peak")
         assert any("no fp16 peak" in n for n in half.notes[name])
