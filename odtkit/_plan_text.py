@@ -32,7 +32,8 @@ def rows(plan: TrainPlan) -> list[Row]:
 def header(plan: TrainPlan) -> str:
     rec = ", ".join(plan.recompute) if plan.recompute else "none"
     sparse = f", {len(plan.channels)} channel selections" if plan.channels else ""
-    return f"TrainPlan {plan.scheme!r}: precision {plan.precision}, recompute {rec}{sparse}"
+    return (f"TrainPlan {plan.scheme!r}: precision {plan.precision}, norm statistics "
+            f"{plan.norm_stats}, recompute {rec}{sparse}")
 
 
 def footer(plan: TrainPlan) -> str:
@@ -80,4 +81,4 @@ def to_repr(plan: TrainPlan) -> str:
     return (f"TrainPlan(scheme={plan.scheme!r}, trainable={len(plan.trainable)}/"
             f"{len(plan.names)} tensors, {plan.trainable_numel:,}/{plan.total_numel:,} "
             f"parameters ({100 * plan.trainable_share:.1f}%), precision={plan.precision!r}, "
-            f"recompute={plan.recompute!r}{sparse})")
+            f"norm_stats={plan.norm_stats!r}, recompute={plan.recompute!r}{sparse})")

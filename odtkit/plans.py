@@ -20,6 +20,13 @@ Channel-sparse plans (Lin et al. 2022, sparse update at a channel ratio) train o
 slices of a parameter: ``plan.with_channels({"features.3.weight": (1, [0, 2, 5])})``
 trains input channels 0, 2 and 5 of that conv weight and keeps its other entries frozen
 (``TrainPlan.channels``; ``plan.masks()`` gives the bool masks).
+
+Norm statistics (``TrainPlan.norm_stats``): "batch" trains normalization layers that hold
+running statistics (BatchNorm*) in train mode, on the batch's statistics; "frozen" keeps
+them in eval mode, on their running statistics, which stay untouched and which a frozen
+BatchNorm's backward does not need. Every scheme defaults to "batch";
+``odt.plan(..., norm_stats=...)`` overrides. ``plan.norm_mode_(model)`` sets the mode and
+``with plan.norm_mode(model):`` sets it for a block; odt.train and odt.lean honour it.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,9 +46,18 @@ from . import _plan_text
 from ._checks import choice_error, closest, lookup
 from ._plan_blocks import find_blocks, resolve_recompute
 from ._plan_channels import check_channels, entries_of, mask, merge, selected_numel
+from ._plan_norms import (
+    NORM_STATS,
+    check_norm_stats,
+    check_norms,
+    default_norm_stats,
+    norm_mode,
+    set_norm_mode_,
+)
 from .quant.precision import PRECISIONS
 
-__all__ = ["TrainPlan", "plan", "as_plan", "from_names", "layers", "find_blocks", "SCHEMES", "PRECISIONS"]
+__all__ = ["TrainPlan", "plan", "as_plan", "from_names", "layers", "find_blocks", "SCHEMES",
+           "PRECISIONS", "NORM_STATS"]
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
@@ -62,6 +79,8 @@ class TrainPlan:
     trains only those slices along ``dim`` (entries on several dims intersect), the rest
     of it stays frozen. Conv weight (out, in/groups, *kernel) and Linear weight (out, in):
     dim 1 selects input channels, dim 0 output channels (a depthwise conv's channels).
+    ``norm_stats``: "frozen" (norms with running statistics in eval mode) or "batch"
+    (train mode); None takes the scheme's default.
     """
 
     scheme: str
@@ -71,6 +90,7 @@ class TrainPlan:
     precision: str = "fp32"
     recompute: tuple[str, ...] = ()
     channels: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
+    norm_stats: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.scheme, str) or not self.scheme:
@@ -92,6 +112,8 @@ class TrainPlan:
             raise ValueError(f"recompute must be a tuple of module names, got {self.recompute!r}")
         object.__setattr__(self, "channels", check_channels(
             self.channels, self.names, self.shapes, self.trainable))
+        object.__setattr__(self, "norm_stats", check_norm_stats(
+            default_norm_stats(self.scheme) if self.norm_stats is None else self.norm_stats))
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -132,6 +154,26 @@ class TrainPlan:
         shape_of = dict(zip(self.names, self.shapes, strict=True))
         sparse = dict.fromkeys(n for n, _, _ in self.channels)
         return {n: mask(shape_of[n], entries_of(self.channels, n), device) for n in sparse}
+
+    def with_norm_stats(self, norm_stats: str) -> TrainPlan:
+        """A copy of this plan with norm statistics ``norm_stats`` ("frozen" or "batch")."""
+        return dataclasses.replace(self, norm_stats=check_norm_stats(norm_stats))
+
+    # ------------------------------------------------------------------ norm statistics
+    def norm_mode_(self, model: nn.Module) -> nn.Module:
+        """Put ``model``'s norms with running statistics in the plan's mode: eval for
+        "frozen", train for "batch"; other modules keep theirs. Returns ``model``.
+        Raises if a frozen plan meets a BatchNorm without running statistics."""
+        self.check_model(model)
+        return set_norm_mode_(model, self.norm_stats)
+
+    def norm_mode(self, model: nn.Module) -> AbstractContextManager[nn.Module]:
+        """``with plan.norm_mode(model):`` the plan's norm mode inside the block (after
+        ``model.train()``, a training step as the plan runs it); every module's own mode
+        is restored after."""
+        self.check_model(model)
+        check_norms(model, self.norm_stats)
+        return norm_mode(model, self.norm_stats)
 
     # ------------------------------------------------------------------ use
     def check_model(self, model: nn.Module) -> None:
@@ -275,17 +317,21 @@ SCHEMES = tuple(_SCHEME_RULES)
 
 def plan(model: nn.Module, scheme: str | Iterable[str] | Predicate, precision: str = "fp32",
          recompute: str | Iterable[str] | None = None,
-         channels: Mapping[str, object] | None = None) -> TrainPlan:
+         channels: Mapping[str, object] | None = None,
+         norm_stats: str | None = None) -> TrainPlan:
     """Plan which parameters of ``model`` train: a scheme name, a list of names or a predicate.
 
     ``recompute``: module names whose activations the lean engine recomputes in backward,
     or "blocks" for every block ``find_blocks(model)`` finds. ``channels``: {parameter
     name: (dim, indices)}, trainable parameters that train only those slices
-    (``TrainPlan.with_channels``).
+    (``TrainPlan.with_channels``). ``norm_stats``: "frozen" or "batch" (see the module
+    notes), by default the scheme's.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     precision = check_precision(precision)
+    if norm_stats is not None:
+        check_norm_stats(norm_stats)
     named = dict(model.named_parameters())
     if isinstance(scheme, str):
         label, trainable = _scheme_trainable(model, scheme)
@@ -312,7 +358,7 @@ def plan(model: nn.Module, scheme: str | Iterable[str] | Predicate, precision: s
     out = TrainPlan(
         scheme=label, names=tuple(named), shapes=tuple(tuple(p.shape) for p in named.values()),
         trainable=frozenset(trainable), precision=precision,
-        recompute=resolve_recompute(model, recompute))
+        recompute=resolve_recompute(model, recompute), norm_stats=norm_stats)
     return out if channels is None else out.with_channels(channels)
 
 
@@ -332,9 +378,11 @@ def as_plan(model: nn.Module, scheme_or_plan: TrainPlan | str) -> TrainPlan:
 
 
 def from_names(model: nn.Module, names: Iterable[str], precision: str = "fp32",
-               recompute: str | Iterable[str] | None = None) -> TrainPlan:
+               recompute: str | Iterable[str] | None = None,
+               norm_stats: str | None = None) -> TrainPlan:
     """A plan that trains exactly the parameters named in ``names``."""
     if isinstance(names, str):
         raise TypeError(f"names must be a list of parameter names, got the string {names!r}; "
                         f"wrap it: [{names!r}]")
-    return plan(model, list(names), precision=precision, recompute=recompute)
+    return plan(model, list(names), precision=precision, recompute=recompute,
+                norm_stats=norm_stats)

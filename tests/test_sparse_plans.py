@@ -103,8 +103,8 @@ def test_describe_shows_the_selected_channels(net: Net) -> None:
         "fc.weight": (1, list(range(0, 128, 3)))})
     text = p.describe()
     lines = text.splitlines()
-    assert lines[0] == ("TrainPlan 'names': precision fp32, recompute none, "
-                        "3 channel selections")
+    assert lines[0] == ("TrainPlan 'names': precision fp32, norm statistics batch, "
+                        "recompute none, 3 channel selections")
     assert lines[1].split() == ["parameter", "shape", "numel", "trains", "channels"]
     row = {line.split()[0]: line for line in lines[3:-1]}
     assert row["conv.weight"].endswith("part    in 2/3 (67%): 0, 2")

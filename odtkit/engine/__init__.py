@@ -26,6 +26,10 @@ What each layer saves (shared contract with odtkit.memory):
 - Everything else is stock PyTorch. Blocks named in ``plan.recompute`` are checkpointed
   (torch.utils.checkpoint, use_reentrant=False) and recomputed in backward; a recomputed
   block's BatchNorms do not update their running statistics a second time.
+Norm statistics: a copy of a model in train mode gets the plan's norm mode
+(``plan.norm_stats``: "frozen" puts norms with running statistics in eval mode). In train
+mode the lean model refuses to run a norm in the other mode (after ``lean.train()`` on a
+frozen plan's model, say): ``plan.norm_mode_(lean_model)`` sets it back.
 Layers are swapped by exact type (a subclass of nn.Conv2d with its own forward is left
 as it is). The swap keeps module and parameter names, so plans and state_dicts carry over.
 What each lean layer saves is decided at call time from ``requires_grad``, so changing
@@ -45,6 +49,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
+from .._plan_norms import check_norms, mismatched, mode_error, set_norm_mode_
 from ..plans import TrainPlan, as_plan
 from ._ops import (
     BatchNormFrozen,
@@ -313,9 +318,19 @@ def _recompute_forward(module: nn.Module, inner: Any, *args: Any, **kwargs: Any)
     return checkpoint(run, *args, use_reentrant=False, **kwargs)
 
 
+def _root_forward(module: nn.Module, inner: Any, *args: Any, **kwargs: Any) -> Any:
+    """The lean model's own forward; in train mode its norms must run in its plan's mode."""
+    plan = module.__dict__.get("lean_plan")
+    if module.training and plan is not None:
+        bad = mismatched(module, plan.norm_stats)
+        if bad is not None:
+            raise mode_error(*bad, plan.scheme, plan.norm_stats)
+    return _lean_forward(module, inner, *args, **kwargs)
+
+
 def _is_ours(forward: object) -> bool:
     return isinstance(forward, functools.partial) and forward.func in (
-        _lean_forward, _recompute_forward)
+        _lean_forward, _recompute_forward, _root_forward)
 
 
 def _has_own_forward(module: nn.Module) -> bool:
@@ -335,7 +350,8 @@ def lean(model: nn.Module, plan: TrainPlan | str) -> nn.Module:
 
     ``plan``: a TrainPlan, or a scheme for ``odt.plan(model, scheme)``. The copy has the
     plan applied (requires_grad), the same parameter names, and checkpoints the modules
-    in ``plan.recompute``; ``model`` itself is not modified.
+    in ``plan.recompute``; ``model`` itself is not modified. If ``model`` is in train
+    mode, the copy's norms are in the plan's mode (``plan.norm_stats``).
     """
     plan = as_plan(model, plan)
     modules = dict(model.named_modules())
@@ -343,8 +359,11 @@ def lean(model: nn.Module, plan: TrainPlan | str) -> nn.Module:
         if name not in modules or name == "":
             raise ValueError(f"plan.recompute names {name!r}, which is not a submodule of "
                              f"{type(model).__name__}; make the plan for this model")
+    check_norms(model, plan.norm_stats)
     out = copy.deepcopy(model)
     plan.apply_(out)
+    if out.training:
+        set_norm_mode_(out, plan.norm_stats)
     for module in out.modules():
         if type(module) in LEAN_TYPES:
             module.__class__ = LEAN_TYPES[type(module)]
@@ -355,7 +374,9 @@ def lean(model: nn.Module, plan: TrainPlan | str) -> nn.Module:
             inner = inner.args[1]
         if name in recompute:
             module.forward = functools.partial(_recompute_forward, module, inner)
-        elif name == "" or _has_own_forward(module):
+        elif name == "":
+            module.forward = functools.partial(_root_forward, module, inner)
+        elif _has_own_forward(module):
             module.forward = functools.partial(_lean_forward, module, inner)
         elif inner is None:
             module.__dict__.pop("forward", None)
