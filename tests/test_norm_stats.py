@@ -132,3 +132,125 @@ def test_relean_keeps_the_check() -> None:
     with pytest.raises(ValueError, match="norm_stats='frozen'"):
         again(torch.randn(2, 3, 8, 8))
     assert copy.deepcopy(again).lean_plan == p
+
+
+# ---------------------------------------------------------------- odt.train
+
+
+def image_task(n_train: int = 32, side: int = 8) -> odt.datasets.Task:
+    gen = torch.Generator().manual_seed(7)
+    n = n_train + 16
+    y = torch.randint(0, 4, (n,), generator=gen)
+    x = torch.randn(n, 3, side, side, generator=gen) + y.view(-1, 1, 1, 1) * 0.5
+    return odt.datasets.Task(name="toy-images", description="norm statistics tests",
+                             x_train=x[:n_train].contiguous(), y_train=y[:n_train].contiguous(),
+                             x_test=x[n_train:].contiguous(), y_test=y[n_train:].contiguous(),
+                             input_shape=(3, side, side), classes=("a", "b", "c", "d"))
+
+
+KW = dict(epochs=2, batch_size=8, lr=0.05, seed=0, progress=False)
+
+
+def stats(model: nn.Module) -> list[torch.Tensor]:
+    return [b.clone() for n, b in model.named_buffers() if "running" in n or "batches" in n]
+
+
+@pytest.mark.parametrize("engine", ["pytorch", "lean"])
+def test_train_honours_the_plans_norm_statistics(engine: str) -> None:
+    task = image_task()
+    model = net()
+    before = stats(model)
+    hist = odt.train(model, task, odt.plan(model, "bias-only", norm_stats="frozen"),
+                     engine=engine, **KW)
+    assert all(torch.equal(a, b) for a, b in zip(before, stats(model), strict=True))
+    assert model.training and norm_modes(model) == [False, False]
+    assert hist.engine == engine and hist.epochs == 2
+    odt.train(model, task, odt.plan(model, "bias-only", norm_stats="batch"), engine=engine, **KW)
+    assert not any(torch.equal(a, b) for a, b in zip(before, stats(model), strict=True))
+    assert norm_modes(model) == [True, True]
+
+
+def test_lean_training_matches_stock_training() -> None:
+    task = image_task()
+    for scheme, norm_stats in [("full", "batch"), ("bias-only", "frozen"), ("last:2", "batch")]:
+        stock, lean = net(), net()
+        plan = odt.plan(stock, scheme, norm_stats=norm_stats)
+        h1 = odt.train(stock, task, plan, engine="pytorch", **KW)
+        h2 = odt.train(lean, task, plan, engine="lean", **KW)
+        for (name, a), b in zip(stock.state_dict().items(), lean.state_dict().values(),
+                                strict=True):
+            assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), (scheme, name)
+        assert h1.loss == pytest.approx(h2.loss, rel=1e-5)
+        assert not odt.engine.is_lean(lean)  # the model itself stays a stock module
+
+
+def saved_activation_bytes(model: nn.Module):
+    """Context: counts the bytes of distinct tensors autograd saves (parameters and
+    buffers excluded), resetting at each ``reset()``; ``peak`` is the most between resets."""
+    owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[int, int] = {}
+    box = {"peak": 0}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in owned:
+            seen[ptr] = t.untyped_storage().nbytes()
+            box["peak"] = max(box["peak"], sum(seen.values()))
+        return t
+
+    def reset() -> None:
+        seen.clear()
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), box, reset
+
+
+def test_lean_training_realizes_the_lean_savings() -> None:
+    task = image_task()
+    model = net()
+    plan = odt.plan(model, "bias-only", norm_stats="frozen")
+    x = task.x_train[:8].clone()  # a batch of its own, as the loop gathers it
+    one_step = {}
+    for engine in ("pytorch", "lean"):
+        work = odt.lean(model, plan) if engine == "lean" else plan.apply_(copy.deepcopy(model))
+        plan.norm_mode_(work.train())
+        hooks, box, _ = saved_activation_bytes(work)
+        with hooks:
+            nn.functional.cross_entropy(work(x), task.y_train[:8].clone()).backward()
+        one_step[engine] = box["peak"]
+    assert one_step["lean"] < one_step["pytorch"] / 4
+    during = {}
+    for engine in ("pytorch", "lean"):
+        trained = net()
+        hooks, box, reset = saved_activation_bytes(trained)
+
+        def loss_fn(logits: torch.Tensor, y: torch.Tensor, reset=reset) -> torch.Tensor:
+            loss = nn.functional.cross_entropy(logits, y)
+            reset()  # the next step's forward saves new tensors
+            return loss
+
+        with hooks:
+            odt.train(trained, task, plan, engine=engine, epochs=1, batch_size=8,
+                      progress=False, loss_fn=loss_fn)
+        during[engine] = box["peak"]
+    assert during == one_step
+
+
+def test_engine_is_checked_recorded_and_fingerprinted(tmp_path) -> None:
+    task, model = image_task(), net()
+    with pytest.raises(ValueError, match=r"engine 'leen'.*'lean'.*pytorch, lean"):
+        odt.train(model, task, "bias-only", engine="leen", **KW)
+    with pytest.raises(ValueError, match="engine='lean' trains fp32 plans only"):
+        odt.train(model, task, "bias-only", precision="bf16", engine="lean", **KW)
+    hist = odt.train(model, task, None, engine="lean", **{**KW, "epochs": 1})
+    assert hist.engine == "lean" and "lean engine" in repr(hist)
+    again = odt.training.History.from_dict(hist.as_dict())
+    assert again == hist and odt.training.History.from_dict(
+        {k: v for k, v in hist.as_dict().items() if k != "engine"}).engine == "pytorch"
+    path = tmp_path / "run.pt"
+    plan = odt.plan(model, "bias-only", norm_stats="frozen")
+    odt.train(model, task, plan, engine="lean", checkpoint=path, **KW)
+    with pytest.raises(ValueError, match="engine"):
+        odt.train(model, task, plan, engine="pytorch", checkpoint=path, **KW)
+    with pytest.raises(ValueError, match="norm statistics frozen"):
+        odt.train(model, task, plan.with_norm_stats("batch"), engine="lean", checkpoint=path,
+                  **KW)

@@ -28,7 +28,8 @@ class History:
     ``precision`` and ``qas`` say how the run trained (``odtkit.quant.precision``); with
     a loss scaler (fp16) ``loss_scale`` is its scale at each epoch's end and
     ``skipped_steps`` the optimizer steps it skipped in that epoch (inf/NaN gradients);
-    both are empty for the other precisions.
+    both are empty for the other precisions. ``engine``: "pytorch" (stock autograd) or
+    "lean" (``odt.lean``'s layers).
     """
 
     loss: list[float] = field(default_factory=list)
@@ -41,6 +42,7 @@ class History:
     qas: bool = False
     loss_scale: list[float] = field(default_factory=list)
     skipped_steps: list[int] = field(default_factory=list)
+    engine: str = "pytorch"
 
     def __post_init__(self) -> None:
         lengths = {name: len(getattr(self, name)) for name in _PER_EPOCH}
@@ -59,11 +61,14 @@ class History:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain copies of the per-epoch lists, the precision and qas (for JSON, pandas
-        or a checkpoint); ``loss_scale`` and ``skipped_steps`` only where recorded."""
+        or a checkpoint); ``loss_scale`` and ``skipped_steps`` only where recorded, the
+        engine where it is not "pytorch"."""
         out: dict[str, Any] = {name: list(getattr(self, name)) for name in _PER_EPOCH}
         out.update({name: list(getattr(self, name)) for name in _SCALER if getattr(self, name)})
         if self.precision != "fp32" or self.qas:
             out.update(precision=self.precision, qas=self.qas)
+        if self.engine != "pytorch":
+            out["engine"] = self.engine
         return out
 
     @classmethod
@@ -106,7 +111,8 @@ class History:
             f"History({self.epochs} epoch{'s' * (self.epochs != 1)}, final loss={last['loss']:.4f} "
             f"train_acc={last['train_acc']:.3f} test_acc={last['test_acc']:.3f}, "
             f"best test_acc={best['test_acc']:.3f} @ epoch {best['epoch']}, "
-            f"{sum(self.time_s):.1f} s{self._precision_note()})"
+            f"{sum(self.time_s):.1f} s{self._precision_note()}"
+            f"{', lean engine' if self.engine == 'lean' else ''})"
         )
 
     def _precision_note(self) -> str:

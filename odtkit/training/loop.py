@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._checks import check_choice
+from .._plan_norms import set_norm_mode_
 from ..engine import lean
 from ..plans import TrainPlan, as_plan
 from ..plans import plan as make_plan
@@ -39,7 +41,9 @@ from .history import History
 from .mixed import check_precision_model
 from .probe import check_model, check_task
 
-__all__ = ["train"]
+__all__ = ["train", "ENGINES"]
+
+ENGINES = ("pytorch", "lean")  # stock autograd, or odt.lean's layers (same math, less kept)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -91,6 +95,7 @@ def train(
     precision: str | None = None,
     qas: bool = False,
     rounding: str = "nearest",
+    engine: str = "pytorch",
 ) -> History:
     """Train ``model`` in place on ``task`` under ``plan`` and return its History.
 
@@ -102,7 +107,15 @@ def train(
     match its fingerprint (config, task, model layout and module types, plan).
     ``callbacks`` run as ``cb(history, model)`` after each epoch. A NaN or infinite loss
     raises TrainingDiverged before that step's update; the checkpoint keeps the last
-    good state. The model is left in train mode.
+    good state. The model is left in train mode, its norms in the plan's mode.
+
+    Norm statistics (``plan.norm_stats``): training steps run with the norms that hold
+    running statistics in eval mode ("frozen": those statistics stay bit-identical) or
+    train mode ("batch"), whatever mode the model came in; evaluation runs in eval mode.
+    ``engine``: "pytorch" (stock autograd) or "lean": the steps run through
+    ``odt.lean(model, plan)``, which shares the model's parameters and buffers, computes
+    the same gradients and keeps only what backward needs (fp32 plans only). The data
+    order, optimizer, checkpoints and History are the same; ``History.engine`` records it.
 
     Precision (``odtkit.quant.precision``): the plan's, or ``precision`` for a scheme name
     or no plan. bf16/fp16: autocast around forward and loss (fp16 with a GradScaler whose
@@ -121,19 +134,26 @@ def train(
                       drop_last=drop_last, max_steps=max_steps,
                       checkpoint_every=checkpoint_every, eval_batch_size=eval_batch_size,
                       precision=precision, qas=qas, rounding=rounding)
+    check_choice("engine", engine, ENGINES)
     path = _checkpoint_path(checkpoint, checkpoint_every)
     check_task(task)
     model.train()
     plan = _apply_plan(model, plan, cfg.precision)
+    if plan is None and engine == "lean":  # the parameters that require grad, as they are
+        plan = make_plan(model, lambda name, p: p.requires_grad, norm_stats="batch")
+    if plan is not None:
+        _check_engine(engine, plan)
+        plan.norm_mode_(model)
     cfg = dataclasses.replace(cfg, precision="fp32" if plan is None else plan.precision)
     check_precision_model(cfg.precision, model, cfg.qas)
     check_model(model, task)
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     loop = _Checkpointed(model, task, cfg, loss_fn=loss_fn, progress=progress,
-                         forward=_recomputing(model, plan), label=f"train {task.name}",
+                         forward=_view(model, plan, engine), label=f"train {task.name}",
                          plan=plan)
-    loop.path, loop.callbacks = path, tuple(callbacks)
-    loop.fingerprint = _fingerprint(cfg, model, task, plan, loss_fn)
+    loop.path, loop.callbacks, loop.norms = path, tuple(callbacks), plan
+    loop.history = dataclasses.replace(loop.history, engine=engine)
+    loop.fingerprint = _fingerprint(cfg, model, task, plan, loss_fn, engine)
     torch.manual_seed(cfg.seed)
     if path is not None and path.exists():
         loop.resume(load_checkpoint(path))
@@ -149,6 +169,7 @@ class _Checkpointed(Loop):
     path: Path | None = None
     fingerprint: dict[str, Any]
     callbacks: tuple[Callable[[History, nn.Module], None], ...] = ()
+    norms: TrainPlan | None = None  # the plan whose norm mode the steps run in
 
     def after_step(self, batch: Any) -> None:
         s, every = self.state, self.config.checkpoint_every
@@ -160,6 +181,9 @@ class _Checkpointed(Loop):
         self.save()
         for callback in self.callbacks:
             callback(self.history, self.model)
+        if self.norms is not None and self.callbacks:  # a callback may have changed modes
+            for module in {self.model, self.forward}:
+                set_norm_mode_(module, self.norms.norm_stats)
 
     def save(self) -> None:
         if self.path is None:
@@ -238,10 +262,17 @@ def _apply_plan(model: nn.Module, plan: TrainPlan | str | None,
     return plan
 
 
-def _recomputing(model: nn.Module, plan: TrainPlan | None) -> nn.Module:
-    """``model`` itself, or, if the plan recomputes modules, a lean-engine view of it that
-    checkpoints them and shares every parameter and buffer with ``model``."""
-    if plan is None or not plan.recompute:
+def _check_engine(engine: str, plan: TrainPlan) -> None:
+    if engine == "lean" and plan.precision != "fp32":
+        raise ValueError(f"engine='lean' trains fp32 plans only, got precision "
+                         f"{plan.precision!r}; pass engine='pytorch' or make the plan with "
+                         "precision='fp32'")
+
+
+def _view(model: nn.Module, plan: TrainPlan | None, engine: str) -> nn.Module:
+    """``model`` itself, or, for the lean engine or a plan that recomputes modules, a
+    lean-engine view of it that shares every parameter and buffer with ``model``."""
+    if plan is None or (engine != "lean" and not plan.recompute):
         return model
     view = lean(model, plan)
     originals = dict(model.named_modules())
@@ -255,13 +286,18 @@ def _recomputing(model: nn.Module, plan: TrainPlan | None) -> nn.Module:
 
 
 def _fingerprint(cfg: TrainConfig, model: nn.Module, task: Any, plan: TrainPlan | None,
-                 loss_fn: LossFn) -> dict[str, Any]:
-    """What a resume must match: the config plus task, model, plan and loss."""
+                 loss_fn: LossFn, engine: str) -> dict[str, Any]:
+    """What a resume must match: the config plus task, model, plan (its norm statistics
+    too), loss and engine (the defaults, batch statistics and stock autograd, leave the
+    fingerprint of runs from before they were recorded as it was)."""
     recipe = None if plan is None else (f"{plan.scheme}, precision {plan.precision}, "
                                         f"recompute {list(plan.recompute)}")
     if plan is not None and plan.channels:
         recipe += f", channels {[list(e) for e in plan.channels]}"
-    return {
+    if plan is not None and plan.norm_stats != "batch":
+        recipe += f", norm statistics {plan.norm_stats}"
+    extra = {} if engine == "pytorch" else {"engine": engine}
+    return {**extra,
         **cfg.fingerprint(), "task": str(task.name), "train_samples": len(task.x_train),
         "model": _model_layout(model),
         "modules": [f"{name or '(model)'}: {type(m).__name__}"
