@@ -20,23 +20,19 @@ optimizer and loss scaler in ``_update``). The measurement runs one real step
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import html
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .._checks import check_choice
-from ..models.summary import LayerRow
 from ..plans import TrainPlan, as_plan
 from ..plans import plan as make_plan
 from ..training.optim import check_optimizer, state_copies
-from ..units import format_bytes
 from ._measure import run_step
 from ._precision import (
     AUTOCAST,
-    ELEMENT_BYTES,
     FP8,
     FP8_NOTE,
     INT8_NOTE,
@@ -45,6 +41,9 @@ from ._precision import (
     is_int8_model,
     step_setup,
 )
+from ._report import CATEGORIES, ENGINES, LayerMemory, MemoryReport, compare
+from ._sparse import masks_for
+from ._sparse import notes as sparse_notes
 from ._step import play_step
 from ._trace import DtypeMismatch, UnsupportedOperation, cached_trace
 
@@ -52,110 +51,6 @@ __all__ = [
     "estimate", "measure", "compare", "MemoryReport", "LayerMemory", "CATEGORIES", "ENGINES",
     "UnsupportedOperation",
 ]
-
-CATEGORIES = ("weights", "gradients", "optimizer", "activations")
-ENGINES = ("pytorch", "lean")
-METHODS = ("estimate", "measure")
-
-
-@dataclass(frozen=True)
-class LayerMemory(LayerRow):
-    """One row of a report: a layer call (or a functional op outside layers)."""
-
-    saved_bytes: int  # bytes first kept for backward by this layer (shared tensors count once)
-    trainable: bool
-
-
-@dataclass(frozen=True)
-class MemoryReport:
-    """Bytes of one training step by category, its peak, and where activations are kept."""
-
-    by_category: dict[str, int]
-    peak_bytes: int
-    frozen_weight_bytes: int  # parameters that do not train + buffers the step never writes
-    forward_macs: int
-    backward_macs: int
-    batch_size: int
-    engine: str
-    optimizer: str
-    method: str
-    rows: tuple[LayerMemory, ...] = ()
-    timeline: tuple[tuple[str, int], ...] = ()  # ("phase: event", live bytes), in order
-    scheme: str = ""
-    precision: str = "fp32"
-    rss_peak_bytes: int | None = None  # measure only: the process's peak resident memory
-    notes: tuple[str, ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        if set(self.by_category) != set(CATEGORIES):
-            raise ValueError(f"by_category needs exactly the keys {CATEGORIES}, "
-                             f"got {tuple(self.by_category)}")
-        object.__setattr__(self, "by_category", {k: self.by_category[k] for k in CATEGORIES})
-        for name, value in [*self.by_category.items(), ("peak_bytes", self.peak_bytes),
-                            ("frozen_weight_bytes", self.frozen_weight_bytes),
-                            ("forward_macs", self.forward_macs),
-                            ("backward_macs", self.backward_macs)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
-        check_choice("method", self.method, METHODS)
-        check_choice("engine", self.engine, ENGINES)
-        check_optimizer(self.optimizer)
-        check_choice("precision", self.precision, tuple(ELEMENT_BYTES))
-
-    @property
-    def total_bytes(self) -> int:
-        """Sum of the four categories (what a step keeps; the peak adds transients)."""
-        return sum(self.by_category.values())
-
-    def _summary_lines(self) -> list[tuple[str, str]]:
-        lines = [(k, format_bytes(v)) for k, v in self.by_category.items()]
-        lines += [("total", format_bytes(self.total_bytes)), ("peak", format_bytes(self.peak_bytes)),
-                  ("frozen weights", format_bytes(self.frozen_weight_bytes))]
-        if self.rss_peak_bytes is not None:
-            lines.append(("process RSS peak", format_bytes(self.rss_peak_bytes)))
-        lines.append(("MACs fwd / bwd", f"{self.forward_macs:,} / {self.backward_macs:,}"))
-        lines.append(("bytes per element", ELEMENT_BYTES.get(self.precision, "?")))
-        return lines
-
-    def _title(self) -> str:
-        return (f"{self.method} ({self.engine}, {self.optimizer}, scheme {self.scheme or '?'}, "
-                f"{self.precision}, batch {self.batch_size})")
-
-    def table(self, layers: bool = True) -> str:
-        """Aligned text: the categories and peak, then (``layers``) bytes saved per layer."""
-        out = [self._title()]
-        width = max(len(k) for k, _ in self._summary_lines())
-        out += [f"  {k:<{width}}  {v:>12}" for k, v in self._summary_lines()]
-        if layers and self.rows:
-            cells = [("layer", "type", "output", "params", "saved", "trains")] + [
-                (r.name, r.type, "x".join(map(str, r.output_shape)), f"{r.params:,}",
-                 format_bytes(r.saved_bytes), "yes" if r.trainable else "")
-                for r in self.rows]
-            widths = [max(len(c[i]) for c in cells) for i in range(6)]
-            for c in cells:
-                out.append("  ".join(v.rjust(w) if i in (3, 4) else v.ljust(w)
-                                     for i, (v, w) in enumerate(zip(c, widths, strict=True))).rstrip())
-        out += [f"note: {n}" for n in self.notes]
-        return "\n".join(out)
-
-    def __str__(self) -> str:
-        return self.table(layers=False)
-
-    def _repr_html_(self) -> str:
-        esc = html.escape
-        summary = "".join(f"<tr><td>{esc(k)}</td><td style='text-align:right'>{esc(v)}</td></tr>"
-                          for k, v in self._summary_lines())
-        rows = "".join(
-            f"<tr><td>{esc(r.name)}</td><td>{esc(r.type)}</td>"
-            f"<td>{'x'.join(map(str, r.output_shape))}</td>"
-            f"<td style='text-align:right'>{r.params:,}</td>"
-            f"<td style='text-align:right'>{esc(format_bytes(r.saved_bytes))}</td>"
-            f"<td>{'yes' if r.trainable else ''}</td></tr>" for r in self.rows)
-        return (f"<p><b>{esc(self._title())}</b></p><table>{summary}</table>"
-                + (f"<details><summary>{len(self.rows)} layers</summary><table><tr>"
-                   "<th>layer</th><th>type</th><th>output</th><th>params</th><th>saved</th>"
-                   f"<th>trains</th></tr>{rows}</table></details>" if rows else ""))
-
 
 # ---------------------------------------------------------------- validation
 
@@ -229,6 +124,12 @@ def _recomputed(plan: TrainPlan, engine: str) -> tuple[str, ...]:
     return plan.recompute if engine == "lean" else ()
 
 
+def _norm_modes(model: nn.Module, plan: TrainPlan) -> contextlib.AbstractContextManager:
+    """The plan's norm statistics on a model in train mode, for the step (every module's
+    own mode restored after); a model in eval mode steps as it is."""
+    return plan.norm_mode(model) if model.training else contextlib.nullcontext(model)
+
+
 def _checkpoint_row(block: str) -> str:
     return f"{block} (checkpoint)"
 
@@ -243,15 +144,23 @@ def estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | st
     counted as a device keeps the int8 graph (see the report's bytes per element); "fp8-e4m3"
     / "fp8-e5m2" as a device with float8 storage keeps the ``fp8_autocast`` step (peak =
     the four categories); "bf16" and "fp16" as the ``torch.autocast("cpu")`` step that
-    ``measure`` runs (fp16 with a ``torch.amp.GradScaler``), its peak included.
+    ``measure`` runs (fp16 with a ``torch.amp.GradScaler``), its peak included. A model
+    in train mode steps with its norms in the plan's mode (``plan.norm_stats``), as
+    ``odt.train`` and ``odt.lean`` run it.
     """
     plan = _prepare(model, example_input, plan, optimizer, engine)
+    with _norm_modes(model, plan):
+        return _estimate(model, example_input, plan, optimizer, engine)
+
+
+def _estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan, optimizer: str,
+              engine: str) -> MemoryReport:
     if plan.precision == "int8":
         return _int8_report(model, example_input, plan, optimizer, "estimate")
     trace = _trace_of(model, example_input, plan.precision)
     fp8 = plan.precision in FP8
     sim = play_step(trace, plan.trainable, engine, optimizer, _recomputed(plan, engine), fp8,
-                    scaler=plan.precision == "fp16")
+                    scaler=plan.precision == "fp16", channels=plan.channels)
     rows = tuple(
         LayerMemory(r.name, r.type, r.output_shape, r.params, r.macs, saved, trains)
         for r, saved, trains in zip(trace.layers, sim.row_saved_bytes, sim.row_trainable,
@@ -265,7 +174,8 @@ def estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | st
         forward_macs=sum(r.macs for r in trace.layers), backward_macs=sim.backward_macs,
         batch_size=int(example_input.shape[0]), engine=engine, optimizer=optimizer,
         method="estimate", rows=rows, timeline=() if fp8 else sim.timeline,
-        scheme=plan.scheme, precision=plan.precision, notes=(FP8_NOTE,) if fp8 else ())
+        scheme=plan.scheme, precision=plan.precision,
+        notes=((FP8_NOTE,) if fp8 else ()) + sparse_notes(plan, sim.by_category))
 
 
 def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str,
@@ -280,9 +190,16 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
     ``torch.amp.GradScaler("cpu")``, at a loss scale under which the step updates), as
     the estimate models it; at "fp8-e4m3"/"fp8-e5m2" under ``fp8_autocast``,
     counted in device bytes (see the estimate); an Int8Model runs its own step (forward, backward,
-    optimizer step, re-rounding) counted as a device keeps the int8 graph.
+    optimizer step, re-rounding) counted as a device keeps the int8 graph. A model in
+    train mode steps with its norms in the plan's mode (``plan.norm_stats``).
     """
     plan = _prepare(model, example_input, plan, optimizer, engine)
+    with _norm_modes(model, plan):
+        return _measure(model, example_input, plan, optimizer, engine, rss, lr)
+
+
+def _measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan, optimizer: str,
+             engine: str, rss: bool, lr: float) -> MemoryReport:
     if plan.precision == "int8":
         return _int8_report(model, example_input, plan, optimizer, "measure", lr)
     try:  # the dtype error of the estimate, before a real step fails less clearly
@@ -299,7 +216,8 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
     else:
         work = plan.apply_(copy.deepcopy(model))
     x = example_input.detach().clone()  # its own bytes, not a whole dataset it slices
-    args = (work, x, optimizer, lr, _recomputed(plan, engine), step_setup(plan.precision, work))
+    args = (work, x, optimizer, lr, _recomputed(plan, engine), step_setup(plan.precision, work),
+            masks_for(work, plan))  # the optimizer masks frozen channels as odt.train's does
     rss_peak = None
     if rss:
         from memory_profiler import memory_usage
@@ -318,7 +236,8 @@ def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str
         forward_macs=sum(r.macs for r in record.rows), backward_macs=record.backward_macs,
         batch_size=int(x.shape[0]), engine=engine, optimizer=optimizer, method="measure",
         rows=rows, timeline=() if fp8 else record.timeline, scheme=plan.scheme,
-        precision=plan.precision, rss_peak_bytes=rss_peak, notes=(FP8_NOTE,) if fp8 else ())
+        precision=plan.precision, rss_peak_bytes=rss_peak,
+        notes=((FP8_NOTE,) if fp8 else ()) + sparse_notes(plan, record.by_category))
 
 
 def _int8_report(model: nn.Module, x: torch.Tensor, plan: TrainPlan, optimizer: str,
@@ -362,20 +281,6 @@ def _measured_rows(model: nn.Module, x: torch.Tensor, plan: TrainPlan, record) -
     rows += [LayerMemory(name, "checkpoint" if name.endswith("(checkpoint)") else "?", (), 0, 0,
                          nbytes, False) for name, nbytes in saved.items()]
     return tuple(rows)
-
-
-def compare(est: MemoryReport, meas: MemoryReport) -> dict[str, float]:
-    """Relative error (estimate - measured) / measured per category and for the peak.
-
-    0.0 when both are 0; +inf when only the measurement is 0.
-    """
-    for r in (est, meas):
-        if not isinstance(r, MemoryReport):
-            raise TypeError(f"compare takes two MemoryReports, got {type(r).__name__}")
-    pairs = [(k, est.by_category[k], meas.by_category[k]) for k in CATEGORIES]
-    pairs.append(("peak", est.peak_bytes, meas.peak_bytes))
-    return {k: (0.0 if a == b else (a - b) / b if b else float("inf")) for k, a, b in pairs}
-
 
 
 def __getattr__(name: str):

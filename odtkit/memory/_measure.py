@@ -289,6 +289,7 @@ def _train(model: torch.nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer |
 def run_step(
     model: torch.nn.Module, x: torch.Tensor, optimizer: str, lr: float = 0.01,
     checkpointed: tuple[str, ...] = (), setup: StepSetup | None = None,
+    masks: dict | None = None,
 ) -> StepRecord:
     """Forward, cross-entropy, backward and one optimizer step on ``model`` (changed in place).
 
@@ -296,6 +297,7 @@ def run_step(
     ``checkpointed``: names of modules run under a checkpoint. The checkpoint saves their
     inputs through the saved-tensor hooks (row "<module> (checkpoint)") and hides the rest.
     ``setup``: autocast, loss scaling, what runs after the step and how bytes count.
+    ``masks``: the optimizer's channel masks (``make_optimizer``), for a channel-sparse plan.
     """
     setup = setup or StepSetup()
     params = list(model.parameters())
@@ -303,7 +305,7 @@ def run_step(
     before = [b.clone() for b in buffers]  # which buffers the step writes (BN statistics)
     frozen_keys = {storage_key(t) for t in params + buffers}
     trains = any(p.requires_grad for p in params)
-    opt = make_optimizer(optimizer, params, lr=lr) if trains else None
+    opt = make_optimizer(optimizer, params, lr=lr, masks=masks) if trains else None
     init_scale = 65536.0
     if setup.grad_scaler and opt is not None:  # before hooks and profiling: runs on a copy
         init_scale = loss_scale_that_steps(model, x, setup.autocast or torch.float16)

@@ -124,6 +124,13 @@ def _lean_conv_saves(op: Op, rg: Flags, t: Trace) -> tuple:
     return ("i0",) if rg[1] else ()
 
 
+STAND_IN_BYTES = 4  # the one-element tensor a lean conv expands into a shape-only input
+
+
+def _lean_conv_bwd(op: Op, rg: Flags, t: Trace) -> int:
+    return STAND_IN_BYTES if not rg[1] else 0  # backward runs on a stand-in of the input
+
+
 def _lean_linear_saves(op: Op, rg: Flags, t: Trace) -> tuple:
     x, w = (1, 2) if op.name == "addmm" else (0, 1)
     return (f"i{x}",) if rg[w] else ()
@@ -148,8 +155,10 @@ def _mask_saves(op: Op, rg: Flags, t: Trace) -> tuple:
 
 def _mask_fwd(op: Op, rg: Flags, t: Trace) -> int:
     # one byte per element for the bool mask and for each int64 packing temporary (the
-    # ReLU6/Hardtanh test builds its mask from two bool comparisons: also three bytes)
-    return 3 * _numel(t, op.ins[0])
+    # ReLU6/Hardtanh test builds its mask from two bool comparisons: also three bytes),
+    # all gone before the packed mask (counted as the op's own) is made
+    n = _numel(t, op.ins[0])
+    return 3 * n - -(-n // 8)
 
 
 def _mask_bwd(op: Op, rg: Flags, t: Trace) -> int:
@@ -161,7 +170,7 @@ _LEAN_CLAMP = Rule(saves=_mask_saves, grads=("alloc",), fwd_extra=_mask_fwd,
 _LEAN_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _LEAN_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _LEAN_BY_OP: dict[str, tuple[tuple[type, ...] | None, Rule]] = {
-    "convolution": (_LEAN_CONV_TYPES, Rule(saves=_lean_conv_saves,
+    "convolution": (_LEAN_CONV_TYPES, Rule(saves=_lean_conv_saves, bwd_extra=_lean_conv_bwd,
                                            grads=("alloc", "alloc", "alloc"))),
     "addmm": ((nn.Linear,), Rule(saves=_lean_linear_saves, grads=("alloc", "alloc", "alloc"))),
     "mm": ((nn.Linear,), Rule(saves=_lean_linear_saves, grads=("alloc", "alloc"))),

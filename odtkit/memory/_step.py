@@ -18,6 +18,7 @@ from ..models.summary import backward_macs
 from ._casts import cached_casts, elements, fp8_cast_params
 from ._measure import StepBytes
 from ._rules import Rule, rules_of
+from ._sparse import hooked_params, sparse_rules
 from ._trace import Trace
 from ._update import (
     SCALER_STATE_BYTES,
@@ -51,10 +52,14 @@ class _Step:
     """The state of one simulated step; ``run`` goes through it in order."""
 
     def __init__(self, t: Trace, trainable: frozenset[str], engine: str, optimizer: str,
-                 recompute: tuple[str, ...], fp8: bool = False, scaler: bool = False) -> None:
+                 recompute: tuple[str, ...], fp8: bool = False, scaler: bool = False,
+                 channels: tuple = ()) -> None:
         self.t, self.trainable, self.optimizer, self.fp8 = t, trainable, optimizer, fp8
         self.scaler = scaler
-        self.rules = rules_of(t, engine, fp8)
+        self.rules = sparse_rules(t, rules_of(t, engine, fp8), channels, engine)
+        self.hooked = {t.param_value[n] for n in hooked_params(t, channels, engine)
+                       if n in t.param_value}
+        self.masked = {t.param_value.get(n) for n, _, _ in channels}  # a group of their own
         self.params = {v: name for name, v in t.param_value.items()}
         self.rg = bytearray(len(t.value_storage))
         for name, v in t.param_value.items():
@@ -217,6 +222,8 @@ class _Step:
                 self.live -= sbytes[s]
 
         def route(v: int, g: int) -> None:
+            if v in self.hooked:  # a lean mask hook: the gradient masked in a clone
+                self.timeline.append(("backward: clone", self.live + vbytes[v]))
             if v in self.params:  # AccumulateGrad steals the gradient unless it is shared
                 if v in param_grad:
                     drop(g)
@@ -264,7 +271,7 @@ class _Step:
             outs = [buffers.pop(o) for o in op.outs if o in buffers]
             made: list[tuple[int, int]] = []
             if outs:
-                made = _input_grads(op, rule, flags, outs[0], self.rg, vbytes, alloc, refs)
+                made = _input_grads(op, rule, flags, outs[0], self.rg, t, alloc, refs)
                 extra = rule.bwd_extra(op, flags, t)
                 self.timeline.append((f"backward: {op.name}", self.live + extra))
                 for g in outs:
@@ -305,16 +312,18 @@ class _Step:
         ``_update`` plays it; returns the bytes of the state it leaves."""
         if not param_grad:
             return 0
-        t = self.t  # the optimizer goes through the parameters in the model's order
+        t = self.t  # the optimizer goes through the parameters in the model's order, the
+        # channel-sparse ones (make_optimizer's masks) in a group after the others
         order = [t.param_value[n] for n in t.param_names if t.param_value.get(n) in param_grad]
-        sizes = [t.value_bytes[v] for v in order]
+        groups = [[t.value_bytes[v] for v in order if (v in self.masked) == m] for m in (0, 1)]
         if self.scaler:
             self.live = unscale(self.live, self.timeline)
-        self.live = optimizer_step(self.live, self.timeline, self.optimizer, sizes)
+        for sizes in filter(None, groups):
+            self.live = optimizer_step(self.live, self.timeline, self.optimizer, sizes)
         if self.scaler:
             self.live = update_scale(self.live, self.timeline)
         self.timeline.append(("step: done", self.live))
-        return state_bytes(self.optimizer, sizes) + SCALER_STATE_BYTES * self.scaler
+        return state_bytes(self.optimizer, groups[0] + groups[1]) + SCALER_STATE_BYTES * self.scaler
 
     def _gradient_bytes(self, param_grad: dict[int, int]) -> int:
         """Bytes of the parameters' gradients: their own size, 1 byte per element under
@@ -347,22 +356,24 @@ class _Step:
 
 def play_step(trace: Trace, trainable: frozenset[str], engine: str, optimizer: str,
              recompute: tuple[str, ...] = (), fp8: bool = False,
-             scaler: bool = False) -> StepModel:
+             scaler: bool = False, channels: tuple = ()) -> StepModel:
     """Simulate forward, loss, backward and one ``optimizer`` step under a plan.
 
     ``recompute``: names of the modules checkpointed (recomputed in backward). ``fp8``:
     the step runs under ``fp8_autocast`` (conv/linear keep 1-byte copies, see _rules).
     A trace made under autocast plays its casts and autocast's weight cache; ``scaler``:
     a ``torch.amp.GradScaler`` scales the loss and wraps the optimizer step (fp16).
+    ``channels``: the plan's channel-sparse entries (what the lean engine keeps, _sparse).
     """
-    return _Step(trace, trainable, engine, optimizer, recompute, fp8, scaler).run()
+    return _Step(trace, trainable, engine, optimizer, recompute, fp8, scaler, channels).run()
 
 
 def _input_grads(op, rule: Rule, flags: tuple[bool, ...], g_out: int, rg: bytearray,
-                 vbytes: tuple[int, ...], alloc, refs: list[int]) -> list[tuple[int, int]]:
-    """(value, gradient storage) for each argument of ``op`` that needs a gradient."""
+                 t: Trace, alloc, refs: list[int]) -> list[tuple[int, int]]:
+    """(value, gradient storage) for each argument of ``op`` that needs a gradient (a
+    "reduce" is torch's sum_to: it sums, into a fresh tensor, unless the shapes match)."""
     made = []
-    out_bytes = vbytes[op.outs[0]]
+    vbytes, out_shape = t.value_bytes, t.value_shape[op.outs[0]]
     for pos, mode in enumerate(rule.grads):
         if pos >= len(op.ins) or not flags[pos] or not mode:
             continue
@@ -370,7 +381,7 @@ def _input_grads(op, rule: Rule, flags: tuple[bool, ...], g_out: int, rg: bytear
         for v in arg if isinstance(arg, tuple) else (arg,):
             if v is None or not rg[v]:
                 continue
-            if mode == "alias" or (mode == "reduce" and vbytes[v] == out_bytes):
+            if mode == "alias" or (mode == "reduce" and t.value_shape[v] == out_shape):
                 refs[g_out] += 1
                 made.append((v, g_out))
             else:
