@@ -28,8 +28,10 @@ def check_norm_stats(value: object) -> str:
 
 
 def default_norm_stats(scheme: str) -> str:
-    """The norm statistics a plan of ``scheme`` gets when none is given."""
-    return "batch"
+    """The norm statistics a plan of ``scheme`` gets when none is given: "batch" for
+    "full" (training everything, statistics included), "frozen" for every other scheme
+    (fine-tuning keeps the pretrained statistics and the memory a frozen norm saves)."""
+    return "batch" if scheme == "full" else "frozen"
 
 
 def stat_norms(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -24,7 +24,8 @@ trains input channels 0, 2 and 5 of that conv weight and keeps its other entries
 Norm statistics (``TrainPlan.norm_stats``): "batch" trains normalization layers that hold
 running statistics (BatchNorm*) in train mode, on the batch's statistics; "frozen" keeps
 them in eval mode, on their running statistics, which stay untouched and which a frozen
-BatchNorm's backward does not need. Every scheme defaults to "batch";
+BatchNorm's backward does not need. Default: "batch" for "full", "frozen" for every
+other scheme (bias-only, norm-only, last:K, "none", names, predicates, channel-sparse);
 ``odt.plan(..., norm_stats=...)`` overrides. ``plan.norm_mode_(model)`` sets the mode and
 ``with plan.norm_mode(model):`` sets it for a block; odt.train and odt.lean honour it.
 """

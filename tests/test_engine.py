@@ -180,7 +180,8 @@ def run_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, t
 @pytest.mark.parametrize("name", MODELS)
 def test_same_loss_and_gradients_as_stock(name: str, scheme: str, mode: str) -> None:
     model = build(name)
-    plan = odt.plan(model, scheme)
+    # train: every module in train mode, norms on batch statistics; eval: all in eval mode
+    plan = odt.plan(model, scheme, norm_stats="batch" if mode == "train" else None)
     stock = plan.apply_(copy.deepcopy(model))
     lean = odt.lean(model, plan)
     getattr(stock, mode)()
@@ -246,7 +247,8 @@ def test_channel_sparse_plans_match_stock_masked_gradients(name: str) -> None:
 def test_input_model_untouched_and_names_kept() -> None:
     model = build("functional-residual")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    lean = odt.lean(model, odt.plan(model, "bias-only"))
+    plan = odt.plan(model, "bias-only", norm_stats="batch")
+    lean = odt.lean(model, plan)
     assert all(p.requires_grad for p in model.parameters())
     assert type(model.stem) is nn.Conv2d and "forward" not in model.__dict__
     assert type(lean.stem) is engine.LeanConv2d and isinstance(lean.stem, nn.Conv2d)
@@ -255,7 +257,7 @@ def test_input_model_untouched_and_names_kept() -> None:
     lean(torch.randn(2, 3, 8, 8))  # updates only the copy's running stats
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert engine.is_lean(lean) and not engine.is_lean(model)
-    assert lean.lean_plan == odt.plan(model, "bias-only")
+    assert lean.lean_plan == plan
 
 
 def test_copies_of_a_lean_model_train_their_own_parameters() -> None:
@@ -343,7 +345,8 @@ def test_batchnorm_saved_bytes(mode: str) -> None:
     for weight_trains in (False, True):
         bn = getattr(nn.BatchNorm2d(6), mode)()
         bn.weight.requires_grad_(weight_trains)
-        lean = odt.lean(bn, odt.plan(bn, lambda n, p: p.requires_grad))
+        stats = "batch" if mode == "train" else "frozen"
+        lean = odt.lean(bn, odt.plan(bn, lambda n, p: p.requires_grad, norm_stats=stats))
         if mode == "train":
             want = x.numel() * 4 + 2 * 6 * 4  # x_hat + mean + invstd
         else:

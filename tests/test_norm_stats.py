@@ -254,3 +254,31 @@ def test_engine_is_checked_recorded_and_fingerprinted(tmp_path) -> None:
     with pytest.raises(ValueError, match="norm statistics frozen"):
         odt.train(model, task, plan.with_norm_stats("batch"), engine="lean", checkpoint=path,
                   **KW)
+
+
+def test_default_is_batch_for_full_and_frozen_for_fine_tuning_schemes() -> None:
+    model = net()
+    frozen = ["bias-only", "norm-only", "last:2", "none", ["8.weight"], lambda n, p: True]
+    assert all(odt.plan(model, s).norm_stats == "frozen" for s in frozen)
+    assert odt.plan(model, "full", channels={"0.weight": (1, [0])}).norm_stats == "batch"
+    assert odt.plan(model, ["0.weight"], channels={"0.weight": (1, [0])}).norm_stats == "frozen"
+    assert odt.plan(model, "bias-only", norm_stats="batch").norm_stats == "batch"
+    assert odt.sparse.plan(model, biases=1, weights={"3": 0.5}).norm_stats == "frozen"
+
+
+def test_bias_only_lean_training_needs_no_eval_call() -> None:
+    """The issue's case: a bias-only plan keeps frozen statistics and the lean savings."""
+    task, model = image_task(), net()
+    assert model.training  # as created: no model.eval() by the user
+    before = stats(model)
+    hooks, box, reset = saved_activation_bytes(model)
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(logits, y)
+        reset()
+        return loss
+
+    with hooks:
+        odt.train(model, task, odt.plan(model, "bias-only"), engine="lean", loss_fn=loss_fn, **KW)
+    assert all(torch.equal(a, b) for a, b in zip(before, stats(model), strict=True))
+    assert box["peak"] == 1220  # the lean bias-only step of the test above (stock: 71,876)

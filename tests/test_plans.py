@@ -149,7 +149,7 @@ def test_describe_table(model: nn.Module) -> None:
     p = odt.plan(model, "last:1", precision="bf16")
     text = p.describe()
     lines = text.splitlines()
-    assert lines[0] == ("TrainPlan 'last:1': precision bf16, norm statistics batch, "
+    assert lines[0] == ("TrainPlan 'last:1': precision bf16, norm statistics frozen, "
                         "recompute none")
     rows = lines[3:-1]
     assert [r.split()[0] for r in rows] == ALL

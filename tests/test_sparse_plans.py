@@ -103,7 +103,7 @@ def test_describe_shows_the_selected_channels(net: Net) -> None:
         "fc.weight": (1, list(range(0, 128, 3)))})
     text = p.describe()
     lines = text.splitlines()
-    assert lines[0] == ("TrainPlan 'names': precision fp32, norm statistics batch, "
+    assert lines[0] == ("TrainPlan 'names': precision fp32, norm statistics frozen, "
                         "recompute none, 3 channel selections")
     assert lines[1].split() == ["parameter", "shape", "numel", "trains", "channels"]
     row = {line.split()[0]: line for line in lines[3:-1]}
@@ -190,7 +190,7 @@ def test_train_keeps_frozen_entries_and_matches_stock(digits, zoo, channels, opt
     model = odt.models.create(zoo, input_shape=digits.input_shape,
                               num_classes=digits.num_classes)
     plan = odt.plan(model, lambda n, p: n.endswith("bias") or n in channels,
-                    channels=channels)
+                    channels=channels, norm_stats="batch")  # as the plan-less reference
     ref = stock_reference(model, plan)
     start = _weights(model)
     task = digits.subset(n_train=n_train, n_test=32)
@@ -336,7 +336,8 @@ def test_lean_zoo_model_keeps_the_hand_counted_bytes() -> None:
                 "blocks.2.block.2.0.weight": (1, tuple(range(24))),
                 "blocks.2.block.1.1.weight": (0, (3, 4)),  # a BatchNorm weight: hooked
                 "classifier.weight": (1, tuple(range(0, 128, 4)))}
-    dense = odt.plan(model, lambda n, p: n.endswith("bias") or n in channels)
+    dense = odt.plan(model, lambda n, p: n.endswith("bias") or n in channels,
+                     norm_stats="batch")
     plan = dense.with_channels(channels)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
     inputs: dict[str, tuple[int, ...]] = {}
@@ -361,7 +362,7 @@ def test_lean_zoo_model_keeps_the_hand_counted_bytes() -> None:
     stock_bytes = step(stock)
     lean = odt.lean(model, plan)
     sparse_bytes = step(lean)
-    bias_bytes = step(odt.lean(model, "bias-only"))
+    bias_bytes = step(odt.lean(model, odt.plan(model, "bias-only", norm_stats="batch")))
     dense_bytes = step(odt.lean(model, dense))
     assert sparse_bytes - bias_bytes == hand
     assert bias_bytes < sparse_bytes < dense_bytes < stock_bytes
