@@ -22,9 +22,9 @@ def _expected(ex):
     c = {k: v.value for k, v in ex.controls.items()}
     model = odt.models.create(c["model"], input_shape=explorer_input_shape(c["model"],
                                                                            c["resolution"]))
-    model.train(not c["frozen_statistics"])
     x = odt.models.example_input(model, batch_size=c["batch_size"])
-    report = odt.estimate(model, x, c["scheme"], optimizer=c["optimizer"], engine=c["engine"])
+    plan = odt.plan(model, c["scheme"], norm_stats="frozen" if c["frozen_statistics"] else "batch")
+    report = odt.estimate(model, x, plan, optimizer=c["optimizer"], engine=c["engine"])
     return report, odt.device(c["device"]).fit(report)
 
 

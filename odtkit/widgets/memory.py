@@ -26,6 +26,7 @@ from ..hardware import device as get_device
 from ..hardware import devices
 from ..memory import ENGINES, MemoryReport, estimate
 from ..models import create, example_input, names
+from ..plans import plan as make_plan
 from ..training import OPTIMIZERS
 from ..units import format_bytes
 from ..viz.memory import memory_bars
@@ -94,10 +95,12 @@ class MemoryExplorer(w.VBox):
         """Estimate for the current controls, fit it to the device, refresh what is shown."""
         c = {k: v.value for k, v in self.controls.items()}
         model = self._model(c["model"], c["resolution"])
-        model.train(not c["frozen_statistics"])
+        model.train()  # as training runs it; the plan decides the norms' statistics
         x = example_input(model, batch_size=c["batch_size"])
         try:
-            self.report = estimate(model, x, c["scheme"], optimizer=c["optimizer"],
+            plan = make_plan(model, c["scheme"],
+                             norm_stats="frozen" if c["frozen_statistics"] else "batch")
+            self.report = estimate(model, x, plan, optimizer=c["optimizer"],
                                    engine=c["engine"])
         except ValueError as err:  # e.g. batch statistics of a single value per channel
             self.report = self.fit = None
