@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _saved import saved_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -23,22 +24,6 @@ from odtkit import engine, models
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")
-
-
-def saved_bytes(model: nn.Module, run) -> tuple[int, object]:
-    """(bytes autograd saves while ``run()`` executes, its result)."""
-    skip = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = run()
-    return sum(seen.values()), out
 
 
 # ---------------------------------------------------------------- small models

@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _saved import saved_bytes
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -235,23 +236,6 @@ def test_make_optimizer_masks_full_or_per_dim_agree_and_are_checked() -> None:
 # ---------------------------------------------------------------- the lean engine
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
-
-
-def saved_bytes(model: nn.Module, run):
-    """(bytes autograd keeps while ``run()`` executes, its result): unique storages of the
-    saved tensors, parameters and buffers excluded."""
-    skip = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = run()
-    return sum(seen.values()), out
 
 
 def assert_masked_stock_gradients(stock: nn.Module, lean: nn.Module, plan) -> None:
