@@ -125,7 +125,7 @@ def sparse_plan_layers(plan: Any, *, title: str | None = None,
     return fig
 
 
-def _points(points: Any, what: str) -> dict[str, tuple[float, float]]:
+def _points(points: Any, what: str, top: float = 1.0) -> dict[str, tuple[float, float]]:
     if points is None:
         return {}
     if not isinstance(points, Mapping):
@@ -138,9 +138,9 @@ def _points(points: Any, what: str) -> dict[str, tuple[float, float]]:
         except (TypeError, ValueError):
             raise TypeError(f"{what}[{label!r}] must be a pair (memory_bytes, accuracy), got "
                             f"{value!r}") from None
-        if not (math.isfinite(memory) and memory >= 0 and 0.0 <= acc <= 1.0):
+        if not (math.isfinite(memory) and memory >= 0 and 0.0 <= acc <= top):
             raise ValueError(f"{what}[{label!r}] = {value!r}: memory must be bytes >= 0 and "
-                             "accuracy a fraction in [0, 1]")
+                             f"accuracy a fraction in [0, {top:g}]")
         out[str(label)] = (memory, acc)
     return out
 
@@ -153,8 +153,10 @@ def accuracy_vs_memory(trained: Mapping[str, tuple[float, float]], *,
     """Accuracy against training memory: ``trained`` plans as labelled dots (measured),
     ``predicted`` ones as stars, the budget as a dashed vertical line and the accuracy
     without training (``baseline``) as a dotted horizontal one. Points are {label:
-    (memory_bytes, accuracy in [0, 1])}; memory on a linear axis."""
-    measured, guessed = _points(trained, "trained"), _points(predicted, "predicted")
+    (memory_bytes, accuracy in [0, 1])}; a predicted accuracy may pass 1 (up to 2), as
+    summed gains can; memory on a linear axis."""
+    # summed gains (a model of accuracy, not a measurement) can pass 100%
+    measured, guessed = _points(trained, "trained"), _points(predicted, "predicted", 2.0)
     if not measured and not guessed:
         raise ValueError("accuracy_vs_memory needs at least one trained or predicted point")
     xs_all = [m for m, _ in (*measured.values(), *guessed.values())]

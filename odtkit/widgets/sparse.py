@@ -252,7 +252,9 @@ class BudgetExplorer(w.VBox):
         self.accuracy.value = (
             f"predicted accuracy <b>{100 * self.predicted_acc:.1f}%</b> (no training "
             f"{100 * self.table.baseline_acc:.1f}% + summed gains "
-            f"{100 * self.result.predicted_gain:+.1f} points)"
+            f"{100 * self.result.predicted_gain:+.1f} points"
+            + ("; summed gains overstate a combined update: above 100%" if
+               self.predicted_acc > 1 else "") + ")"
             + (f"<table><tr><th>trained plan</th><th>peak</th><th>predicted</th>"
                f"<th>measured</th></tr>{rows}</table>" if rows else
                "; no plan trained yet: <i>train this plan</i> measures it"))
