@@ -85,6 +85,9 @@ class SearchResult:
 
     @property
     def predicted_acc(self) -> float:
+        """Baseline plus the summed gains: a score for ranking schemes, not an accuracy
+        (gains measured one option at a time overlap, so the sum can pass 1). Train the
+        plan to know its accuracy."""
         return self.baseline_acc + self.predicted_gain
 
     @property
