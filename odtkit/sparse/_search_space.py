@@ -11,6 +11,7 @@ plan does.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +20,19 @@ from torch import nn
 
 from ..memory import MemoryReport, estimate
 from ..models import example_input
-from ._contrib_analysis import option_plan
+from ._contrib_analysis import model_fingerprint, option_plan
 from ._contrib_table import ContributionTable
 
 Genome = tuple[int, ...]
 Metric = Callable[[int, int], int]  # (peak_bytes, frozen_weight_bytes) -> bytes checked
+
+# plans and estimates of the schemes searched so far, per model: searches at other budgets
+# (an explorer's slider) meet the same candidates again. Plans are keyed by the scheme, the
+# table's settings and the model's weights (magnitude criteria read them); estimates by the
+# plan itself (its selected channels included) and what else the estimate depends on.
+_PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+_ESTIMATES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, MemoryReport]] = \
+    weakref.WeakKeyDictionary()
 
 
 class Space:
@@ -48,6 +57,8 @@ class Space:
         self.costs = [[0 if e is None else max(0, metric(e.peak_bytes, e.frozen_weight_bytes)
                                                 - base) for e in group] for group in entries]
         self._reports: dict[Genome, MemoryReport] = {}
+        self._plan_key = (model_fingerprint(model),
+                          tuple(sorted((k, repr(v)) for k, v in self.settings.items())))
 
     @property
     def empty(self) -> Genome:
@@ -65,7 +76,11 @@ class Space:
 
     def plan(self, genome: Genome) -> Any:
         biases, weights = self.scheme(genome)
-        return option_plan(self.model, biases, weights, self.settings)
+        known = _PLANS.setdefault(self.model, {})
+        key = (self._plan_key, biases, tuple(sorted(weights.items())))
+        if key not in known:
+            known[key] = option_plan(self.model, biases, weights, self.settings)
+        return known[key]
 
     def gain(self, genome: Genome) -> float:
         return sum(g[i] for g, i in zip(self.gains, genome, strict=True))
@@ -75,8 +90,13 @@ class Space:
 
     def report(self, genome: Genome) -> MemoryReport:
         if genome not in self._reports:
-            self._reports[genome] = estimate(self.model, self.x, self.plan(genome),
-                                             optimizer=self.optimizer, engine=self.engine)
+            plan = self.plan(genome)
+            known = _ESTIMATES.setdefault(self.model, {})
+            key = (plan, tuple(self.x.shape), self.optimizer, self.engine)
+            if key not in known:
+                known[key] = estimate(self.model, self.x, plan, optimizer=self.optimizer,
+                                      engine=self.engine)
+            self._reports[genome] = known[key]
         return self._reports[genome]
 
     def need(self, genome: Genome) -> int:
