@@ -41,7 +41,9 @@ bench: setup
 	$(BIN)/python benchmarks/quant.py
 
 data: setup
+	$(BIN)/python data/build_digits.py
 	$(BIN)/python data/build_pretrained.py
+	$(BIN)/python data/build_contributions.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
