@@ -12,6 +12,27 @@ import os
 from ._memory import check_conv_saved_bytes, conv_saved_bytes
 from ._precision import PrecisionRow, format_precision_table, precision_row, step_memory
 from ._quantize import QUANTIZE_CASES, check_quantize
+from ._selection import (
+    NEQ_MU,
+    NEQ_OUTPUTS,
+    SELECTION_LR,
+    budget_accuracy_figure,
+    check_neq,
+    format_selection_table,
+    load_selection_results,
+    selection_model,
+    selection_sweep,
+    velocity_figure,
+)
+from ._sparse import (
+    LAB_LAST_KS,
+    check_sparse_scheme,
+    contribution_figure,
+    format_pareto_table,
+    load_sparse_results,
+    pareto_figure,
+    pareto_rows,
+)
 from .checks import CheckResult, check_topk_ef, check_training_state_bytes
 from .suites import LAB_TASK, LAB_WIDTH, SUITE, lab_model
 
@@ -19,6 +40,11 @@ __all__ = [
     "CheckResult", "check_training_state_bytes", "check_conv_saved_bytes", "check_topk_ef",
     "check_quantize", "QUANTIZE_CASES", "conv_saved_bytes", "LAB_TASK", "LAB_WIDTH", "SUITE",
     "lab_model", "smoke", "PrecisionRow", "precision_row", "format_precision_table", "step_memory",
+    "NEQ_OUTPUTS", "NEQ_MU", "check_neq", "SELECTION_LR", "selection_model", "selection_sweep",
+    "load_selection_results",
+    "format_selection_table", "budget_accuracy_figure", "velocity_figure",
+    "check_sparse_scheme", "LAB_LAST_KS", "load_sparse_results", "pareto_rows",
+    "format_pareto_table", "pareto_figure", "contribution_figure",
 ]
 
 

@@ -25,6 +25,8 @@ _EXPORTS = {
     "contributions": "_contrib_analysis", "ContributionTable": "_contrib_analysis",
     "Contribution": "_contrib_analysis", "TableMismatchError": "_contrib_analysis",
     "search": "_search_api", "SearchResult": "_search_api",
+    "SELECTION_METHODS": "selection", "SelectionResult": "selection",
+    "select_neurons": "selection", "train_selected": "selection",
 }
 
 __all__ = sorted(_EXPORTS)
