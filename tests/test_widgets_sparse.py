@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import odtkit as odt
-from odtkit.sparse._contrib_analysis import model_fingerprint  # no public name yet
+from odtkit.sparse import model_fingerprint
 
 matplotlib.use("Agg")
 

@@ -7,6 +7,9 @@
     n = odt.sparse.budget_params(model, 0.151)
     plan = odt.sparse.plan(model, biases=2, weights={"features.3": 0.25})   # a TrainPlan
     plan = odt.plan(model, list(sel), channels=sel)   # a neuron selection as a TrainPlan
+    table = odt.sparse.contributions(model, task)      # gains of short fine-tuning runs
+    res = odt.sparse.search(model, table=table, budget_bytes=300_000)   # res.plan, res.report
+    run = odt.sparse.train_selected(model, task, 0.151, "velocity", epochs=10)
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ _EXPORTS = {
     "plan": "scheme",
     "contributions": "_contrib_analysis", "ContributionTable": "_contrib_analysis",
     "Contribution": "_contrib_analysis", "TableMismatchError": "_contrib_analysis",
+    "model_fingerprint": "_contrib_analysis",
     "search": "_search_api", "SearchResult": "_search_api",
     "SELECTION_METHODS": "selection", "SelectionResult": "selection",
     "select_neurons": "selection", "train_selected": "selection",
