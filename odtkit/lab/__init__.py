@@ -24,6 +24,15 @@ from ._selection import (
     selection_sweep,
     velocity_figure,
 )
+from ._sparse import (
+    LAB_LAST_KS,
+    check_sparse_scheme,
+    contribution_figure,
+    format_pareto_table,
+    load_sparse_results,
+    pareto_figure,
+    pareto_rows,
+)
 from .checks import CheckResult, check_topk_ef, check_training_state_bytes
 from .suites import LAB_TASK, LAB_WIDTH, SUITE, lab_model
 
@@ -34,6 +43,8 @@ __all__ = [
     "NEQ_OUTPUTS", "NEQ_MU", "check_neq", "SELECTION_LR", "selection_model", "selection_sweep",
     "load_selection_results",
     "format_selection_table", "budget_accuracy_figure", "velocity_figure",
+    "check_sparse_scheme", "LAB_LAST_KS", "load_sparse_results", "pareto_rows",
+    "format_pareto_table", "pareto_figure", "contribution_figure",
 ]
 
 
