@@ -118,7 +118,7 @@ def pareto_figure(results: Mapping[str, Any], *, title: str | None = None,
     ax.set_xlabel("training memory, measured peak at batch 1 (KiB, lean engine)")
     ax.set_ylabel("test accuracy (%), mean ± std")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4)
     seeds = max(len(r["test_acc"]) for r in results["plans"].values())
     ax.set_title(title if title is not None else
                  f"{results.get('model', '')} on {results.get('task', '')}: "
@@ -149,7 +149,7 @@ def contribution_figure(table: Any, *, figsize: tuple[float, float] = (7.0, 3.8)
     ax.set_xlabel("training memory beyond inference alone (KiB, lean engine, batch 1)")
     ax.set_ylabel("accuracy gain (points)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="upper center")
     s = table.settings_dict
     ax.set_title(f"contribution of each option alone: {s['epochs']} epochs, seed {s['seed']}, "
                  f"from {100 * table.baseline_acc:.1f}%", fontsize="medium")
@@ -224,7 +224,8 @@ def _as_plan(answer: Any, model: nn.Module) -> tuple[Any, str | None]:
 def _largest_parts(plan: Any, count: int = 3) -> str:
     sizes = dict(zip(plan.names, plan.shapes, strict=True))
     kept = {n: len(idx) / sizes[n][dim] for n, dim, idx in plan.channels}
-    numel = {n: int(round(_numel(sizes[n]) * kept.get(n, 1.0))) for n in plan.trainable}
+    numel = {n: int(round(_numel(sizes[n]) * kept.get(n, 1.0)))
+             for n in plan.names if n in plan.trainable}  # model order: ties stay stable
     top = sorted(numel, key=lambda n: -numel[n])[:count]
     return ", ".join(f"{n} ({numel[n]:,} entries)" for n in top)
 
@@ -268,8 +269,8 @@ def check_sparse_scheme(answer: Any, budget_bytes: int, model: nn.Module, task: 
             f"the training peak is {format_bytes(mine)} ({mine:,} B), over the budget "
             f"{format_bytes(budget_bytes)} ({budget_bytes:,} B) by {mine - budget_bytes:,} B. "
             f"With {optimizer} each trained entry keeps a gradient and optimizer state; the "
-            f"largest trained parts are {_largest_parts(plan)}: lower their ratio or drop "
-            "them (biases are cheap)")), quiet)
+            f"largest trained parts are {_largest_parts(plan)}: drop some of them or lower "
+            "their ratio, then check again (biases are cheap)")), quiet)
 
     def accuracy(p: Any) -> float:
         twin = copy.deepcopy(model)
