@@ -39,6 +39,8 @@ bench: setup
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/compress.py
 	$(BIN)/python benchmarks/quant.py
+	$(BIN)/python benchmarks/sparse.py
+	$(BIN)/python benchmarks/sparse_selection.py
 
 data: setup
 	$(BIN)/python data/build_digits.py
