@@ -18,7 +18,7 @@ from odtkit.sparse._contrib_analysis import (
     model_name,
     option_plan,
 )
-from odtkit.sparse._search_space import Knapsack
+from odtkit.sparse._search_space import Knapsack, Space
 
 RATIOS2 = (0.25, 1.0)
 
@@ -90,6 +90,8 @@ def test_search_plan_fits_estimate_and_measurement(setup):
                    table.none_peak_bytes + 4000, table.none_peak_bytes + 20_000):
         res = odt.sparse.search(model, table=table, budget_bytes=budget)
         assert res.report.peak_bytes == res.need_bytes <= budget == res.budget_bytes
+        assert res.budget_by == "bytes" and res.budget_params is None
+        assert res.trainable_params == res.plan.trainable_numel
         measured = odt.measure(model, x, res.plan, optimizer="sgd-m", engine="lean", rss=False)
         assert measured.peak_bytes <= budget
         assert math.isclose(res.predicted_gain,
@@ -141,14 +143,86 @@ def test_device_budget_is_the_ram_fit_checks(setup):
     assert no_flash.need_bytes == no_flash.report.peak_bytes
 
 
-def test_share_budget_is_a_share_of_the_full_update(setup):
+def test_peak_share_budget_is_a_share_of_the_full_update(setup):
     model, table = setup
     x = odt.models.example_input(model, batch_size=1)
     full = odt.estimate(model, x, odt.plan(model, "full", norm_stats="frozen"),
                         optimizer="sgd-m", engine="lean").peak_bytes
-    res = odt.sparse.search(model, table=table, budget_share=0.9)
-    assert res.budget_by == "share" and res.budget_bytes == int(0.9 * full)
-    assert res.report.peak_bytes <= res.budget_bytes
+    res = odt.sparse.search(model, table=table, budget_peak_share=0.9)
+    assert res.budget_by == "peak-share" and res.budget_bytes == int(0.9 * full)
+    assert res.budget_params is None and res.report.peak_bytes <= res.budget_bytes
+    assert "90% of the full update's peak" in res.budget_note
+
+
+# ------------------------------------------------------------------------ parameter budgets
+def _params_space(model, table, share=1.0):
+    return Space(model, table, None, odt.sparse.budget_params(model, share), "sgd-m", "lean", 1)
+
+
+def test_parameter_costs_add_up_to_the_combined_plan(setup):
+    model, table = setup
+    space = _params_space(model, table)
+    for genome in _all_genomes(table):
+        biases, weights = space.scheme(genome)
+        plan = option_plan(model, biases, weights, table.settings_dict)
+        assert space.guide(genome) == space.need(genome) == plan.trainable_numel, genome
+    assert space.evaluated == 0  # no estimate for any of them
+
+
+@pytest.mark.parametrize("share", [0.01, 0.05, 0.1, 0.2, 0.35, 0.6, 1.0])
+def test_parameter_budget_knapsack_equals_brute_force(setup, share):
+    model, table = setup
+    budget = odt.sparse.budget_params(model, share)
+    layers, ratios, ks = table.layers, (0.0, *table.ratios), (0, *table.bias_ks)
+    best = 0.0
+    for genome in _all_genomes(table):
+        weights = {layer: ratios[i] for layer, i in zip(layers, genome[1:], strict=True) if i}
+        plan = option_plan(model, ks[genome[0]], weights, table.settings_dict)
+        if plan.trainable_numel <= budget:
+            best = max(best, table.predicted_gain(ks[genome[0]], weights))
+    res = odt.sparse.search(model, table=table, budget_share=share, method="both")
+    knap, evo = res.compared
+    assert math.isclose(knap.predicted_gain, best, abs_tol=1e-12)
+    assert evo.predicted_gain <= best + 1e-12
+    for r in (res, knap, evo):
+        assert r.plan.trainable_numel == r.trainable_params <= budget == r.budget_params
+        assert r.budget_by == "params" and r.budget_bytes is None
+        assert r.headroom_params == budget - r.trainable_params
+    assert knap.evaluated == 1  # only the chosen plan was estimated
+    x = odt.models.example_input(model, batch_size=1)
+    report = odt.estimate(model, x, res.plan, optimizer="sgd-m", engine="lean")
+    assert res.report.peak_bytes == res.need_bytes == report.peak_bytes
+    total = odt.sparse.total_params(model)
+    assert res.total_params == total
+    assert f"% of the parameters ({budget:,} of {total:,})" in res.budget_note
+    assert f"trains {res.trainable_params:,} of {budget:,} parameters" in res.describe()
+
+
+def test_parameter_budget_note_and_larger_shares_never_give_a_smaller_gain(setup):
+    model, table = setup
+    res = odt.sparse.search(model, table=table, budget_share=0.151)
+    total = odt.sparse.total_params(model)
+    assert res.budget_note == (f"15.1% of the parameters "
+                               f"({odt.sparse.budget_params(model, 0.151):,} of {total:,})")
+    gains = [odt.sparse.search(model, table=table, budget_share=s / 100).predicted_gain
+             for s in range(1, 101, 3)]
+    assert gains == sorted(gains) and gains[-1] > gains[0]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"budget_share": 0}, r"budget_share must be .* in \(0, 1\], got budget_share=0"),
+    ({"budget_share": -0.1}, r"in \(0, 1\], got budget_share=-0.1"),
+    ({"budget_share": 1.5}, r"in \(0, 1\], got budget_share=1.5"),
+    ({"budget_share": 30}, r"got budget_share=30; a percentage .* 30% is 0.3"),
+    ({"budget_peak_share": 2}, r"budget_peak_share must be .* in \(0, 1\], got "
+                               r"budget_peak_share=2"),
+    ({"budget_share": 0.1, "budget_peak_share": 0.1},
+     "exactly one way.*budget_share and budget_peak_share were given"),
+])
+def test_bad_shares_name_the_value_and_the_range(setup, kwargs, message):
+    model, table = setup
+    with pytest.raises(ValueError, match=message):
+        odt.sparse.search(model, table=table, **kwargs)
 
 
 # ------------------------------------------------------------------------ bad input

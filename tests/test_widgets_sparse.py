@@ -129,7 +129,7 @@ def test_every_control_is_followed(table):
         _check_shown(ex, table, f"{name}={value}")
         seen.add(ex.summary.value + ex.verdict.value)
     assert len(seen) == 8  # every change changed what is shown
-    assert ex.controls["budget"].description == "budget (share of the full update's peak)"
+    assert ex.controls["budget"].description == "budget (share of the parameters)"
     set_controls(ex, ("budget", ex.controls["budget"].min), draw=True)  # figures follow
     for out in (ex.plan_plot, ex.memory_plot, ex.accuracy_plot):
         assert "image/png" in out.outputs[0]["data"]
@@ -146,16 +146,36 @@ def test_verdict_flips_between_devices(table):
     _check_shown(ex, table, "nrf52840")
 
 
-def test_share_and_bytes_units_agree(table):
-    ex = explorer(table, unit="share", budget=0.6)
-    plan, share_summary = ex.plan, ex.summary.value
-    set_controls(ex, ("unit", "bytes"))  # the same budget, in bytes: the same plan
-    assert ex.controls["budget"].value == int(0.6 * ex.full_peak_bytes)
-    assert ex.plan == plan and ex.controls["budget"].description.startswith("budget (bytes")
-    assert share_summary.split(":", 1)[1] == ex.summary.value.split(":", 1)[1]
+@pytest.mark.parametrize("share", [0.01, 0.088, 0.151, 0.5, 1.0])
+def test_share_unit_is_a_share_of_the_parameters(table, share):
+    ex = explorer(table, unit="share", budget=share)
+    res = odt.sparse.search(ex.model, table=table, budget_share=share)
+    budget = odt.sparse.budget_params(ex.model, share)
+    total = odt.sparse.total_params(ex.model)
+    assert ex.plan == res.plan and ex.result.budget_params == budget
+    assert ex.plan.trainable_numel <= budget and ex.plan.trainable_share <= share
+    assert f"{share:.1%} of the parameters ({budget:,} of {total:,})" in ex.summary.value
+    assert f"({ex.report.peak_bytes:,} B)" in ex.summary.value  # memory shown beside it
+    _check_shown(ex, table, f"share={share}")
+
+
+def test_switching_units_keeps_the_plan_within_the_new_budget(table):
+    ex = explorer(table, unit="share", budget=0.151)
+    assert ex.controls["unit"].options == (("bytes", "bytes"), ("share of parameters", "share"))
+    peak, trained = ex.report.peak_bytes, ex.plan.trainable_numel
+    set_controls(ex, ("unit", "bytes"))  # the bytes the shown plan needs
+    assert ex.controls["budget"].description == "budget (bytes, training peak)"
+    assert ex.controls["budget"].value == min(max(peak, ex.controls["budget"].min),
+                                              ex.controls["budget"].max)
+    assert ex.report.peak_bytes <= ex.controls["budget"].value
     _check_shown(ex, table, "bytes")
-    set_controls(ex, ("unit", "share"))  # and back
-    assert ex.controls["budget"].value == pytest.approx(0.6) and ex.plan == plan
+    trained = ex.plan.trainable_numel
+    set_controls(ex, ("unit", "share"))  # the smallest 0.1% step that covers its parameters
+    share = ex.controls["budget"].value
+    assert odt.sparse.budget_params(ex.model, share) >= trained
+    assert share == 0.001 or odt.sparse.budget_params(ex.model, round(share - 0.001, 6)) < trained
+    assert ex.plan.trainable_numel <= odt.sparse.budget_params(ex.model, share)
+    _check_shown(ex, table, "share")
 
 
 def test_train_button_adds_the_measured_point(table):
@@ -169,7 +189,7 @@ def test_train_button_adds_the_measured_point(table):
     assert point.accuracy == direct.test_acc[-1]
     assert point.peak_bytes == ex.report.peak_bytes and point.predicted == ex.predicted_acc
     assert f"<b>{100 * point.accuracy:.1f}%</b>" in ex.accuracy.value
-    assert label == "≤ 50.0% of full"
+    assert label == "≤ 50.0% of params"
     assert not ex.train_button.disabled
     torch.testing.assert_close(ex.model.classifier.weight, odt.models.create(
         "mcunet-tiny", pretrained=True).classifier.weight)  # the shown model never trains
@@ -182,19 +202,21 @@ def test_bad_arguments_name_the_choices(table):
         odt.widgets.budget_explorer(unit="kib", table=table)
     with pytest.raises(ValueError, match="unknown device"):
         odt.widgets.budget_explorer(device="stm32", table=table)
-    with pytest.raises(ValueError, match=r"budget must be a share of the full update's peak "
-                                         r"in \[.*, 1\].*got budget=15"):
-        explorer(table, unit="share", budget=15)
+    for bad in (15, 0, -0.5, 1.2):
+        with pytest.raises(ValueError, match=r"budget must be a share of the parameters in "
+                                             rf"\[0.001, 1\].*got budget={bad}"):
+            explorer(table, unit="share", budget=bad)
     with pytest.raises(ValueError, match=r"budget must be bytes in \[.*got budget=1000"):
         explorer(table, budget=1000)
 
 
-def test_estimate_only_interactions_answer_fast(table, capsys):
-    ex = explorer(table)
+@pytest.mark.parametrize("unit", ["bytes", "share"])
+def test_estimate_only_interactions_answer_fast(table, unit, capsys):
+    ex = explorer(table, unit=unit)
     low, high = ex.controls["budget"].min, ex.controls["budget"].max
     budgets = [low + (high - low) * i / 9 for i in range(10)]
     changes = [("budget", b) for b in budgets] + [("device", d) for d in (
-        "nrf52840", "rp2040", "stm32h743", "esp32-s3")] + [("unit", "share"), ("unit", "bytes")]
+        "nrf52840", "rp2040", "stm32h743", "esp32-s3")]
     first = []
     for change in changes:  # warm-up: the first visit of each budget may search
         set_controls(ex, change)
@@ -207,7 +229,13 @@ def test_estimate_only_interactions_answer_fast(table, capsys):
             _check_shown(ex, table, str(change))
     median = statistics.median(times)
     with capsys.disabled():
-        print(f"\nbudget explorer: median answer {1000 * median:.1f} ms over {len(times)} "
-              f"estimate-only interactions; first visits, searches included: median "
-              f"{1000 * statistics.median(first):.1f} ms, slowest {1000 * max(first):.1f} ms")
+        print(f"\nbudget explorer ({unit}): median answer {1000 * median:.1f} ms over "
+              f"{len(times)} estimate-only interactions; first visits, searches included: "
+              f"median {1000 * statistics.median(first):.1f} ms, slowest "
+              f"{1000 * max(first):.1f} ms")
     assert median <= 0.1
+
+
+def test_a_parameter_budget_estimates_only_the_chosen_plan(table):
+    ex = explorer(table, unit="share", budget=0.237)
+    assert ex.result.evaluated == 1 and ex.result.budget_by == "params"

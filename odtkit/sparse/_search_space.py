@@ -3,9 +3,15 @@
 A scheme is a genome: one option index per group. Group 0 is "biases of the last k
 layers" (index 0: none, then the table's k's), each further group one layer's weights
 (index 0: frozen, then the table's ratios). Every option carries its gain (from the
-ContributionTable) and its guide cost: the bytes its own estimate needs beyond inference
-alone. The guide only steers; a scheme fits when ``odt.estimate`` of its real combined
-plan does.
+ContributionTable) and its cost, in one of two kinds of need:
+
+- bytes: the option's guide cost is the bytes its own estimate needs beyond inference alone.
+  The guide only steers; a scheme fits when ``odt.estimate`` of its real combined plan does.
+- parameters: the option's cost is the number of parameters its plan trains (of a
+  channel-sparse weight, the selected channels'). The options of a scheme train disjoint
+  parameters (the biases of the last k layers; each layer's weight alone), so the costs add
+  up exactly to the combined plan's ``trainable_numel``, which is the scheme's need; no
+  estimate runs for a candidate.
 """
 
 from __future__ import annotations
@@ -36,16 +42,21 @@ _ESTIMATES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, MemoryReport]] = \
 
 
 class Space:
-    """Genomes of ``table`` on ``model``: their schemes, gains, guide costs, and the real
-    estimate of each (memoized), checked as ``metric`` against ``budget_bytes``."""
+    """Genomes of ``table`` on ``model``: their schemes, gains, costs, and the need of each
+    checked against ``budget``: with ``metric``, the real estimate (memoized) as ``metric``
+    gives it, in bytes; with ``metric=None``, the plan's trained parameters."""
 
-    def __init__(self, model: nn.Module, table: ContributionTable, metric: Metric,
-                 budget_bytes: int, optimizer: str, engine: str, batch_size: int) -> None:
-        self.model, self.table, self.metric, self.budget = model, table, metric, budget_bytes
+    def __init__(self, model: nn.Module, table: ContributionTable, metric: Metric | None,
+                 budget: int, optimizer: str, engine: str, batch_size: int) -> None:
+        self.model, self.table, self.metric, self.budget = model, table, metric, budget
         self.optimizer, self.engine = optimizer, engine
+        self.by_params = metric is None
         self.settings = table.settings_dict
+        self._plan_key = (model_fingerprint(model),
+                          tuple(sorted((k, repr(v)) for k, v in self.settings.items())))
         self.x = example_input(model, batch_size=batch_size)
-        base = metric(table.none_peak_bytes, table.none_frozen_weight_bytes)
+        self.base = 0 if metric is None else metric(table.none_peak_bytes,
+                                                    table.none_frozen_weight_bytes)
         self.ks = (0, *table.bias_ks)
         self.layers = table.layers
         self.ratios = [(0.0, *sorted(c.ratio for c in table.weights if c.layer == layer))
@@ -54,11 +65,17 @@ class Space:
         entries += [[None, *(table.weight(layer, r) for r in rs[1:])]
                     for layer, rs in zip(self.layers, self.ratios, strict=True)]
         self.gains = [[0.0 if e is None else e.gain for e in group] for group in entries]
-        self.costs = [[0 if e is None else max(0, metric(e.peak_bytes, e.frozen_weight_bytes)
-                                                - base) for e in group] for group in entries]
         self._reports: dict[Genome, MemoryReport] = {}
-        self._plan_key = (model_fingerprint(model),
-                          tuple(sorted((k, repr(v)) for k, v in self.settings.items())))
+        if metric is None:  # each option's trained parameters, from its own plan
+            self.costs = [[self.plan(self._single(g, i)).trainable_numel if i else 0
+                           for i in range(len(group))] for g, group in enumerate(entries)]
+        else:
+            self.costs = [[0 if e is None else max(0, metric(e.peak_bytes,
+                                                             e.frozen_weight_bytes) - self.base)
+                           for e in group] for group in entries]
+
+    def _single(self, group: int, option: int) -> Genome:
+        return tuple(option if g == group else 0 for g in range(len(self.gains)))
 
     @property
     def empty(self) -> Genome:
@@ -100,6 +117,9 @@ class Space:
         return self._reports[genome]
 
     def need(self, genome: Genome) -> int:
+        """Bytes (``metric`` of the estimate) or, by parameters, the trained parameters."""
+        if self.metric is None:
+            return self.plan(genome).trainable_numel
         report = self.report(genome)
         return self.metric(int(report.peak_bytes), int(report.frozen_weight_bytes))
 
@@ -170,18 +190,21 @@ class Knapsack:
 
 
 def knapsack_search(space: Space, resolution_bytes: int) -> Genome:
-    """The best scheme the knapsack finds whose real estimate fits.
+    """The best scheme the knapsack finds whose need fits.
 
     Candidates: the program's solution at every capacity where its best gain grows, up
     to twice the budget's room above inference (the guide adds peaks up, so it can
     overstate a combined plan), each followed by its repair chain. The answer is the
     candidate of largest gain that fits; the candidates do not depend on the budget and
-    grow with it, so a larger budget never gives a smaller gain."""
-    base = space.metric(space.table.none_peak_bytes, space.table.none_frozen_weight_bytes)
-    program = Knapsack(space.costs, space.gains, resolution_bytes)
-    room = max(0, space.budget - base)
+    grow with it, so a larger budget never gives a smaller gain. By parameters the costs
+    are exact (one parameter a unit, ``resolution_bytes`` unused) and the room is the
+    budget itself: the first candidate is the optimum and fits."""
+    resolution = 1 if space.by_params else resolution_bytes
+    program = Knapsack(space.costs, space.gains, resolution)
+    room = max(0, space.budget - space.base)
+    limit = room if space.by_params else 2 * room // resolution
     best: Genome = space.empty
-    for candidate in program.frontier(2 * room // resolution_bytes):
+    for candidate in program.frontier(limit):
         if space.gain(candidate) <= space.gain(best):
             break  # sorted by gain: nothing left can beat what fits
         for genome in space.repair_chain(candidate):

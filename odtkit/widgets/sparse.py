@@ -1,11 +1,13 @@
-"""Explorer: pick a device and a memory budget (bytes, or a share of the parameters); see
-the sparse-update plan ``odt.sparse.search`` finds, drawn per layer, its training memory
-against the budget, whether it fits the device, and the accuracy the contribution table
-predicts beside the accuracy of the plans already trained; train the plan for real.
+"""Explorer: pick a device and a budget (bytes of training peak, or a share of the
+parameters); see the sparse-update plan ``odt.sparse.search`` finds, drawn per layer, its
+training memory against the budget, the share of the parameters it trains, whether it fits
+the device, and the accuracy the contribution table predicts beside the accuracy of the plans
+already trained; train the plan for real.
 
     ex = odt.widgets.budget_explorer()              # mcunet-tiny on digits-shift
     ex                                              # in a notebook: controls and figures
     ex.controls["budget"].value = 160 * 1024        # headless: the shown numbers follow
+    ex.controls["unit"].value = "share"             # a share of the parameters, e.g. 0.151
     ex.plan, ex.report, ex.fit, ex.predicted_acc, ex.response_s
     ex.train_button.click()                         # trains the plan, adds its point
 
@@ -34,9 +36,10 @@ from .._checks import check_choice, check_positive_int, check_seed
 from ..datasets import load
 from ..hardware import device as get_device
 from ..hardware import devices
-from ..memory import MemoryReport
+from ..memory import MemoryReport, estimate
 from ..models import create, example_input, names
-from ..sparse import contributions, search
+from ..plans import plan as make_plan
+from ..sparse import budget_params, contributions, search, total_params
 from ..training import train
 from ..units import format_bytes
 from ..viz.memory import memory_bars
@@ -46,7 +49,8 @@ from .memory import _png_output
 
 __all__ = ["BudgetExplorer", "budget_explorer", "UNITS", "TrainedPoint"]
 
-UNITS = ("bytes", "share")
+UNITS = ("bytes", "share")  # bytes of training peak; a share of the parameters
+_UNIT_LABELS = (("bytes", "bytes"), ("share of parameters", "share"))
 _KIB = 1024
 _SHARE_STEP = 0.001
 DRAW_DELAY_S = 0.05  # in a kernel, figures wait this long for the next change of a burst
@@ -92,14 +96,21 @@ class BudgetExplorer(w.VBox):
         self.predicted_acc = math.nan
         self.response_s = self.draw_s = math.nan
         self._silent = False
-        self.full_peak_bytes = self._search("share", 1.0).budget_bytes
+        full = make_plan(self.model, "full", norm_stats="frozen",
+                         precision=self.settings["precision"])
+        self.full_peak_bytes = int(estimate(self.model, self.x, full,
+                                            optimizer=self.settings["optimizer"],
+                                            engine=self.settings["engine"]).peak_bytes)
+        self.total_params = total_params(self.model)
         for end in (self.table.none_peak_bytes, self.full_peak_bytes):  # anchors for _search
             self._search("bytes", float(end))
+        for end in _SHARE_STEP, 1.0:
+            self._search("share", end)
         if budget is not None:
             self._check_budget(unit, budget)
         self.controls: dict[str, w.ValueWidget] = {
             "device": w.Dropdown(options=devices(), value=device, description="device"),
-            "unit": w.ToggleButtons(options=UNITS, value=unit, description="budget in"),
+            "unit": w.ToggleButtons(options=_UNIT_LABELS, value=unit, description="budget in"),
             "budget": w.FloatSlider(continuous_update=False, style={"description_width":
                                                                    "initial"},
                                     layout=w.Layout(width="420px")),
@@ -122,25 +133,26 @@ class BudgetExplorer(w.VBox):
 
     # ------------------------------------------------------------------ budget control
     def _bounds_of(self, unit: str) -> tuple[float, float]:
-        """The slider's range: from inference alone (plan "none") to the full update."""
+        """The slider's range: bytes from inference alone (plan "none") to the full update's
+        peak; a share of the parameters from 0.1% to all of them."""
         if unit == "bytes":
             return float(self.table.none_peak_bytes), float(self.full_peak_bytes)
-        low = math.ceil(self.table.none_peak_bytes / self.full_peak_bytes / _SHARE_STEP)
-        return min(1.0, low * _SHARE_STEP), 1.0
+        return _SHARE_STEP, 1.0
 
     def _check_budget(self, unit: str, budget: object) -> None:
         low, high = self._bounds_of(unit)
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
                 or not low <= budget <= high:
-            what = "bytes" if unit == "bytes" else "a share of the full update's peak"
+            what = "bytes" if unit == "bytes" else "a share of the parameters"
             raise ValueError(f"budget must be {what} in [{low:g}, {high:g}] (the slider's "
                              f"range for unit={unit!r}), got budget={budget!r}")
 
     def _default_budget(self, unit: str) -> float:
+        """Bytes: halfway between inference alone and the full update; a share: 10%."""
+        if unit == "share":
+            return 0.1
         low, high = self._bounds_of(unit)
-        middle = (low + high) / 2
-        return round(middle / _SHARE_STEP) * _SHARE_STEP if unit == "share" else float(
-            round(middle / _KIB) * _KIB)
+        return float(round((low + high) / 2 / _KIB) * _KIB)
 
     def _configure_budget(self, unit: str, value: float) -> None:
         """Set the slider's range, step, label and value for ``unit`` (no update runs)."""
@@ -152,23 +164,28 @@ class BudgetExplorer(w.VBox):
                 slider.max, slider.min = high, low
             else:
                 slider.min, slider.max = low, high
-            # bytes: any byte count (a share converts to bytes exactly); share: 0.1% steps
+            # bytes: any byte count (a plan's peak exactly); share: 0.1% steps
             slider.step = 1 if unit == "bytes" else _SHARE_STEP
             slider.readout_format = ",.0f" if unit == "bytes" else ".1%"
             slider.description = ("budget (bytes, training peak)" if unit == "bytes"
-                                  else "budget (share of the full update's peak)")
+                                  else "budget (share of the parameters)")
             slider.value = min(max(float(value), low), high)
         finally:
             self._silent = False
         self._unit = unit
 
     def _converted(self, unit: str) -> float:
-        """The shown budget in ``unit``: a share becomes the bytes the search held the plan
-        to; bytes become the smallest share on the slider's grid that allows them."""
+        """The budget in ``unit`` that the shown plan just meets: bytes, its training peak;
+        a share, the smallest on the slider's grid whose parameters cover what it trains
+        (so the plan found there is at least as good by the table)."""
         if unit == "bytes":
-            return float(self._budget_bytes("share", self.controls["budget"].value))
-        budget = float(self.controls["budget"].value)
-        return math.ceil(budget / self.full_peak_bytes / _SHARE_STEP - 1e-9) * _SHARE_STEP
+            return float(self.report.peak_bytes)
+        trained = self.plan.trainable_numel
+        share = max(1, math.ceil(trained / self.total_params / _SHARE_STEP - 1e-9))
+        while share * _SHARE_STEP < 1 and budget_params(
+                self.total_params, share * _SHARE_STEP) < trained:
+            share += 1
+        return min(1.0, round(share * _SHARE_STEP, 6))
 
     def _on_change(self, change: dict) -> None:
         if self._silent:
@@ -213,14 +230,18 @@ class BudgetExplorer(w.VBox):
         self.response_s = time.perf_counter() - start
         self._request_draw()
 
-    def _budget_bytes(self, unit: str, budget: float) -> int:
-        """The bytes the search holds a plan's peak to (a share: of the full update's)."""
-        return int(budget) if unit == "bytes" else int(budget * self.full_peak_bytes)
+    @staticmethod
+    def _budget_bytes(unit: str, budget: float) -> int | None:
+        """The bytes the search holds a plan's peak to (None under a share of parameters)."""
+        return None if unit == "share" else int(budget)
 
     def _budget_text(self, unit: str, budget: float, short: bool = False) -> str:
         if unit == "bytes":
             return format_bytes(budget)
-        return f"{budget:.1%} of {'full' if short else 'the full update'}"
+        if short:
+            return f"{budget:.1%} of params"
+        return (f"{budget:.1%} of the parameters ({budget_params(self.total_params, budget):,}"
+                f" of {self.total_params:,})")
 
     def _scheme_text(self) -> str:
         res = self.result
