@@ -151,8 +151,9 @@ def explorer_timing(table: Any, budgets: list[int]) -> dict[str, Any]:
             "max_s": max(times), "first_visit_median_s": statistics.median(first),
             "first_visit_max_s": max(first), "build_s": built_s,
             "what": "budget changes to budgets searched once before, device changes and unit "
-                    "toggles, 20 in all after one warm-up pass; response_s: the time from a "
-                    "change to the shown numbers (figures are drawn after)"}
+                    "toggles (bytes of training peak <-> share of the parameters), 20 in all "
+                    "after one warm-up pass; response_s: the time from a change to the shown "
+                    "numbers (figures are drawn after)"}
 
 
 def summarize(runs: list[dict[str, Any]], labels: list[str]) -> dict[str, dict[str, Any]]:
