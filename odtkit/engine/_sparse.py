@@ -10,8 +10,11 @@ that hold a selected output channel, and of those only the slices in C:
 - full conv / Linear, input channels selected: only those channels of the input;
 - depthwise conv (groups == in), its channels selected (dim 0): only those channels;
 - full conv / Linear, output channels selected: the whole input (groups == 1 puts every
-  output channel in the one group), so that cut saves gradient and optimizer state
-  only, not activation memory.
+  output channel in the one group), so that cut saves no activation memory. In the
+  paper's memory model it saves gradient and optimizer state, which a device stores for
+  the selected entries only; here ``.grad`` and the optimizer's state stay full size,
+  zero at frozen entries (the memory report counts them so, and its notes give the
+  selected-entries count).
 
 Backward computes the weight gradient of the reduced problem (the kept input, the
 selected rows and columns of the weight, the groups that hold them) with torch's own
