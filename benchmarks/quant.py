@@ -47,8 +47,8 @@ from quant_core import (  # noqa: E402
     TRAIN,
     build,
     ratios,
-    run_parallel,
 )
+from runner import run_parallel  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quant.json"
 EPOCHS = 10  # measured: the full run (3 seeds x 7 variants) then takes ~5-7 min on 2 cores

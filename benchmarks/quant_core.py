@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from runner import run_parallel
 
 import odtkit as odt
 from odtkit.quant import fold_bn_, norm_ratios, qas_, round_after_step_, to_int8
@@ -101,16 +101,6 @@ def ratios(task: Any) -> dict[str, Any]:
     return {path: {kind: {"fp32": fp32[path][kind], "int8": plain[path][kind],
                           "int8+qas": scaled[path][kind]} for kind in fp32[path]}
             for path in fp32}
-
-
-def run_parallel(fn: Any, jobs: list[Any], processes: int) -> list[Any]:
-    """``fn`` over ``jobs`` in ``processes`` spawned workers, results in job order."""
-    pool = multiprocessing.get_context("spawn").Pool(processes)
-    try:
-        return pool.map(fn, jobs, chunksize=1)
-    finally:
-        pool.close()
-        pool.join()
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quant_core import run_parallel  # noqa: E402
+from runner import run_parallel  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sparse.json"
 MODEL, TASK = "mcunet-tiny", "digits-shift"

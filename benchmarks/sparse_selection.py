@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from runner import run_parallel
 
 import odtkit as odt
 from odtkit.quant import fold_bn_
@@ -59,16 +59,6 @@ def run_one(job: tuple[float, str, int, int]) -> dict[str, Any]:
         out["frozen_share"] = [float(torch.cat([v.abs() < 1e-3 for v in per.values()])
                                      .float().mean()) for per in res.velocities]
     return out
-
-
-def run_parallel(fn: Any, jobs: list[Any], processes: int) -> list[Any]:
-    """``fn`` over ``jobs`` in ``processes`` spawned workers, results in job order."""
-    pool = multiprocessing.get_context("spawn").Pool(processes)
-    try:
-        return pool.map(fn, jobs, chunksize=1)
-    finally:
-        pool.close()
-        pool.join()
 
 
 def _cell(runs: list[dict[str, Any]]) -> dict[str, Any]:
