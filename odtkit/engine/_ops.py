@@ -16,7 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import _bits
+from .._bits import pack_bits as pack_codes
+from .._bits import unpack_bits as unpack_codes
 
 
 def _internal(forward: Callable) -> Callable:
@@ -36,12 +37,12 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     (the package's one bit packer, ``odtkit._bits``, with 1-bit codes)."""
     if mask.dtype != torch.bool:
         raise TypeError(f"pack_bits takes a bool tensor, got {mask.dtype}")
-    return _bits.pack_bits(mask, 1)
+    return pack_codes(mask, 1)
 
 
 def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Inverse of pack_bits: uint8 (ceil(n/8),) -> uint8 0/1 tensor of ``shape``."""
-    return _bits.unpack_bits(packed, 1, math.prod(shape)).view(shape)
+    return unpack_codes(packed, 1, math.prod(shape)).view(shape)
 
 
 def _inside(y: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
