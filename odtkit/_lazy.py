@@ -28,3 +28,17 @@ def part_lookup(package: str, parts: tuple[str, ...], what: str):
         return sorted(names())
 
     return __getattr__, __dir__
+
+
+def export_lookup(package: str, exports: dict[str, str]):
+    """``(__getattr__, __dir__)`` for a package that maps each public name to the part
+    module defining it (``{"name": "part"}``); a part is imported on first use."""
+    def __getattr__(name: str):
+        if name in exports:
+            return getattr(import_module(f".{exports[name]}", package), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(exports)
+
+    return __getattr__, __dir__

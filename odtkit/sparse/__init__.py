@@ -14,8 +14,7 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from .._lazy import export_lookup
 
 # public name -> module of this package that defines it (loaded on first use)
 _EXPORTS = {
@@ -36,11 +35,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'odtkit.sparse' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = export_lookup(__name__, _EXPORTS)
