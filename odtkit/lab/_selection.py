@@ -15,7 +15,6 @@ benchmark's JSON ``cells``: ``{method: {budget as "%g": {"mean", "std", "test_ac
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._quantize import _as_array
+from ._results import benchmark_results
 from .checks import CheckResult
 
 __all__ = ["SELECTION_LR", "load_selection_results", "selection_model", "selection_sweep", "format_selection_table",
@@ -41,14 +42,7 @@ RESULTS = Path("benchmarks") / "results" / "sparse_selection.json"
 def load_selection_results(path: str | Path | None = None) -> dict[str, Any]:
     """benchmarks/results/sparse_selection.json (the full run of the benchmark), found from
     the source tree or from the working directory and its parents; or ``path``."""
-    if path is not None:
-        return json.loads(Path(path).read_text())
-    places = [Path(__file__).resolve().parents[2], Path.cwd(), *Path.cwd().parents]
-    for root in places:
-        if (root / RESULTS).is_file():
-            return json.loads((root / RESULTS).read_text())
-    raise FileNotFoundError(f"{RESULTS} not found from {places[0]} or {Path.cwd()}; run "
-                            "python benchmarks/sparse_selection.py, or pass path=")
+    return benchmark_results(RESULTS, "benchmarks/sparse_selection.py", path)
 
 
 def selection_model() -> nn.Module:
@@ -233,20 +227,14 @@ def _slips(mu: float) -> tuple[list[tuple[torch.Tensor, str]], list[tuple[torch.
 
 def _numbers(value: Any, what: str, size: int, neuron: int | None) -> tuple[Any, str]:
     """``value`` as float64 numbers (a vector of ``size``, or one number for ``neuron``)."""
-    try:
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu().to(torch.float64).numpy()
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        return None, f"{what} must be numbers (a list, an array or a tensor), got " \
-                     f"{type(value).__name__}: {err}"
+    arr, message = _as_array(value, what)
+    if arr is None:
+        return None, message
     want = () if neuron is not None else (size,)
     if arr.shape != want and not (neuron is not None and arr.size == 1):
         return None, (f"{what} must be one number for neuron {neuron}" if neuron is not None
                       else f"{what} must hold one number per neuron ({size}), got shape "
                            f"{arr.shape}")
-    if not np.isfinite(arr).all():
-        return None, f"{what} holds nan or inf"
     return arr.reshape(want), ""
 
 

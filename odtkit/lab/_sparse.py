@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from ..units import format_bytes
+from ._results import benchmark_results
 from .checks import CheckResult
 
 __all__ = ["SPARSE_RESULTS", "LAB_LAST_KS", "load_sparse_results", "pareto_rows",
@@ -44,14 +44,7 @@ _STYLE = {"last:K": ("#4C72B0", "o"), "searched": ("#C44E52", "*"), "full": ("bl
 def load_sparse_results(path: str | Path | None = None) -> dict[str, Any]:
     """benchmarks/results/sparse.json (the full run of benchmarks/sparse.py), found from the
     source tree or from the working directory and its parents; or ``path``."""
-    if path is not None:
-        return json.loads(Path(path).read_text())
-    places = [Path(__file__).resolve().parents[2], Path.cwd(), *Path.cwd().parents]
-    for root in places:
-        if (root / SPARSE_RESULTS).is_file():
-            return json.loads((root / SPARSE_RESULTS).read_text())
-    raise FileNotFoundError(f"{SPARSE_RESULTS} not found from {places[0]} or {Path.cwd()}; "
-                            "run python benchmarks/sparse.py, or pass path=")
+    return benchmark_results(SPARSE_RESULTS, "benchmarks/sparse.py", path)
 
 
 def _series(label: str) -> str:
