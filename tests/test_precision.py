@@ -119,11 +119,8 @@ def test_a_resumed_fp16_run_equals_an_uninterrupted_one(tmp_path):
     assert untimed[0] == untimed[1]
 
 
-# ------------------------------------------------------------------ bf16
-def test_bf16_forward_is_torch_autocast_and_parameters_stay_fp32():
-    task = make_task()
-    model = mlp()
-    ref = copy.deepcopy(model)
+def logits_seen():
+    """(list, loss_fn): the loss_fn appends the logits of every training batch to the list."""
     seen = []
 
     def capture(logits, y):
@@ -131,6 +128,15 @@ def test_bf16_forward_is_torch_autocast_and_parameters_stay_fp32():
             seen.append(logits.detach().clone())
         return F.cross_entropy(logits, y)
 
+    return seen, capture
+
+
+# ------------------------------------------------------------------ bf16
+def test_bf16_forward_is_torch_autocast_and_parameters_stay_fp32():
+    task = make_task()
+    model = mlp()
+    ref = copy.deepcopy(model)
+    seen, capture = logits_seen()
     odt.train(model, task, odt.plan(model, "full", precision="bf16"), optimizer="sgd", lr=0.1,
               batch_size=BATCH, seed=SEED, max_steps=1, loss_fn=capture, progress=False)
     (x, y), = first_batches(task, 1)
@@ -176,13 +182,7 @@ def test_train_in_fp8_computes_the_hand_forward():
     task = make_task()
     model = mlp()
     ref = copy.deepcopy(model)
-    seen = []
-
-    def capture(logits, y):
-        if len(y) == BATCH:  # training batches only
-            seen.append(logits.detach().clone())
-        return F.cross_entropy(logits, y)
-
+    seen, capture = logits_seen()
     hist = odt.train(model, task, odt.plan(model, "full", precision="fp8-e5m2"), lr=0.1,
                      batch_size=BATCH, seed=SEED, max_steps=2, loss_fn=capture, progress=False)
     (x, _), = first_batches(task, 1)
