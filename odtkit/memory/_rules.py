@@ -9,35 +9,23 @@ A rule answers, for one op and the requires-grad flags of its tensor arguments:
 - transient bytes beyond inputs/outputs at the op's busiest moment, forward and backward.
 Stock rules follow PyTorch's derivative formulas (tools/autograd/derivatives.yaml): e.g.
 a convolution keeps its input and weight whatever trains, addmm keeps mat1 only when mat2
-needs a gradient. Lean rules follow odtkit.engine (see the shared lean contract).
+needs a gradient. Lean rules (``_rules_lean``) follow odtkit.engine (see the shared lean contract).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from torch import nn
 
+from ._rule import Flags, Rule, keep, numel
+from ._rules_lean import LEAN_BY_OP, LEAN_CONV_TYPES, STAND_IN_BYTES
 from ._trace import Op, Trace, UnsupportedOperation, where
 
-Flags = tuple[bool, ...]  # requires-grad per positional argument
-
-
-@dataclass(frozen=True)
-class Rule:
-    """How one kind of op behaves under autograd (see the module docstring)."""
-
-    saves: Callable[[Op, Flags, Trace], tuple] = lambda op, rg, t: ()
-    grads: tuple[str, ...] = ()  # per positional argument: "alloc", "alias", "reduce", ""
-    fwd_extra: Callable[[Op, Flags, Trace], int] = lambda op, rg, t: 0
-    bwd_extra: Callable[[Op, Flags, Trace], int] = lambda op, rg, t: 0
-    differentiable: bool = True
-    skipped_without_grad: tuple[int, ...] = ()  # outputs the CPU kernel omits without a graph
-
-
-def _keep(*items: str) -> Callable[[Op, Flags, Trace], tuple]:
-    return lambda op, rg, t: items
+__all__ = ["STOCK", "STAND_IN_BYTES", "FP8_CAST_TYPES", "Flags", "Rule", "rule_for",
+           "rules_of", "supported_ops", "fp8_rule_for"]
+_keep = keep
+_numel = numel
 
 
 def _in_bytes(op: Op, t: Trace) -> int:
@@ -117,76 +105,10 @@ STOCK: dict[str, Rule] = {
 }
 
 
-# ---------------------------------------------------------------- the lean engine
-
-
-def _lean_conv_saves(op: Op, rg: Flags, t: Trace) -> tuple:
-    return ("i0",) if rg[1] else ()
-
-
-STAND_IN_BYTES = 4  # the one-element tensor a lean conv expands into a shape-only input
-
-
-def _lean_conv_bwd(op: Op, rg: Flags, t: Trace) -> int:
-    return STAND_IN_BYTES if not rg[1] else 0  # backward runs on a stand-in of the input
-
-
-def _lean_linear_saves(op: Op, rg: Flags, t: Trace) -> tuple:
-    x, w = (1, 2) if op.name == "addmm" else (0, 1)
-    return (f"i{x}",) if rg[w] else ()
-
-
-def _lean_bn_saves(op: Op, rg: Flags, t: Trace) -> tuple:
-    # batch statistics, or a weight that trains, run torch's own batch norm (same saves);
-    # running statistics with a frozen weight need nothing of input size
-    return STOCK["native_batch_norm"].saves(op, rg, t) if op.args[5] or rg[1] else ()
-
-
-def _numel(t: Trace, v: int) -> int:
-    numel = 1
-    for n in t.value_shape[v]:
-        numel *= n
-    return numel
-
-
-def _mask_saves(op: Op, rg: Flags, t: Trace) -> tuple:
-    return (("new", -(-_numel(t, op.ins[0]) // 8)),)
-
-
-def _mask_fwd(op: Op, rg: Flags, t: Trace) -> int:
-    # one byte per element for the bool mask and for each int64 packing temporary (the
-    # ReLU6/Hardtanh test builds its mask from two bool comparisons: also three bytes),
-    # all gone before the packed mask (counted as the op's own) is made
-    n = _numel(t, op.ins[0])
-    return 3 * n - -(-n // 8)
-
-
-def _mask_bwd(op: Op, rg: Flags, t: Trace) -> int:
-    return _numel(t, op.ins[0])  # the unpacked 0/1 mask, one byte per element
-
-
-_LEAN_CLAMP = Rule(saves=_mask_saves, grads=("alloc",), fwd_extra=_mask_fwd,
-                   bwd_extra=_mask_bwd)
-_LEAN_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_LEAN_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_LEAN_BY_OP: dict[str, tuple[tuple[type, ...] | None, Rule]] = {
-    "convolution": (_LEAN_CONV_TYPES, Rule(saves=_lean_conv_saves, bwd_extra=_lean_conv_bwd,
-                                           grads=("alloc", "alloc", "alloc"))),
-    "addmm": ((nn.Linear,), Rule(saves=_lean_linear_saves, grads=("alloc", "alloc", "alloc"))),
-    "mm": ((nn.Linear,), Rule(saves=_lean_linear_saves, grads=("alloc", "alloc"))),
-    "native_batch_norm": (_LEAN_BN_TYPES, Rule(saves=_lean_bn_saves,
-                                               grads=("alloc", "alloc", "alloc"),
-                                               skipped_without_grad=(1, 2))),
-    # functional and module ReLU / ReLU6 / Hardtanh alike
-    "relu": (None, _LEAN_CLAMP), "relu_": (None, _LEAN_CLAMP),
-    "hardtanh": (None, _LEAN_CLAMP), "hardtanh_": (None, _LEAN_CLAMP),
-}
-
-
 def rule_for(op: Op, engine: str) -> Rule | None:
     """The rule for ``op`` under ``engine`` ("pytorch" or "lean"); None if not modeled."""
     if engine == "lean":
-        lean = _LEAN_BY_OP.get(op.name)
+        lean = LEAN_BY_OP.get(op.name)
         if lean is not None and (lean[0] is None or op.leaf_type in lean[0]):
             return lean[1]
     return STOCK.get(op.name)
@@ -211,7 +133,7 @@ def _fp8_copies(*slots: tuple[int, int]) -> Callable[[Op, Flags, Trace], tuple]:
 
 
 FP8_CAST_TYPES: dict[str, tuple[type, ...]] = {
-    "convolution": _LEAN_CONV_TYPES, "addmm": (nn.Linear,), "mm": (nn.Linear,)}
+    "convolution": LEAN_CONV_TYPES, "addmm": (nn.Linear,), "mm": (nn.Linear,)}
 _FP8: dict[str, Rule] = {
     "convolution": Rule(saves=_fp8_copies((0, -1), (1, -1)), grads=("alloc", "alloc", "alloc")),
     "addmm": Rule(saves=_fp8_copies((1, 2), (2, 1)), grads=("reduce", "alloc", "alloc")),
