@@ -32,8 +32,10 @@ def rows(plan: TrainPlan) -> list[Row]:
 def header(plan: TrainPlan) -> str:
     rec = ", ".join(plan.recompute) if plan.recompute else "none"
     sparse = f", {len(plan.channels)} channel selections" if plan.channels else ""
+    act = (f", activation gradients {plan.activation_grad}"
+           if plan.activation_grad != "exact" else "")
     return (f"TrainPlan {plan.scheme!r}: precision {plan.precision}, norm statistics "
-            f"{plan.norm_stats}, recompute {rec}{sparse}")
+            f"{plan.norm_stats}, recompute {rec}{sparse}{act}")
 
 
 def footer(plan: TrainPlan) -> str:
@@ -81,4 +83,6 @@ def to_repr(plan: TrainPlan) -> str:
     return (f"TrainPlan(scheme={plan.scheme!r}, trainable={len(plan.trainable)}/"
             f"{len(plan.names)} tensors, {plan.trainable_numel:,}/{plan.total_numel:,} "
             f"parameters ({100 * plan.trainable_share:.1f}%), precision={plan.precision!r}, "
-            f"norm_stats={plan.norm_stats!r}, recompute={plan.recompute!r}{sparse})")
+            f"norm_stats={plan.norm_stats!r}, recompute={plan.recompute!r}{sparse}"
+            + (f", activation_grad={plan.activation_grad!r}" if plan.activation_grad != "exact"
+               else "") + ")")

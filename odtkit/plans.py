@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from . import _plan_text
-from ._checks import choice_error, closest, lookup
+from ._checks import check_choice, choice_error, closest, lookup
 from ._plan_blocks import find_blocks, resolve_recompute
 from ._plan_channels import check_channels, entries_of, mask, merge, selected_numel
 from ._plan_norms import (
@@ -58,7 +58,8 @@ from ._plan_norms import (
 from .quant.precision import PRECISIONS
 
 __all__ = ["TrainPlan", "plan", "as_plan", "from_names", "layers", "find_blocks", "SCHEMES",
-           "PRECISIONS", "NORM_STATS"]
+           "PRECISIONS", "NORM_STATS", "ACTIVATION_GRADS"]
+ACTIVATION_GRADS = ("exact", "mobiletl")
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
@@ -81,7 +82,9 @@ class TrainPlan:
     of it stays frozen. Conv weight (out, in/groups, *kernel) and Linear weight (out, in):
     dim 1 selects input channels, dim 0 output channels (a depthwise conv's channels).
     ``norm_stats``: "frozen" (norms with running statistics in eval mode) or "batch"
-    (train mode); None takes the scheme's default.
+    (train mode); None takes the scheme's default. ``activation_grad``: how the lean engine
+    backpropagates through smooth activations (Hardswish, SiLU, GELU): "exact", or
+    "mobiletl" (MobileTL's sign-based step approximation, a 1-2 bit mask saved).
     """
 
     scheme: str
@@ -92,6 +95,7 @@ class TrainPlan:
     recompute: tuple[str, ...] = ()
     channels: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
     norm_stats: str | None = None
+    activation_grad: str = "exact"
 
     def __post_init__(self) -> None:
         if not isinstance(self.scheme, str) or not self.scheme:
@@ -115,6 +119,7 @@ class TrainPlan:
             self.channels, self.names, self.shapes, self.trainable))
         object.__setattr__(self, "norm_stats", check_norm_stats(
             default_norm_stats(self.scheme) if self.norm_stats is None else self.norm_stats))
+        check_choice("activation_grad", self.activation_grad, ACTIVATION_GRADS)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -159,6 +164,11 @@ class TrainPlan:
     def with_norm_stats(self, norm_stats: str) -> TrainPlan:
         """A copy of this plan with norm statistics ``norm_stats`` ("frozen" or "batch")."""
         return dataclasses.replace(self, norm_stats=check_norm_stats(norm_stats))
+
+    def with_activation_grad(self, mode: str) -> TrainPlan:
+        """A copy of this plan whose lean engine backpropagates smooth activations ``mode``."""
+        return dataclasses.replace(self, activation_grad=check_choice(
+            "activation_grad", mode, ACTIVATION_GRADS))
 
     # ------------------------------------------------------------------ norm statistics
     def norm_mode_(self, model: nn.Module) -> nn.Module:

@@ -244,3 +244,14 @@ def test_training_accepts_a_plan(model: nn.Module) -> None:
     model(x).sum().backward()
     got = {n for n, q in model.named_parameters() if q.grad is not None}
     assert got == EXPECTED["norm-only"]
+
+
+def test_activation_grad_is_a_checked_plan_field():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Hardswish(), nn.Linear(4, 2))
+    p = odt.plan(model, "bias-only")
+    assert p.activation_grad == "exact"
+    q = p.with_activation_grad("mobiletl")
+    assert q.activation_grad == "mobiletl" and p.activation_grad == "exact"
+    assert q.trainable == p.trainable and "mobiletl" in q.describe() and "mobiletl" in repr(q)
+    with pytest.raises(ValueError, match="activation_grad 'approx'.*exact, mobiletl"):
+        p.with_activation_grad("approx")
