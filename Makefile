@@ -40,7 +40,6 @@ bench: setup
 	$(BIN)/python benchmarks/compress.py
 	$(BIN)/python benchmarks/quant.py
 	$(BIN)/python benchmarks/sparse.py
-	$(BIN)/python benchmarks/sparse_selection.py
 
 data: setup
 	$(BIN)/python data/build_digits.py

@@ -32,9 +32,13 @@ is within the budget and its accuracy (mean of 3 seeds) is at least that of the 
 plan whose measured memory fits the same budget; the budget explorer
 (``odt.widgets.budget_explorer``) answers an estimate-only interaction (a budget already
 searched, a device, the unit) in at most 100 ms median. A miss exits non-zero, printing
-the numbers. Prints JSON; a full run (not --quick) writes benchmarks/results/sparse.json.
+the numbers. The neuron-selection table (random, velocity and static selection over 7
+budgets given as a share of parameters, 3 seeds; ``benchmarks/sparse_selection.py``) is the
+"neuron_selection" section. Prints JSON; a full run (not --quick) writes
+benchmarks/results/sparse.json.
 
-    python benchmarks/sparse.py            # 3 seeds, 8 epochs: ~4-5 min on 2 cores
+    python benchmarks/sparse.py            # 3 seeds: ~10-11 min on 2 cores, both tables
+    python benchmarks/sparse.py --skip-selection   # the Pareto table; keeps the selection section
     python benchmarks/sparse.py --quick    # 1 seed, 1 epoch: a smoke test, prints only
 """
 
@@ -51,7 +55,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import run_parallel  # noqa: E402
+from runner import run_parallel
+from sparse_selection import SECTION, selection_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sparse.json"
 MODEL, TASK = "mcunet-tiny", "digits-shift"
@@ -202,6 +207,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per plan (3)")
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs per run ({EPOCHS})")
     parser.add_argument("--jobs", type=int, default=2, help="parallel processes (2)")
+    parser.add_argument("--skip-selection", action="store_true",
+                        help="keep the neuron-selection section already in sparse.json "
+                             "instead of re-running it (benchmarks/sparse_selection.py)")
     args = parser.parse_args()
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = args.epochs or (1 if args.quick else EPOCHS)
@@ -255,6 +263,12 @@ def main() -> None:
         "quick": args.quick, "jobs": args.jobs, "threads_per_job": 1,
         "torch": torch.__version__, "targets": targets, "budget_checks": checks,
         "explorer": timing, "plans": rows, "wall_s": time.perf_counter() - started}
+    if args.skip_selection:
+        kept = json.loads(RESULTS.read_text()).get(SECTION) if RESULTS.is_file() else None
+        if kept is not None:
+            result[SECTION] = kept
+    else:
+        result[SECTION] = selection_table(args.quick, args.seeds, None, args.jobs)
     text = json.dumps(result, indent=1)
     if not args.quick:  # a smoke run must not overwrite the reference numbers
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

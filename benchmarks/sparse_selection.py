@@ -11,9 +11,12 @@ epoch; the first epoch on the random draw), "static" (the layers nearest the out
 by weight norm, chosen once). One optimizer and learning rate for every cell, picked on the
 full update (100%, where the methods coincide), never per method or budget.
 
-Prints JSON and writes benchmarks/results/sparse_selection.json: per budget and method the
-final target test accuracy over seeds (mean, population std), the parameter share used, the
-mean accuracy curve, and velocity minus random per budget.
+The table is the "neuron_selection" section of benchmarks/results/sparse.json, which
+``benchmarks/sparse.py`` writes whole (its Pareto table, this table and the explorer's
+timing); run alone, this script prints the section as JSON and, on a full run, replaces
+that section of the file: per budget and method the final target test accuracy over seeds
+(mean, population std), the parameter share used, the mean accuracy curve, and velocity
+minus random per budget.
 
     python benchmarks/sparse_selection.py            # 7 budgets x 3 methods x 3 seeds, 10 epochs
     python benchmarks/sparse_selection.py --quick    # 3 budgets, 1 seed, 2 epochs: a smoke test
@@ -37,7 +40,8 @@ from odtkit.quant import fold_bn_
 MODEL, TASK = "mcunet-tiny", "digits-shift"
 LR, OPTIMIZER, BATCH = 0.01, "sgd-m", 32
 METHODS = odt.sparse.SELECTION_METHODS
-RESULTS = Path(__file__).resolve().parent / "results" / "sparse_selection.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "sparse.json"
+SECTION = "neuron_selection"
 
 
 def build() -> torch.nn.Module:
@@ -127,47 +131,58 @@ def notes(summary: dict[str, Any], seeds: int, test_samples: int) -> list[str]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 budgets, 1 seed, 2 epochs")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (3)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (10)")
-    parser.add_argument("--jobs", type=int, default=2, help="parallel processes (2)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the JSON (default: benchmarks/results/, not "
-                             "written with --quick)")
-    args = parser.parse_args()
-    seeds = args.seeds or (1 if args.quick else 3)
-    epochs = args.epochs or (2 if args.quick else 10)
-    budgets = [0.088, 0.274, 1.0] if args.quick else list(odt.sparse.BUDGET_SHARES)
+def selection_table(quick: bool = False, seeds: int | None = None, epochs: int | None = None,
+                    jobs: int = 2) -> dict[str, Any]:
+    """The neuron-selection table (see the module docstring) as a JSON-able dict."""
+    seeds = seeds or (1 if quick else 3)
+    epochs = epochs or (2 if quick else 10)
+    budgets = [0.088, 0.274, 1.0] if quick else list(odt.sparse.BUDGET_SHARES)
     torch.set_num_threads(1)
     task = odt.datasets.load(TASK)
     started = time.perf_counter()
     model = build()
     before = odt.training.evaluate(model, task.x_test, task.y_test)
     # at 100% every method selects every neuron in every epoch: one run serves all three
-    jobs = [(b, m, s, epochs) for b in budgets for m in METHODS for s in range(seeds)
+    work = [(b, m, s, epochs) for b in budgets for m in METHODS for s in range(seeds)
             if b < 1 or m == METHODS[0]]
-    runs = run_parallel(run_one, jobs, args.jobs)
+    runs = run_parallel(run_one, work, jobs)
     runs += [{**r, "method": m} for r in runs if r["budget_share"] == 1 for m in METHODS[1:]]
     summary = summarize(runs, budgets)
-    result = {"model": MODEL, "task": TASK, "bn": "folded into the convolutions",
-              "total_params": odt.sparse.total_params(model),
-              "neuron": "output channel of a conv or Linear layer: its weight slice + bias",
-              "methods": list(METHODS), "budgets": budgets, "epochs": epochs, "seeds": seeds,
-              "lr": LR, "optimizer": OPTIMIZER, "batch": BATCH,
-              "x_val": "first 64 training inputs", "velocity_first_epoch": "random draw",
-              "optimizer_state": "fresh each epoch (every method)",
-              "test_samples": len(task.x_test), "test_acc_before": before,
-              "std": "population std over seeds", **summary,
-              "notes": notes(summary, seeds, len(task.x_test)),
-              "quick": args.quick, "jobs": args.jobs, "threads_per_job": 1,
-              "torch": torch.__version__, "wall_s": time.perf_counter() - started}
-    text = json.dumps(result, indent=1)
-    out = args.out or (None if args.quick else RESULTS)
-    if out is not None:
-        out.write_text(text + "\n")
-    print(text)
+    return {"model": MODEL, "task": TASK, "bn": "folded into the convolutions",
+            "total_params": odt.sparse.total_params(model),
+            "neuron": "output channel of a conv or Linear layer: its weight slice + bias",
+            "methods": list(METHODS), "budget_unit": "share of parameters",
+            "budgets": budgets, "epochs": epochs, "seeds": seeds,
+            "lr": LR, "optimizer": OPTIMIZER, "batch": BATCH,
+            "x_val": "first 64 training inputs", "velocity_first_epoch": "random draw",
+            "optimizer_state": "fresh each epoch (every method)",
+            "test_samples": len(task.x_test), "test_acc_before": before,
+            "std": "population std over seeds", **summary,
+            "notes": notes(summary, seeds, len(task.x_test)),
+            "quick": quick, "jobs": jobs, "threads_per_job": 1,
+            "torch": torch.__version__, "wall_s": time.perf_counter() - started}
+
+
+def write_section(table: dict[str, Any], path: Path = RESULTS) -> None:
+    """Replace the neuron-selection section of ``path`` (sparse.json), atomically."""
+    whole = json.loads(path.read_text()) if path.is_file() else {}
+    whole[SECTION] = table
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(whole, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 budgets, 1 seed, 2 epochs")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (3)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (10)")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel processes (2)")
+    args = parser.parse_args()
+    table = selection_table(args.quick, args.seeds, args.epochs, args.jobs)
+    if not args.quick:  # a smoke run must not overwrite the reference numbers
+        write_section(table)
+    print(json.dumps(table, indent=1))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ seeds, the table and figures of the lab, and the NEq exercise's check.
     budget_accuracy_figure(cells); plt.show()
     check_neq(delta, velocity)       # the exercise: NEq by hand on NEQ_OUTPUTS
 
-The setting is benchmarks/sparse_selection.py's: mcunet-tiny pretrained on digits-shift's
+The setting is benchmarks/sparse_selection.py's (its table is the "neuron_selection"
+section of benchmarks/results/sparse.json): mcunet-tiny pretrained on digits-shift's
 source domain, BatchNorm folded into the convolutions, fine-tuned on the target domain with
 ``odt.sparse.train_selected`` (SGD with momentum, lr 0.01). ``cells`` has the shape of the
 benchmark's JSON ``cells``: ``{method: {budget as "%g": {"mean", "std", "test_acc",
@@ -36,13 +37,18 @@ _STYLE = {"random": ("tab:blue", "o"), "velocity": ("tab:orange", "s"),
           "static": ("tab:green", "^")}
 
 
-RESULTS = Path("benchmarks") / "results" / "sparse_selection.json"
+RESULTS = Path("benchmarks") / "results" / "sparse.json"
 
 
 def load_selection_results(path: str | Path | None = None) -> dict[str, Any]:
-    """benchmarks/results/sparse_selection.json (the full run of the benchmark), found from
-    the source tree or from the working directory and its parents; or ``path``."""
-    return benchmark_results(RESULTS, "benchmarks/sparse_selection.py", path)
+    """The "neuron_selection" section of benchmarks/results/sparse.json (the full run of
+    benchmarks/sparse.py), found from the source tree or from the working directory and its
+    parents; or of the file at ``path``."""
+    whole = benchmark_results(RESULTS, "benchmarks/sparse.py", path)
+    if "neuron_selection" not in whole:
+        raise KeyError(f"{path or RESULTS} has no 'neuron_selection' section; run python "
+                       "benchmarks/sparse_selection.py (or benchmarks/sparse.py) to add it")
+    return whole["neuron_selection"]
 
 
 def selection_model() -> nn.Module:
