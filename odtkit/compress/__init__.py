@@ -12,7 +12,9 @@ The contract (every compressor, and ErrorFeedback around any of them):
 - ``nbytes(payload) -> int``: exact bytes on the wire, values, indices, scales
   and norms included; equals sum(t.numel() * t.element_size()) and
   ``len(payload_to_bytes(payload))``.
-- Hints: ``unbiased`` (E[decompress(compress(g))] == g), ``biased``,
+- Hints: ``unbiased`` (E[decompress(compress(g))] == g), ``biased``, ``summable``
+  (workers' payloads add up entry by entry, so they can be all-reduced: the dense
+  casts and random-k with a ``shared_seed``),
   ``fixed_size`` (payload shapes follow from the tensor's shape and the config;
   False for threshold and DGC, whose count varies), ``stochastic`` (draws seeded
   by (seed, name, step), so a fresh compressor with the same seed replays the same
@@ -21,7 +23,11 @@ The contract (every compressor, and ErrorFeedback around any of them):
 - State: ``state_dict()``, ``load_state_dict(state)``, ``reset()``; every
   compressor counts steps per name, stateful ones document what else they keep.
 - Bad input raises ValueError naming the value and tensor: a density outside
-  (0, 1], a rank outside [1, min(n, m)], levels < 1, a NaN/Inf gradient.
+  (0, 1], a rank outside [1, min(n, m)], levels < 1, a NaN/Inf gradient. The NaN/Inf
+  check rides on a reduction the compressor computes anyway (a norm, a largest
+  magnitude, the sent values) and scans the tensor only when that result is not finite.
+- Names are case- and separator-insensitive everywhere: ``get("DGC")`` is ``get("dgc")``,
+  ``canonical_name("EF_SignSGD") == "ef-signsgd"``; an unknown name lists the choices.
 - Range: ``decompress(compress(g))`` is finite for every finite g (norms and means are
   summed in float64, products scaled by powers of two). Where the exact result is not
   representable in the tensor's dtype (|g| above the fp16/bf16 maximum for those casts,
@@ -68,7 +74,7 @@ from .feedback import EFSignSGD, ErrorFeedback
 from .frame import FrameError, frame, max_frame_bytes, unframe
 from .lowrank import PowerSGD, matrix_shape, orthogonalize
 from .quantize import QSGD, SignSGD, TernGrad
-from .sparsify import RandomK, Threshold, TopK
+from .sparsify import RandomK, Threshold, TopK, sample_positions
 from .wire import (
     decode_index,
     encode_index,
@@ -83,10 +89,11 @@ from .wire import (
 __all__ = [
     "BF16", "DGC", "FP16", "QSGD", "Compressor", "Ctx", "EFSignSGD", "ErrorFeedback",
     "FrameError", "NoCompression", "PowerSGD", "RandomK", "SignSGD", "TernGrad", "Threshold",
-    "TopK", "WireReport", "bits_per_element", "compression_ratio", "decode_index",
+    "TopK", "WireReport", "bits_per_element", "canonical_name", "compression_ratio",
+    "decode_index",
     "encode_index", "frame", "get", "index_dtype", "matrix_shape", "max_frame_bytes", "names",
     "orthogonalize", "pack_bits", "payload_from_bytes", "payload_nbytes", "payload_to_bytes",
-    "unframe", "unpack_bits", "warmup_density", "wire_report",
+    "sample_positions", "unframe", "unpack_bits", "warmup_density", "wire_report",
 ]
 
 _REGISTRY: dict[str, type[Compressor]] = {
@@ -110,13 +117,19 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def canonical_name(name: str) -> str:
+    """The registered name ``name`` means, case and separators ignored ('DGC' -> 'dgc');
+    an unknown name raises a ValueError listing the choices. Compare names through it."""
+    return lookup("compressor", name, _REGISTRY)
+
+
 def get(name: str, *, error_feedback: bool = False, **kwargs: object) -> Compressor:
     """Build the compressor called ``name`` with its keyword arguments.
 
     ``error_feedback=True`` wraps it in ErrorFeedback (refused for compressors that
     keep their own residual: 'dgc', 'ef-signsgd').
     """
-    key = lookup("compressor", name, _REGISTRY)
+    key = canonical_name(name)
     cls = _REGISTRY[key]
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(kwargs) - set(allowed))

@@ -3,6 +3,13 @@
 Subclasses implement ``_encode`` (fp32 tensor -> payload, meta) and ``_decode``
 (payload, ctx -> fp32 tensor); the base class validates input, counts steps per
 tensor name, builds the context and casts back to the caller's dtype.
+
+Finiteness costs no extra pass where a compressor reduces the tensor anyway: a sum, a
+norm or a largest magnitude is NaN or inf whenever an entry is, so ``_encode`` hands that
+result to ``require_finite``, which scans the tensor (to name the bad entry) only when the
+result is not finite. Compressors that compute no such reduction leave
+``folds_finite_check`` False and the base class sums the tensor once (a sum reads each
+entry once and is several times cheaper than ``isfinite(x).all()``).
 """
 
 from __future__ import annotations
@@ -43,6 +50,13 @@ class Compressor:
     feedback_builtin: bool = False  # keeps its own residual or accumulator
     keep_dtype: bool = False  # _encode sees the caller's dtype instead of fp32
     fixed_size: bool = True  # payload shapes follow from the tensor's shape and the config
+    # Workers' payloads may be summed entry by entry (an all-reduce) and the sum decoded
+    # as the sum of their decoded tensors: same layout, same positions, linear decoding.
+    # True for the dense casts and random-k with a shared seed; a data-parallel exchange
+    # all-gathers payloads where it is False.
+    summable: bool = False
+    # _encode calls require_finite on a reduction it computes anyway (see module docstring)
+    folds_finite_check: bool = False
 
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = check_seed("seed", seed)
@@ -55,9 +69,11 @@ class Compressor:
     # -- the contract --------------------------------------------------
     def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
         """Encode ``tensor`` (known as ``name``) into wire tensors and a local context."""
-        x = check_tensor(tensor, name)
+        x = check_kind(tensor, name).detach()
+        if not self.folds_finite_check:
+            require_finite(x.sum(), x, name)
         step = self._steps.get(name, 0)
-        work = x.detach() if self.keep_dtype else as_fp32(x.detach(), name)
+        work = x if self.keep_dtype or x.dtype == torch.float32 else as_fp32(x, name)
         payload, meta = self._encode(work, name, step)
         ctx = Ctx(name=name, shape=tuple(tensor.shape), dtype=tensor.dtype, step=step, meta=meta)
         check_decodable(self, tuple(payload), ctx)
@@ -66,7 +82,9 @@ class Compressor:
 
     def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         """Rebuild a tensor of the original shape and dtype from the payload."""
-        return self._decode(tuple(payload), ctx).reshape(ctx.shape).to(ctx.dtype)
+        out = self._decode(tuple(payload), ctx)
+        out = out if out.shape == ctx.shape else out.reshape(ctx.shape)
+        return out if out.dtype == ctx.dtype else out.to(ctx.dtype)
 
     def nbytes(self, payload: Payload) -> int:
         """Exact bytes on the wire (packed codes, indices, scales and norms included)."""
@@ -103,25 +121,43 @@ class Compressor:
 
 
 # -- checks ------------------------------------------------------------
-def check_tensor(tensor: torch.Tensor, name: str) -> torch.Tensor:
-    """A non-empty floating tensor with only finite entries, else ValueError naming it."""
+def check_kind(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """A non-empty floating tensor, else TypeError/ValueError naming it (no pass over it)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"tensor {name!r} must be a torch.Tensor, got {type(tensor).__name__}")
     if not tensor.is_floating_point():
         raise ValueError(f"tensor {name!r} has dtype {tensor.dtype}; compress floating gradients")
     if tensor.numel() == 0:
         raise ValueError(f"tensor {name!r} is empty (shape {tuple(tensor.shape)}); nothing to send")
-    finite = torch.isfinite(tensor)
-    if not bool(finite.all()):
-        bad = (~finite).reshape(-1).nonzero()
-        first = int(bad[0])
-        value = float(tensor.reshape(-1)[first])
-        raise ValueError(
-            f"tensor {name!r} has {bad.numel()} non-finite entries (first: {value} at flat "
-            f"index {first}); compressors need finite gradients: lower the learning rate or "
-            "loss scale, or clip gradients before compressing"
-        )
     return tensor
+
+
+def check_tensor(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """A non-empty floating tensor with only finite entries, else ValueError naming it."""
+    check_kind(tensor, name)
+    require_finite(tensor.detach().sum(), tensor, name)
+    return tensor
+
+
+def require_finite(reduced: torch.Tensor | float, tensor: torch.Tensor, name: str) -> bool:
+    """True if ``reduced`` is finite. ``reduced`` is a reduction of ``tensor`` that is NaN or
+    inf whenever an entry is (a sum, a norm, a largest magnitude). Otherwise the tensor is
+    scanned: a non-finite entry raises a ValueError naming the tensor and the first bad
+    entry; if there is none (the reduction itself overflowed) the answer is False, and the
+    caller takes its overflow-safe path."""
+    if math.isfinite(float(reduced)):
+        return True
+    finite = torch.isfinite(tensor.detach())
+    if bool(finite.all()):
+        return False
+    bad = (~finite).reshape(-1).nonzero()
+    first = int(bad[0])
+    value = float(tensor.detach().reshape(-1)[first])
+    raise ValueError(
+        f"tensor {name!r} has {bad.numel()} non-finite entries (first: {value} at flat "
+        f"index {first}); compressors need finite gradients: lower the learning rate or "
+        "loss scale, or clip gradients before compressing"
+    )
 
 
 FP32_MAX = torch.finfo(torch.float32).max
@@ -131,6 +167,7 @@ def as_fp32(x: torch.Tensor, name: str) -> torch.Tensor:
     """``x`` as float32, refusing float64 values beyond float32's range (they would be inf)."""
     if x.dtype == torch.float64:
         peak = float(x.abs().max())
+        require_finite(peak, x, name)
         if peak > FP32_MAX:
             raise ValueError(
                 f"tensor {name!r} has |value| {peak:.4g} above the float32 maximum "

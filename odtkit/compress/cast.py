@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Compressor, Ctx
+from .base import Compressor, Ctx, require_finite
 from .wire import Payload
 
 
@@ -14,6 +14,7 @@ class NoCompression(Compressor):
     kind = "none"
     unbiased = True
     keep_dtype = True
+    summable = True  # fp32 payloads add up entry by entry
 
     def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
         return (x.reshape(-1).clone(),), {}
@@ -23,18 +24,24 @@ class NoCompression(Compressor):
 
 
 class _Cast(Compressor):
+    """Cast, then one sum over the (half-size) result: inf or NaN there means a non-finite
+    input or a value the cast rounded to inf; only then is the input scanned."""
+
     target: torch.dtype = torch.float16
+    summable = True  # the receiver sums 16-bit payloads (in fp32, as PyTorch's fp16 hook)
+    folds_finite_check = True
 
     def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
-        top = torch.finfo(self.target).max
-        peak = float(x.abs().max())
-        if peak > top:
+        half = x.reshape(-1).to(self.target)
+        if not require_finite(half.sum(), x, name) and bool(half.isinf().any()):
+            top = torch.finfo(self.target).max
+            peak = float(x.abs().max())
             other = "use 'bf16'" if self.target == torch.float16 else "send it as 'none'"
             raise ValueError(
                 f"tensor {name!r} has |value| {peak:.4g} above the {self.kind} maximum {top:.4g}: "
                 f"the cast would give inf. Scale the gradient down or {other}"
             )
-        return (x.reshape(-1).to(self.target),), {}
+        return (half,), {}
 
     def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         return payload[0].float()

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .._checks import check_int, check_real
-from .base import FP32_MAX, Compressor, Ctx, check_fraction, keep_count
+from .base import FP32_MAX, Compressor, Ctx, check_fraction, keep_count, require_finite
 from .sparsify import scatter, sparse_payload
 from .wire import Payload, derive_seed, generator
 
@@ -47,6 +47,7 @@ class DGC(Compressor):
     fixed_size = False  # at most k entries: the sampled threshold may pass fewer
     stochastic = True  # the threshold sample
     feedback_builtin = True
+    folds_finite_check = True  # the clipping norm, or one sum, before the state is touched
 
     def __init__(self, *, density: float = 0.001, momentum: float = 0.9,
                  momentum_correction: bool = True, momentum_masking: bool = True,
@@ -99,44 +100,49 @@ class DGC(Compressor):
             raise KeyError(f"no {what} for {name!r}; known: {sorted(table)}")
         return table[name]
 
-    def clip(self, g: torch.Tensor) -> torch.Tensor:
-        """Local gradient clipping with threshold clip_norm / sqrt(num_workers)."""
+    def clip(self, g: torch.Tensor, name: str = "tensor") -> torch.Tensor:
+        """Local gradient clipping with threshold clip_norm / sqrt(num_workers). Refuses a
+        non-finite ``g`` (the norm, or a sum without clipping, sees every entry)."""
         if self.clip_norm is None:
+            require_finite(g.sum(), g, name)
             return g
         bound = self.clip_norm / math.sqrt(self.num_workers)
-        norm = float(torch.linalg.vector_norm(g, dtype=torch.float64))  # no overflow
+        norm = torch.linalg.vector_norm(g)
+        if not require_finite(norm, g, name):  # squares overflowed float32
+            norm = torch.linalg.vector_norm(g, dtype=torch.float64)
+        norm = float(norm)
         return g * (bound / norm) if norm > bound else g
 
     def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
-        g = self.clip(x.reshape(-1))
+        g = self.clip(x.reshape(-1), name)
         v = self._v.get(name)
         if v is not None and v.numel() != g.numel():
             raise ValueError(f"tensor {name!r} changed size from {v.numel()} to {g.numel()}; "
                              "call reset() between models or use distinct names")
-        if v is None:
-            v = torch.zeros_like(g)
+        # u and v are updated in place: g is finite, so they turn non-finite only by
+        # overflow, and then the largest |v| is inf and among the sent values (below)
         if self.momentum_correction:
-            u = self._u.get(name, torch.zeros_like(g))
-            u = self.momentum * u + g
-            v = v + u
+            u = self._u.get(name)
+            u = g.clone() if u is None else u.mul_(self.momentum).add_(g)
+            v = u.clone() if v is None else v.add_(u)
+            self._u[name] = u
         else:
-            v = v + g
-        if not bool(v.isfinite().all()):
-            raise ValueError(
-                f"the accumulated gradient of {name!r} overflowed float32 (|v| above "
-                f"{FP32_MAX:.4g}); scale or clip the gradients down (clip_norm=...) or "
-                "call reset()")
+            v = g.clone() if v is None else v.add_(g)
+        self._v[name] = v
         k = keep_count(g.numel(), self.current_density, None, name)
         index = self._select(v, k, derive_seed(self.seed, name, step))
-        payload = sparse_payload(v[index], index, g.numel())
-        v = v.clone()
+        values = v[index]
+        if not math.isfinite(float(values.sum())) and not bool(v.isfinite().all()):
+            self._u.pop(name, None)
+            self._v.pop(name, None)
+            raise ValueError(
+                f"the accumulated gradient of {name!r} overflowed float32 (|v| above "
+                f"{FP32_MAX:.4g}), so its accumulation and velocity were cleared; scale or "
+                "clip the gradients down (clip_norm=...)")
+        payload = sparse_payload(values, index, g.numel())
         v[index] = 0.0
-        self._v[name] = v
-        if self.momentum_correction:
-            if self.momentum_masking:
-                u = u.clone()
-                u[index] = 0.0
-            self._u[name] = u
+        if self.momentum_correction and self.momentum_masking:
+            u[index] = 0.0
         return payload, {"k": k}
 
     def _select(self, v: torch.Tensor, k: int, seed: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import torch
 
 from .._checks import check_choice, check_int, check_real
-from .base import FP32_MAX, Compressor, Ctx
+from .base import FP32_MAX, Compressor, Ctx, require_finite
 from .wire import Payload, derive_seed, generator, pack_bits, unpack_bits
 
 
@@ -36,6 +36,7 @@ class QSGD(Compressor):
     kind = "qsgd"
     unbiased = True
     stochastic = True
+    folds_finite_check = True  # the bucket norms
 
     def __init__(self, *, levels: int = 15, bucket_size: int | None = 512, seed: int = 0):
         super().__init__(seed=seed)
@@ -54,27 +55,44 @@ class QSGD(Compressor):
         flat = x.reshape(-1)
         n = flat.numel()
         size, count = self._buckets(n)
-        padded = torch.zeros(size * count, dtype=torch.float32, device=flat.device)
-        padded[:n] = flat
-        buckets = padded.view(count, size)
-        norms = self._norms(buckets, name)  # (count,) fp32, finite
+        if size * count == n:
+            buckets = flat.view(count, size)
+        else:
+            buckets = flat.new_zeros(size * count)
+            buckets[:n] = flat
+            buckets = buckets.view(count, size)
+        norms = self._norms(buckets, x, name)  # (count,) fp32, finite
         safe = torch.where(norms > 0, norms, torch.ones_like(norms))
         # |v|/norm <= 1 first, then times s: no overflow for any finite v
-        ratio = (buckets.abs() / safe[:, None] * self.levels).reshape(-1)[:n]  # in [0, s]
-        low = ratio.floor()
+        ratio = (buckets.abs() / safe[:, None]).mul_(self.levels).reshape(-1)[:n]  # in [0, s]
         draw = torch.rand(n, generator=generator(derive_seed(self.seed, name, step), flat.device),
                           device=flat.device)
-        level = (low + (draw < ratio - low).float()).clamp_(0, self.levels)
-        return (norms, _signs(flat), pack_bits(level.to(torch.uint8), self.bits)), {}
+        # floor(r + u), u ~ U[0, 1): r rounded up with probability r - floor(r)
+        level = ratio.add_(draw).floor_().clamp_(0, self.levels).to(torch.uint8)
+        return (norms, _signs(flat), pack_bits(level, self.bits)), {}
 
-    def _norms(self, buckets: torch.Tensor, name: str) -> torch.Tensor:
-        """L2 norm per bucket, summed in float64 (squares of 1e20 overflow float32); a norm
+    def _norms(self, buckets: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
+        """L2 norm per bucket. In float32 (the check for NaN and inf) unless a square could
+        overflow or underflow: buckets of norm above 2**100 or below 2**-40 are summed again
+        in float64 (squares of 1e20 overflow float32, squares below 2**-75 vanish). A norm
         above float32's maximum is refused: the levels are multiples of it."""
-        norms = torch.linalg.vector_norm(buckets, dim=1, dtype=torch.float64)  # (count,)
+        norms = torch.linalg.vector_norm(buckets, dim=1)  # (count,)
+        low, high = torch.aminmax(norms)
+        if not require_finite(high, x, name) or float(high) > 2.0**100:
+            norms = self._wide_norms(buckets, torch.ones_like(norms, dtype=torch.bool), name)
+        elif float(low) < 2.0**-40:
+            norms = norms.clone()
+            small = norms < 2.0**-40
+            norms[small] = self._wide_norms(buckets, small, name)
+        return norms
+
+    def _wide_norms(self, buckets: torch.Tensor, which: torch.Tensor, name: str) -> torch.Tensor:
+        norms = torch.linalg.vector_norm(buckets[which], dim=1, dtype=torch.float64)
         worst = int(norms.argmax())
         if float(norms[worst]) > FP32_MAX:
+            bucket = int(which.nonzero()[worst])
             raise ValueError(
-                f"tensor {name!r}: bucket {worst} (bucket_size={self.bucket_size}) has "
+                f"tensor {name!r}: bucket {bucket} (bucket_size={self.bucket_size}) has "
                 f"L2 norm {float(norms[worst]):.4g}, above the float32 maximum {FP32_MAX:.4g}, "
                 "so its QSGD levels cannot be sent or decoded; use a smaller bucket_size "
                 "(bucket_size=1 always fits) or scale or clip the gradient down")
@@ -101,6 +119,7 @@ class TernGrad(Compressor):
     kind = "terngrad"
     unbiased = True
     stochastic = True
+    folds_finite_check = True  # the scale, max |g|
 
     def __init__(self, *, clip_sigma: float | None = None, seed: int = 0):
         super().__init__(seed=seed)
@@ -115,10 +134,13 @@ class TernGrad(Compressor):
     def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
         flat = x.reshape(-1)
         if self.clip_sigma is not None and flat.numel() > 1:
+            require_finite(flat.sum(), x, name)
             bound = float(self.clip_sigma * flat.double().std())  # float64: no overflow
             flat = flat.clamp(-bound, bound)
-        scale = flat.abs().max()
-        prob = flat.abs() / scale if scale > 0 else torch.zeros_like(flat)
+        mag = flat.abs()
+        scale = mag.max()
+        require_finite(scale, x, name)
+        prob = mag.div_(scale) if scale > 0 else mag.zero_()
         draw = torch.rand(flat.numel(), device=flat.device,
                           generator=generator(derive_seed(self.seed, name, step), flat.device))
         keep = (draw < prob).to(torch.uint8)
@@ -147,6 +169,7 @@ class SignSGD(Compressor):
     def __init__(self, *, scale: str = "none", seed: int = 0):
         super().__init__(seed=seed)
         self.scale = check_choice("signsgd scale", scale, self.SCALES)
+        self.folds_finite_check = self.scale == "mean"  # the mean |g|; else the base sums
 
     def config(self) -> dict:
         return {"scale": self.scale, "seed": self.seed}
@@ -155,7 +178,9 @@ class SignSGD(Compressor):
         flat = x.reshape(-1)
         if self.scale == "none":
             return (_signs(flat),), {}
-        mean = flat.abs().mean(dtype=torch.float64).float()  # float64 sum: no overflow
+        mean = flat.abs().mean()
+        if not require_finite(mean, x, name):  # the float32 sum overflowed: float64
+            mean = flat.abs().mean(dtype=torch.float64).float()
         return (mean.reshape(1), _signs(flat)), {}
 
     def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:

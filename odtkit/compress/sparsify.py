@@ -6,10 +6,12 @@ up to 65,536, int32 up to 2**32, else int64, and is counted in ``nbytes``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .._checks import check_int, check_real
-from .base import Compressor, Ctx, check_fraction, keep_count
+from .._checks import check_int, check_real, check_seed
+from .base import Compressor, Ctx, check_fraction, keep_count, require_finite
 from .wire import Payload, decode_index, derive_seed, encode_index, generator
 
 
@@ -46,6 +48,7 @@ class TopK(Compressor):
 
     kind = "topk"
     needs_error_feedback = True
+    folds_finite_check = True  # a NaN or inf magnitude is among the k largest
 
     def __init__(self, *, density: float | None = None, k: int | None = None, seed: int = 0):
         super().__init__(seed=seed)
@@ -57,7 +60,8 @@ class TopK(Compressor):
     def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
         flat = x.reshape(-1)
         k = keep_count(flat.numel(), self.density, self.k, name)
-        _, index = torch.topk(flat.abs(), k, sorted=False)
+        magnitudes, index = torch.topk(flat.abs(), k, sorted=False)  # NaN ranks above inf
+        require_finite(magnitudes.sum(), x, name)
         return sparse_payload(flat[index], index, flat.numel()), {}
 
     def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
@@ -68,7 +72,10 @@ class RandomK(Compressor):
     """Keep k entries chosen at random from a seed both sides derive from (seed, name, step).
 
     Only the values travel. With ``rescale=True`` they are multiplied by numel/k,
-    which makes the estimate unbiased (at a higher variance).
+    which makes the estimate unbiased (at a higher variance). With ``shared_seed=s`` the
+    positions come from (s, name, step) instead of the worker's own ``seed``: every worker
+    given the same ``s`` keeps the same positions, so their payloads add up entry by entry
+    (``summable``) and can be all-reduced. Positions come from ``sample_positions``.
     """
 
     kind = "randomk"
@@ -76,30 +83,36 @@ class RandomK(Compressor):
     needs_error_feedback = True
 
     def __init__(self, *, density: float | None = None, k: int | None = None,
-                 rescale: bool = False, seed: int = 0):
+                 rescale: bool = False, shared_seed: int | None = None, seed: int = 0):
         super().__init__(seed=seed)
         self.density, self.k = _check_keep(density, k)
         self.rescale = bool(rescale)
+        self.shared_seed = None if shared_seed is None else check_seed("shared_seed",
+                                                                       shared_seed)
         self.unbiased = self.rescale
         self.needs_error_feedback = not self.rescale
+        self.summable = self.shared_seed is not None
 
     def config(self) -> dict:
-        return {"density": self.density, "k": self.k, "rescale": self.rescale, "seed": self.seed}
+        return {"density": self.density, "k": self.k, "rescale": self.rescale,
+                "shared_seed": self.shared_seed, "seed": self.seed}
 
     @staticmethod
     def positions(numel: int, k: int, seed: int,
                   device: torch.device | str = "cpu") -> torch.Tensor:
-        """The k distinct positions (int64) drawn from ``seed``: sender and receiver agree."""
-        return torch.randperm(numel, generator=generator(seed), device="cpu")[:k].to(device)
+        """The k distinct positions (int64, ascending) drawn from ``seed``: sender and
+        receiver agree (see ``sample_positions``)."""
+        return sample_positions(numel, k, seed).to(device)
 
     def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
         flat = x.reshape(-1)
         k = keep_count(flat.numel(), self.density, self.k, name)
-        seed = derive_seed(self.seed, name, step)
+        base = self.seed if self.shared_seed is None else self.shared_seed
+        seed = derive_seed(base, name, step)
         values = flat[self.positions(flat.numel(), k, seed, flat.device)]
         if self.rescale:
             values = values * (flat.numel() / k)
-        return (values.contiguous(),), {"k": k, "seed": seed}
+        return (values,), {"k": k, "seed": seed}
 
     def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         (values,) = payload
@@ -108,11 +121,37 @@ class RandomK(Compressor):
         return out
 
 
+def sample_positions(numel: int, k: int, seed: int) -> torch.Tensor:
+    """k distinct positions of [0, numel), a uniform k-subset, ascending (int64, CPU).
+
+    O(k log k), never O(numel), while k <= numel / 4: draw about -numel*ln(1 - k/numel)
+    positions with replacement (the count that expects k distinct ones), add rounds while
+    fewer than k are distinct, then keep k of the u distinct ones, chosen by a random
+    permutation of u. Given their number, the distinct values of i.i.d. uniform draws are
+    a uniform u-subset, so the k kept are a uniform k-subset. Denser picks use
+    ``randperm(numel)[:k]``. Same (numel, k, seed), same positions, on every machine.
+    """
+    gen = generator(seed)
+    if 4 * k > numel:
+        return torch.randperm(numel, generator=gen)[:k].sort().values
+    expected = -numel * math.log1p(-k / numel)  # draws with k distinct values on average
+    draws = torch.randint(0, numel, (math.ceil(1.01 * expected) + 16,), generator=gen)
+    distinct = torch.unique(draws)  # sorted
+    while distinct.numel() < k:
+        more = torch.randint(0, numel, (2 * (k - distinct.numel()) + 16,), generator=gen)
+        distinct = torch.unique(torch.cat([distinct, more]))
+    if distinct.numel() == k:
+        return distinct
+    keep = torch.randperm(distinct.numel(), generator=gen)[:k].sort().values
+    return distinct[keep]
+
+
 class Threshold(Compressor):
     """Send every entry with |g| > threshold (Strom 2015); the count varies per call."""
 
     kind = "threshold"
     needs_error_feedback = True
+    folds_finite_check = True  # NaN and inf entries are among the sent ones
     fixed_size = False
 
     def __init__(self, *, threshold: float = 0.01, seed: int = 0):
@@ -124,8 +163,11 @@ class Threshold(Compressor):
 
     def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
         flat = x.reshape(-1)
-        index = (flat.abs() > self.threshold).nonzero().reshape(-1)
-        return sparse_payload(flat[index], index, flat.numel()), {}
+        # not (|g| <= t) also picks NaN, so the sum of what is sent sees every bad entry
+        index = torch.le(flat.abs(), self.threshold).logical_not_().nonzero().reshape(-1)
+        values = flat[index]
+        require_finite(values.sum(), x, name)
+        return sparse_payload(values, index, flat.numel()), {}
 
     def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         return scatter(payload, ctx)
