@@ -197,7 +197,11 @@ def test_hook_averages_a_well_formed_peer_and_counts_bytes_per_round():
         theirs[offset + index.long()] = values  # uint8 positions: fewer than 256 entries
     torch.testing.assert_close(flat, (own + theirs) / 2, rtol=0, atol=0)
     assert state.payload_bytes_per_round == [2 * 3 * (4 + 1)]  # fp32 values + uint8 indices
-    assert state.wire_bytes_per_round == [len(frame(peer))] == [2 * 15 + 9 + 2 * (2 + 2 * 6)]
+    assert len(frame(peer)) == 2 * 15 + 9 + 2 * (2 + 2 * 6)  # payloads, head, two entries
+    # an int64 length, then the frame: sent once, received from the one other rank
+    assert state.wire_sent_bytes_per_round == [8 + len(frame(peer))]
+    assert state.wire_recv_bytes_per_round == [8 + len(frame(peer))]
+    assert state.total_bytes_per_round == [2 * 2 * 3 * (4 + 1)]
 
 
 @pytest.mark.parametrize("corrupt", ["index", "nan"])

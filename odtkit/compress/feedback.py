@@ -45,6 +45,16 @@ class ErrorFeedback(Compressor):
         return {"compressor": self.inner}
 
     def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
+        p = self.add_residual(tensor, name)
+        payload, ctx = self.inner.compress(p, name)
+        ctx = Ctx(name=name, shape=tuple(tensor.shape), dtype=tensor.dtype, step=ctx.step,
+                  meta=ctx.meta)
+        check_decodable(self, payload, ctx)
+        self.keep_residual(name, p, self.inner.decompress(payload, _as_fp32(ctx)))
+        return payload, ctx
+
+    def add_residual(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """p = g + e: the gradient plus what earlier steps did not send (fp32, checked)."""
         check_tensor(tensor, name)
         old = self._residuals.get(name)
         if old is not None and old.shape != tensor.shape:
@@ -60,13 +70,14 @@ class ErrorFeedback(Compressor):
                     f"gradient plus error-feedback residual of {name!r} overflowed float32 "
                     f"(|value| above {FP32_MAX:.4g}); scale or clip the gradients down or "
                     "call reset()")
-        payload, ctx = self.inner.compress(p, name)
-        ctx = Ctx(name=name, shape=tuple(tensor.shape), dtype=tensor.dtype, step=ctx.step,
-                  meta=ctx.meta)
-        check_decodable(self, payload, ctx)
-        self._residuals[name] = p - self.inner.decompress(payload, _as_fp32(ctx))
-        self._steps[name] = ctx.step + 1
-        return payload, ctx
+        return p
+
+    def keep_residual(self, name: str, p: torch.Tensor, sent: torch.Tensor) -> None:
+        """e <- p - sent, where ``sent`` is what this step delivered for ``name``: this
+        worker's decoded payload, or the approximation all workers share after an
+        all-reduce (PowerSGD's P Q^T, as in the paper). Advances the step of ``name``."""
+        self._residuals[name] = p - sent.reshape(p.shape).float()
+        self._steps[name] = self._steps.get(name, 0) + 1
 
     def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         return self.inner.decompress(payload, _as_fp32(ctx)).to(ctx.dtype)

@@ -29,7 +29,7 @@ import torch
 from .base import Ctx
 from .wire import Payload, payload_nbytes, payload_to_bytes
 
-__all__ = ["FrameError", "frame", "max_frame_bytes", "unframe"]
+__all__ = ["FrameError", "frame", "frame_nbytes", "max_frame_bytes", "unframe"]
 
 MAGIC = b"ODTF"
 VERSION = 1
@@ -103,6 +103,17 @@ def _value(key: str, value: object, name: str) -> bytes:
     fmt = {INT: "q", FLOAT: "d", BOOL: "?"}[kind]
     cast = {INT: int, FLOAT: float, BOOL: bool}[kind]
     return struct.pack(f"<B{fmt}", kind, cast(value))  # type: ignore[operator]
+
+
+def frame_nbytes(compressed: Compressed) -> int:
+    """``len(frame(compressed))`` without building the message: header plus payloads."""
+    size = struct.calcsize(_HEAD)
+    for payload, ctx in compressed:
+        size += 2 + sum(2 + 4 * t.dim() for t in payload) + payload_nbytes(payload)
+        for key, value in ctx.meta.items():
+            kind = _kind(value)
+            size += 2 + len(key) + {INT: 8, FLOAT: 8, BOOL: 1}.get(kind, 1 + len(str(value)))
+    return size
 
 
 def max_frame_bytes(local: Compressed, *, fixed_size: bool = True) -> int:

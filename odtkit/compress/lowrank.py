@@ -30,6 +30,10 @@ class PowerSGD(Compressor):
     M and Q are scaled by powers of two inside the products (exact), so only a column of
     M with L2 norm near float32's maximum (it bounds Q and P Q^T) is refused.
     Biased: the paper always uses error feedback (wrap in ErrorFeedback).
+
+    Between workers the paper all-reduces instead (``project``, ``finish``: P = sum_k M_k Q,
+    orthogonalize, Q = mean_k M_k^T P), so every worker shares one warm-start Q and one
+    approximation; ``odtkit.distributed`` does that, ``compress`` is the one-worker form.
     """
 
     kind = "powersgd"
@@ -37,9 +41,10 @@ class PowerSGD(Compressor):
     TOO_LARGE = ("error", "dense")
 
     def __init__(self, *, rank: int = 2, min_compression_rate: float = 1.0,
-                 rank_too_large: str = "error", seed: int = 0):
+                 rank_too_large: str = "error", start_iter: int = 0, seed: int = 0):
         super().__init__(seed=seed)
         self.rank = check_int("rank", rank, low=1)
+        self.start_iter = check_int("start_iter", start_iter, low=0)
         self.min_compression_rate = check_real("min_compression_rate", min_compression_rate,
                                                low=1.0)
         self.rank_too_large = check_choice("rank_too_large policy", rank_too_large,
@@ -48,11 +53,13 @@ class PowerSGD(Compressor):
 
     def config(self) -> dict[str, Any]:
         return {"rank": self.rank, "min_compression_rate": self.min_compression_rate,
-                "rank_too_large": self.rank_too_large, "seed": self.seed}
+                "rank_too_large": self.rank_too_large, "start_iter": self.start_iter,
+                "seed": self.seed}
 
-    def mode(self, shape: tuple[int, ...], name: str = "tensor") -> str:
-        """'lowrank' or 'dense': how a tensor of ``shape`` travels (both sides compute it)."""
-        if len(shape) <= 1:
+    def mode(self, shape: tuple[int, ...], name: str = "tensor", step: int | None = None) -> str:
+        """'lowrank' or 'dense': how a tensor of ``shape`` travels at ``step`` (both sides
+        compute it; without a step, after the first ``start_iter`` steps)."""
+        if len(shape) <= 1 or (step is not None and step < self.start_iter):
             return "dense"
         n, m = matrix_shape(shape)
         if self.rank > min(n, m):
@@ -80,7 +87,7 @@ class PowerSGD(Compressor):
 
     def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
         shape = tuple(x.shape)
-        if self.mode(shape, name) == "dense":
+        if self.mode(shape, name, step) == "dense":
             return (x.reshape(-1).clone(),), {"mode": "dense"}
         n, m = matrix_shape(shape)
         p, q = power_step([x.reshape(n, m)], self._warm_q(name, m, x.device))
@@ -103,12 +110,38 @@ class PowerSGD(Compressor):
             f"L2 norm {worst:.4g}: its rank-{self.rank} factors P Q^T exceed the float32 "
             f"maximum {FP32_MAX:.4g}; scale or clip the gradient down")
 
-    def allreduce(self, tensors: Sequence[torch.Tensor], name: str) -> torch.Tensor:
-        """The paper's multi-worker step: P = mean_k M_k Q, orthogonalize, Q = mean_k M_k^T P.
+    # -- the all-reduce form: every worker holds the same warm-start Q -------------
+    def exchange_mode(self, shape: tuple[int, ...], name: str) -> str:
+        """How ``name`` travels in this round of the all-reduce form ('lowrank' or 'dense')."""
+        return self.mode(tuple(shape), name, self._steps.get(name, 0))
 
-        Each worker sends P then Q (``r(n+m)`` numbers, as ``compress``); every worker
-        gets the same P Q^T (returned). By linearity it equals compressing the mean.
-        """
+    def project(self, matrix: torch.Tensor, name: str) -> torch.Tensor:
+        """One worker's first message, M_k Q: (n, m) matrix -> (n, r), with the shared
+        warm-start Q scaled by a power of two (P is orthogonalized: its scale is lost)."""
+        q = self._warm_q(name, matrix.shape[1], matrix.device)
+        p = matrix @ _ldexp(q, -_exponent(float(q.abs().max())))
+        if not bool(p.isfinite().all()):
+            self._check_range(p, q, matrix, name)  # names the column that overflows
+        return p
+
+    def finish(self, name: str, p: torch.Tensor, q: torch.Tensor,
+               matrix: torch.Tensor) -> torch.Tensor:
+        """After the second all-reduce: ``p`` orthonormal (n, r), ``q`` = mean_k M_k^T P
+        (m, r). Keeps Q as the next warm start, advances the step of ``name`` and returns
+        the shared approximation P Q^T (n, m). ``matrix`` (this worker's) names an overflow."""
+        self._check_range(p, q, matrix, name)
+        self._q[name] = q.clone()
+        self._steps[name] = self._steps.get(name, 0) + 1
+        return low_rank_product(p, q)
+
+    def skip(self, name: str) -> None:
+        """A round where ``name`` travelled dense (all-reduced as is): advance its step."""
+        self._steps[name] = self._steps.get(name, 0) + 1
+
+    def allreduce(self, tensors: Sequence[torch.Tensor], name: str) -> torch.Tensor:
+        """The paper's multi-worker step in one process: P = sum_k M_k Q, orthogonalize,
+        Q = mean_k M_k^T P; every worker gets the same P Q^T (returned), which by linearity
+        equals compressing the mean. Each worker sends P then Q (``r(n+m)`` numbers)."""
         if not tensors:
             raise ValueError(f"allreduce of {name!r} needs at least one worker's tensor")
         xs = [check_tensor(t, name).detach().float() for t in tensors]
@@ -116,17 +149,12 @@ class PowerSGD(Compressor):
         if any(tuple(x.shape) != shape for x in xs):
             raise ValueError(f"workers disagree on the shape of {name!r}: "
                              f"{sorted({tuple(x.shape) for x in xs})}")
-        step = self._steps.get(name, 0)
-        if self.mode(shape, name) == "dense":
-            out = torch.stack(xs).mean(0)
-        else:
-            n, m = matrix_shape(shape)
-            ms = [x.reshape(n, m) for x in xs]
-            p, q = power_step(ms, self._warm_q(name, m, xs[0].device))
-            self._check_range(p, q, torch.stack(ms).mean(0), name)
-            self._q[name] = q.clone()
-            out = low_rank_product(p, q)
-        self._steps[name] = step + 1
+        if self.exchange_mode(shape, name) == "dense":
+            self.skip(name)
+            return torch.stack(xs).mean(0).to(tensors[0].dtype)
+        ms = [x.reshape(matrix_shape(shape)) for x in xs]
+        p = orthogonalize(torch.stack([self.project(mk, name) for mk in ms]).sum(0))
+        out = self.finish(name, p, _mean([mk.T @ p for mk in ms]), ms[0])
         return out.reshape(shape).to(tensors[0].dtype)
 
     def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""What every data-parallel path shares: per-worker compressors, the average, dense bytes."""
+"""What every data-parallel path shares: per-worker compressors, the exchange each one
+uses (all-reduce where payloads sum, all-gather elsewhere), the averages, and bytes on
+the wire."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .._checks import normalize_name
 
 
 def make_compressor(compressor: str | Callable[[], Any], *, error_feedback: bool = False,
@@ -34,6 +38,66 @@ def make_compressor(compressor: str | Callable[[], Any], *, error_feedback: bool
     return compress.ErrorFeedback(comp) if error_feedback else comp
 
 
+EXCHANGES = ("allgather", "allreduce", "powersgd")
+# summable by construction: the dense casts, and a random-k without a shared_seed option
+# once every worker draws positions from the same seed (worker_settings below)
+_SUMMABLE_KINDS = ("none", "fp16", "bf16", "randomk")
+
+
+def exchange_of(comp: Any) -> str:
+    """How workers exchange ``comp``'s payloads: 'powersgd' (the paper's two all-reduces of
+    P and Q), 'allreduce' (payloads summed entry by entry, then decoded: the dense casts,
+    random-k with a shared seed) or 'allgather' (everything else: top-k, threshold, DGC,
+    QSGD, TernGrad, sign; a sum of such payloads is not such a payload)."""
+    inner = getattr(comp, "inner", comp)
+    kind = getattr(inner, "kind", None)
+    if kind == "powersgd" and callable(getattr(inner, "project", None)):
+        return "powersgd"
+    summable = getattr(inner, "summable", False) is True or kind in _SUMMABLE_KINDS
+    if kind == "randomk" and hasattr(inner, "shared_seed"):  # positions from a shared seed?
+        summable = inner.shared_seed is not None
+    if summable:
+        return "allreduce"
+    return "allgather"
+
+
+def worker_settings(compressor: str | Callable[[], Any], seed: int, worker: int,
+                    kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(seed, compressor keywords) of ``worker``. Where payloads are all-reduced every worker
+    gets ``seed`` (one PowerSGD warm start; random-k draws its positions from
+    ``shared_seed=seed`` where it has that option, from the shared ``seed`` where not), so
+    the workers' payloads line up; elsewhere worker w gets ``seed + w``."""
+    if not isinstance(compressor, str):
+        return seed, kwargs  # a factory seeds its own compressors
+    probe = make_compressor(compressor, seed=seed, **kwargs)
+    inner = getattr(probe, "inner", probe)
+    if (getattr(inner, "kind", None) == "randomk" and "shared_seed" in inner.config()
+            and kwargs.get("shared_seed") is None):
+        kwargs = {**kwargs, "shared_seed": seed}
+        probe = make_compressor(compressor, seed=seed, **kwargs)
+    return (seed if exchange_of(probe) != "allgather" else seed + worker), kwargs
+
+
+def allreduce_wire_bytes(buffer_bytes: float, workers: int) -> float:
+    """Bytes one worker sends (and receives) in a ring all-reduce of a buffer:
+    reduce-scatter then all-gather, each moving (N-1)/N of it."""
+    return 2 * (workers - 1) * buffer_bytes / workers
+
+
+def allgather_wire_bytes(message_bytes: float, workers: int) -> tuple[float, float]:
+    """(sent, received) by one worker in an all-gather of equal-length messages: its own
+    message once, the other N-1 messages."""
+    return float(message_bytes), float((workers - 1) * message_bytes)
+
+
+def summed(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum in the given (rank) order, in the tensors' own dtype (what an all-reduce does)."""
+    total = tensors[0].detach().clone()
+    for t in tensors[1:]:
+        total += t
+    return total
+
+
 def check_compressor_vs_optimizer(comp: Any, optimizer: str) -> None:
     inner = getattr(comp, "inner", comp)
     if getattr(inner, "momentum_correction", False) and optimizer != "sgd":
@@ -45,7 +109,7 @@ def check_compressor_vs_optimizer(comp: Any, optimizer: str) -> None:
 
 def dgc_workers(compressor: Any, kwargs: dict[str, Any], workers: int) -> dict[str, Any]:
     """``kwargs`` with DGC's ``num_workers`` (its local clipping bound) defaulted to ``workers``."""
-    if compressor == "dgc":
+    if isinstance(compressor, str) and normalize_name(compressor) == "dgc":
         return {"num_workers": workers, **kwargs}
     return kwargs
 

@@ -30,8 +30,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ..training import Batch, Loop, TrainConfig, check_model, check_task
-from ._common import check_compressor_vs_optimizer
+from ._common import check_compressor_vs_optimizer, dense_bytes
 from .hook import comm_hook
+from .simulate import DistHistory
 
 __all__ = ["train_ddp", "spawn_local", "WorkerLostError", "free_port", "main"]
 
@@ -54,8 +55,10 @@ def train_ddp(model: nn.Module, task: Any, *, compressor: str | Callable[[], Any
     rank). ``on_step(rank, round)`` runs before every round (logging, fault injection).
     A peer that dies raises WorkerLostError naming it. ``bucket_cap_mb`` goes to DDP.
     Each rank runs the training loop of ``odtkit.training`` on its shard. Returns the
-    final state_dict, the rank's History (``test_acc`` per epoch also on its own), bytes
-    per round and the number of rounds.
+    final state_dict, the rank's history (a ``DistHistory``: ``up_bytes_per_round`` is
+    this rank's payload, ``total_bytes_per_round`` every rank's, the wire lists what this
+    rank sent and received), ``test_acc`` per epoch, the byte lists on their own and the
+    number of rounds.
     """
     from torch.nn.parallel import DistributedDataParallel
 
@@ -77,11 +80,19 @@ def train_ddp(model: nn.Module, task: Any, *, compressor: str | Callable[[], Any
                  label=f"rank {rank}")
     loop.hook_state, loop.on_step, loop.grace_s = state, on_step, grace_s
     history = loop.run()
+    wire = {name: list(getattr(state, name)) for name in ("wire_sent_bytes_per_round",
+                                                          "wire_recv_bytes_per_round")}
+    dist_history = DistHistory(**history.as_dict(),
+                               up_bytes_per_round=list(state.payload_bytes_per_round),
+                               total_bytes_per_round=list(state.total_bytes_per_round),
+                               compressor=getattr(state.codec, "kind", str(compressor)),
+                               workers=world, dense_bytes=dense_bytes(replica),
+                               exchange=state.exchange, **wire)
     return {"rank": rank, "state_dict": {k: v.detach().clone() for k, v in
                                          replica.state_dict().items()},
-            "test_acc": list(history.test_acc), "history": history,
+            "test_acc": list(history.test_acc), "history": dist_history,
             "payload_bytes_per_round": list(state.payload_bytes_per_round),
-            "wire_bytes_per_round": list(state.wire_bytes_per_round),
+            "wire_bytes_per_round": list(state.wire_sent_bytes_per_round), **wire,
             "rounds": loop.state.global_step}
 
 

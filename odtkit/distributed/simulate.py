@@ -5,18 +5,28 @@
     hist.test_acc[-1], hist.compression_ratio
 
 Every round (one optimizer step) each worker takes its own shard of the global batch,
-computes the gradient of its replica, compresses every parameter's gradient with its own
-compressor (own residuals, own seed), and all workers exchange the payloads. The exchange
-is an all-gather of compressed payloads, as real sparse and quantized systems do (a sum of
-compressed tensors is not compressed, so a ring all-reduce does not apply): each worker
-sends its payload once (``up_bytes_per_round``) and receives the other N-1 payloads; every worker
-decompresses all N and averages them in rank order, so all replicas apply the same update
-and stay identical (two consequences of the all-gather: PowerSGD approximates each worker's
-gradient alone, where the paper all-reduces P and Q into one shared approximation, same
-bytes; signSGD's decoded signs are averaged, not majority-voted). One model object stands
-for all replicas because they are identical; the real multi-process version
-(``odtkit.distributed.ddp``: DDP communication hooks on gloo) checks that with separate
-processes.
+computes the gradient of its replica and compresses every parameter's gradient with its own
+compressor (own residuals), and the workers exchange what the maths allows:
+
+* all-reduce where payloads sum: fp32 as is, the fp16/bf16 casts (divided by N, summed in
+  the cast dtype, as PyTorch's fp16 hook) and random-k with one seed for all workers (the
+  same positions everywhere, so the values sum);
+* PowerSGD's two all-reduces (Vogels et al.): P = sum_k M_k Q, orthogonalize, Q = mean_k
+  M_k^T P, one shared warm-start Q and error feedback against the shared P Q^T;
+* all-gather of framed payloads elsewhere (top-k, threshold, DGC, QSGD, TernGrad, sign): a
+  sum of sparse or quantized payloads is not one, so each worker decodes all N and averages
+  them in rank order.
+
+Bytes per worker per round: the payload it uploads (``up_bytes_per_round``) and what it
+puts on and takes off the wire for the collective used (``wire_sent_bytes_per_round``,
+``wire_recv_bytes_per_round``): a ring all-reduce moves 2(N-1)/N of the buffer each way; an
+all-gather sends the worker's own message (the 8-byte length, then its frame padded to the
+longest) and receives the N-1 others. The simulation counts one bucket (all parameters in
+one frame), as DDP builds for models under its first bucket's 1 MiB.
+
+All replicas apply the same update and stay identical, so one model object stands for all
+of them; the real multi-process version (``odtkit.distributed.ddp``: DDP communication hooks
+on gloo) runs the same exchange and checks that with separate processes.
 
     torchrun --nproc_per_node=2 -m odtkit.distributed --compressor topk --arg density=0.01
 """
@@ -45,14 +55,17 @@ from ..training import (
     steps_per_epoch,
 )
 from ._common import (
-    average,
+    allreduce_wire_bytes,
     check_compressor_vs_optimizer,
     dense_bytes,
     dgc_workers,
+    exchange_of,
     make_compressor,
     renamed_attribute,
     set_epoch,
+    worker_settings,
 )
+from .collectives import Exchanged, exchange
 
 __all__ = ["DistHistory", "simulate", "global_batches"]
 
@@ -63,6 +76,7 @@ _RENAMED = {
     "compute_s": ("compute_s_per_round", sum),
     "compress_s": ("compress_s_per_round", sum),
 }
+_WIRE = ("wire_sent_bytes_per_round", "wire_recv_bytes_per_round")
 
 
 @dataclass(frozen=True, repr=False)
@@ -75,6 +89,9 @@ class DistHistory(History):
     ``total - up``. ``dense_bytes``: one fp32 gradient, what a worker sends per round
     without compression. ``compute_s_per_round``: one worker's forward + backward;
     ``compress_s_per_round``: one worker's compress + decompress of all N payloads.
+    ``exchange``: the collective ('allreduce', 'powersgd' or 'allgather');
+    ``wire_sent_bytes_per_round`` / ``wire_recv_bytes_per_round``: what one worker put on
+    and took off the wire for it (mean over workers; see the module docstring).
     """
 
     up_bytes_per_round: list[float] = field(default_factory=list)
@@ -84,13 +101,19 @@ class DistHistory(History):
     dense_bytes: int = 0
     compute_s_per_round: list[float] = field(default_factory=list)
     compress_s_per_round: list[float] = field(default_factory=list)
+    exchange: str = "allgather"
+    wire_sent_bytes_per_round: list[float] = field(default_factory=list)
+    wire_recv_bytes_per_round: list[float] = field(default_factory=list)
     model: nn.Module | None = field(default=None, compare=False)  # the trained replica
 
     def __post_init__(self) -> None:
         super().__post_init__()
         rounds = {name: len(getattr(self, name)) for name, _ in _RENAMED.values()}
+        rounds.update({name: len(getattr(self, name)) for name in _WIRE})
         timed = [n for n in rounds if n.endswith("_s_per_round") and rounds[n]]  # may be empty
-        if len({rounds[n] for n in ("up_bytes_per_round", "total_bytes_per_round", *timed)}) > 1:
+        wire = [n for n in _WIRE if rounds[n]]  # may be empty (histories saved before them)
+        if len({rounds[n] for n in ("up_bytes_per_round", "total_bytes_per_round", *timed,
+                                    *wire)}) > 1:
             raise ValueError(f"per-round lists must have one entry per round (the time lists "
                              f"may be empty), got lengths {rounds}")
 
@@ -105,9 +128,23 @@ class DistHistory(History):
     def comm_dict(self) -> dict[str, Any]:
         """Communication and time numbers as plain values (for JSON)."""
         out: dict[str, Any] = {"compressor": self.compressor, "workers": self.workers,
-                               "dense_bytes": self.dense_bytes}
+                               "dense_bytes": self.dense_bytes, "exchange": self.exchange}
         out.update({name: list(getattr(self, name)) for name, _ in _RENAMED.values()})
+        out.update({name: list(getattr(self, name)) for name in _WIRE})
         return out
+
+    @property
+    def dense_wire_bytes(self) -> float:
+        """What one worker sends per round for an uncompressed fp32 ring all-reduce."""
+        return allreduce_wire_bytes(self.dense_bytes, self.workers)
+
+    @property
+    def wire_ratio(self) -> float:
+        """Dense fp32 all-reduce wire bytes over the wire bytes this run sent, per worker
+        over the whole run (headers, lengths and padding included)."""
+        sent = sum(self.wire_sent_bytes_per_round)
+        dense = self.dense_wire_bytes * len(self.wire_sent_bytes_per_round)
+        return dense / sent if sent else (1.0 if not dense else math.inf)
 
     @property
     def total_bytes(self) -> int:
@@ -184,8 +221,9 @@ def simulate(
     check_task(task)
     check_model(model, task)
     compressor_kwargs = dgc_workers(compressor, compressor_kwargs, workers)
-    codecs = [make_compressor(compressor, error_feedback=error_feedback, seed=seed + w,
-                              **compressor_kwargs) for w in range(workers)]
+    codecs = [make_compressor(compressor, error_feedback=error_feedback, seed=w_seed, **w_kw)
+              for w_seed, w_kw in (worker_settings(compressor, seed, w, compressor_kwargs)
+                                   for w in range(workers))]
     check_compressor_vs_optimizer(codecs[0], optimizer)
     torch.manual_seed(seed)
     replica = copy.deepcopy(model).train()
@@ -194,7 +232,8 @@ def simulate(
     history = loop.run()
     return DistHistory(**history.as_dict(), **loop.comm,
                        compressor=getattr(codecs[0], "kind", str(compressor)), workers=workers,
-                       dense_bytes=dense_bytes(replica), model=replica)
+                       dense_bytes=dense_bytes(replica), exchange=exchange_of(codecs[0]),
+                       model=replica)
 
 
 class _Workers(Loop):
@@ -202,7 +241,7 @@ class _Workers(Loop):
 
     Every worker computes its shard's gradient from the same buffers (DDP broadcasts rank
     0's before each forward); rank 0's updated buffers are kept. ``exchange`` compresses
-    each worker's gradients with its own codec and averages what all of them decode.
+    each worker's gradients with its own codec and combines them as the collective would.
     """
 
     codecs: Sequence[Any] = ()
@@ -211,6 +250,7 @@ class _Workers(Loop):
         super().__init__(*args, **kwargs)
         self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.comm: dict[str, list] = {name: [] for name, _ in _RENAMED.values()}
+        self.comm.update({name: [] for name in _WIRE})
         self.grads: list[list[torch.Tensor]] = []
         self.buffers: list[torch.Tensor] = []
         self.kept: list[torch.Tensor] = []
@@ -235,11 +275,13 @@ class _Workers(Loop):
     def exchange(self, batch: Batch) -> None:
         for codec in self.codecs:
             set_epoch(codec, batch.epoch_progress)
-        averaged, sent = _exchange(self.codecs, [name for name, _ in self.named], self.grads)
-        for (_, p), g in zip(self.named, averaged, strict=True):
+        out: Exchanged = exchange(self.codecs, [name for name, _ in self.named], self.grads)
+        for (_, p), g in zip(self.named, out.averaged, strict=True):
             p.grad = g.to(p.dtype)
-        self.comm["up_bytes_per_round"].append(sum(sent) / self.workers)
-        self.comm["total_bytes_per_round"].append(int(sum(sent)))
+        self.comm["up_bytes_per_round"].append(sum(out.payload_bytes) / self.workers)
+        self.comm["total_bytes_per_round"].append(int(sum(out.payload_bytes)))
+        self.comm["wire_sent_bytes_per_round"].append(out.wire_sent_bytes)
+        self.comm["wire_recv_bytes_per_round"].append(out.wire_recv_bytes)
 
     def after_step(self, batch: Batch) -> None:
         self.comm["compute_s_per_round"].append(self.step_compute_s / self.workers)
@@ -248,15 +290,6 @@ class _Workers(Loop):
 
 def _exchange(codecs: Sequence[Any], names: Sequence[str],
               grads: Sequence[Sequence[torch.Tensor]]) -> tuple[list[torch.Tensor], list[int]]:
-    """All-gather of compressed payloads: per tensor, every worker's decompressed payload
-    averaged in worker order. Returns (averaged gradients, payload bytes per worker)."""
-    sent = [0] * len(codecs)
-    averaged = []
-    for i, name in enumerate(names):
-        decoded = []
-        for w, codec in enumerate(codecs):
-            payload, ctx = codec.compress(grads[w][i], name)
-            sent[w] += codec.nbytes(payload)
-            decoded.append(codec.decompress(payload, ctx))
-        averaged.append(average(decoded))
-    return averaged, sent
+    """(averaged gradients, payload bytes per worker) of one round's ``exchange``."""
+    out = exchange(codecs, names, grads)
+    return out.averaged, out.payload_bytes
