@@ -226,7 +226,7 @@ class ViTBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = (nn.MultiheadAttention(dim, heads, dropout=0.1, batch_first=True)
-                     if torch_mha else Attention(dim, heads, 0.1))
+                     if torch_mha else Attention(dim, heads, 0.0))
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(0.1),
                                  nn.Linear(2 * dim, dim), nn.Dropout(0.1))

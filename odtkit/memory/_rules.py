@@ -20,6 +20,7 @@ from torch import nn
 
 from ._rule import Flags, Rule, keep, numel
 from ._rules_lean import LEAN_BY_OP, LEAN_CONV_TYPES, STAND_IN_BYTES
+from ._rules_nn import NN_RULES
 from ._trace import Op, Trace, UnsupportedOperation, where
 
 __all__ = ["STOCK", "STAND_IN_BYTES", "FP8_CAST_TYPES", "Flags", "Rule", "rule_for",
@@ -37,12 +38,6 @@ _VIEW = Rule(grads=("alias",))
 _SAVE_IN = Rule(saves=_keep("i0"), grads=("alloc",))
 _SAVE_OUT = Rule(saves=_keep("o0"), grads=("alloc",))
 _NO_SAVE = Rule(grads=("alloc",))
-
-
-def _mul_saves(op: Op, rg: Flags, t: Trace) -> tuple:
-    if op.ins[1] is None:  # times a Python number
-        return ()
-    return (("i1",) if rg[0] else ()) + (("i0",) if rg[1] else ())
 
 
 def _mm_saves(a: int, b: int) -> Callable[[Op, Flags, Trace], tuple]:
@@ -84,9 +79,7 @@ STOCK: dict[str, Rule] = {
     "add": Rule(grads=("reduce", "reduce")), "add_": Rule(grads=("reduce", "reduce")),
     # -grad, then summed over broadcast dimensions when ``other`` was smaller
     "sub": Rule(grads=("reduce", "alloc"), bwd_extra=_neg_then_sum),
-    "mul": Rule(saves=_mul_saves, grads=("alloc", "alloc")),
-    "mul_": Rule(saves=_mul_saves, grads=("alloc", "alloc")),
-    "div": _NO_SAVE, "div_": _NO_SAVE,
+    # mul and div (by a tensor or a number), in place or not: _rules_nn
     # shapes
     "view": _VIEW, "_unsafe_view": _VIEW, "t": _VIEW, "transpose": _VIEW, "permute": _VIEW,
     "unsqueeze": _VIEW, "squeeze": _VIEW, "expand": _VIEW, "alias": _VIEW, "clone": _VIEW,
@@ -102,6 +95,7 @@ STOCK: dict[str, Rule] = {
         "remainder", "bernoulli_", "bernoulli", "fill_", "zero_", "detach", "lift_fresh",
         "rand", "randn", "rand_like", "randn_like", "gt", "lt", "ge", "le", "eq", "ne",
     )},
+    **NN_RULES,  # activations in place, norms, dropout, embeddings, shapes, attention, RNNs
 }
 
 
@@ -158,15 +152,20 @@ def fp8_rule_for(op: Op) -> Rule | None:
 
 
 def rules_of(trace: Trace, engine: str, fp8: bool = False) -> list[Rule]:
-    """The rule of every op, or UnsupportedOperation naming the first op without one.
-    ``fp8``: conv/linear keep fresh fp8 copies of their input and weight (``fp8_autocast``)."""
-    out = []
+    """The rule of every op, or one UnsupportedOperation listing every op without one,
+    each with the module it runs in. ``fp8``: conv/linear keep fresh fp8 copies of their
+    input and weight (``fp8_autocast``)."""
+    out, missing = [], {}
     for op in trace.ops:
         rule = fp8_rule_for(op) if fp8 else rule_for(op, engine)
         if rule is None:
-            raise UnsupportedOperation(
-                f"odtkit.estimate does not model aten.{op.name} / "
-                f"{where(op.module, op.leaf_type)}; supported aten "
-                f"ops: {', '.join(supported_ops())}. measure() still works for this model.")
+            missing.setdefault(op.name, []).append(where(op.module, op.leaf_type))
         out.append(rule)
+    if missing:
+        listed = "; ".join(f"aten.{name} in {', '.join(dict.fromkeys(places))}"
+                           for name, places in missing.items())
+        raise UnsupportedOperation(
+            f"odtkit.estimate does not model {len(missing)} operation"
+            f"{'s' if len(missing) > 1 else ''} of this model: {listed}. Supported aten ops: "
+            f"{', '.join(supported_ops())}. measure() still works for this model.")
     return out

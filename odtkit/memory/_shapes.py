@@ -90,6 +90,33 @@ def _mean(args: tuple, kwargs: dict) -> torch.Tensor | None:
     return _empty(shape, x.dtype)
 
 
+_RNN_WORKSPACE: dict[tuple, int] = {}
+
+
+def _rnn_workspace_bytes(args: tuple) -> int:
+    """Bytes of the workspace oneDNN's LSTM layer keeps for backward. Its layout (padded
+    leading dimensions, page-aligned parts) is the library's own, and the meta kernel
+    answers 0: the kernel is asked once per shape, on zeros, and the answer cached."""
+    key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else
+                (tuple(a) if isinstance(a, list) else a) for a in args)
+    hit = _RNN_WORKSPACE.get(key)
+    if hit is None:
+        real = [torch.zeros(a.shape, dtype=a.dtype) if isinstance(a, torch.Tensor) else a
+                for a in args]
+        with torch.enable_grad():  # without grad mode the kernel makes no workspace
+            workspace = torch.ops.aten.mkldnn_rnn_layer(*real)[3]
+        hit = _RNN_WORKSPACE[key] = workspace.numel() * workspace.element_size()
+    return hit
+
+
+def _rnn_layer(args: tuple) -> tuple:
+    """mkldnn_rnn_layer(input (T, N, I), w_ih, w_hh, b_ih, b_hh, hx, cx, reverse,
+    batch_sizes, mode, hidden_size, ...) -> (output (T, N, H), hy, cy, workspace)."""
+    x, hx, cx, hidden = args[0], args[5], args[6], args[10]
+    return (_empty((*x.shape[:-1], hidden), x.dtype), _empty(hx.shape, hx.dtype),
+            _empty(cx.shape, cx.dtype), _empty((_rnn_workspace_bytes(args),), torch.uint8))
+
+
 def fast_output(name: str, args: tuple, kwargs: dict) -> object:
     """The op's meta output(s) for a known op, else None (run the real meta kernel)."""
     if name.endswith("_") and args and isinstance(args[0], torch.Tensor):
@@ -120,6 +147,8 @@ def fast_output(name: str, args: tuple, kwargs: dict) -> object:
         return _empty((m1.shape[0], m2.shape[1]), m1.dtype)
     if name == "mean":
         return _mean(args, kwargs)
+    if name == "mkldnn_rnn_layer" and not kwargs:
+        return _rnn_layer(args)
     if name == "nll_loss_forward":
         x, reduction = args[0], args[3]
         if reduction == 0:

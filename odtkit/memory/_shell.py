@@ -19,6 +19,8 @@ each top-level op ends and what it freed inside itself.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import sys
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -80,9 +82,11 @@ def autocast_region(dtype: torch.dtype | None) -> contextlib.AbstractContextMana
 class TopLevelCalls(TorchFunctionMode):
     """Tells ``tracer`` (``in_call``, ``end_call(first_op)``) when the outermost torch call
     of the model's code runs and ends. A builtin call (``F.linear``, ``Tensor.add_``) is one
-    top-level aten op; a Python one (``F.batch_norm``, ``F.cross_entropy``) counts as one
-    too: those of the zoo wrap a single aten op (torch dispatches the inner calls of a
-    Python function to no mode)."""
+    top-level aten op. A function written in Python (``F.batch_norm``,
+    ``F.multi_head_attention_forward``) is no aten op of its own: the profiler of a real
+    step sees each builtin call inside it as a top-level op, and so does the trace. Torch
+    runs a Python function's body with this mode off, so the builtin calls in there are
+    found with ``sys.setprofile`` (its "c_call" and "c_return" events)."""
 
     def __init__(self, tracer: object) -> None:
         super().__init__()
@@ -92,6 +96,8 @@ class TopLevelCalls(TorchFunctionMode):
         tracer = self.tracer
         if tracer.in_call:  # not reached: the mode is off inside its own handler
             return func(*args, **(kwargs or {}))
+        if inspect.isfunction(func) or inspect.ismethod(func):
+            return self._python(func, args, kwargs or {})
         first = len(tracer.ops)
         tracer.in_call = True
         try:
@@ -101,3 +107,29 @@ class TopLevelCalls(TorchFunctionMode):
         if len(tracer.ops) > first:
             tracer.end_call(first)
         return out
+
+    def _python(self, func, args: tuple, kwargs: dict) -> object:
+        """Run a Python function, each builtin call in its body one top-level op."""
+        tracer = self.tracer
+        depth, first = 0, 0
+
+        def hook(frame, event: str, arg: object) -> None:
+            nonlocal depth, first
+            if event == "c_call":
+                if depth == 0:
+                    first, tracer.in_call = len(tracer.ops), True
+                depth += 1
+            elif event in ("c_return", "c_exception") and depth:
+                depth -= 1
+                if depth == 0:
+                    tracer.in_call = False
+                    if len(tracer.ops) > first:
+                        tracer.end_call(first)
+
+        outer = sys.getprofile()
+        sys.setprofile(hook)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            sys.setprofile(outer)
+            tracer.in_call = False

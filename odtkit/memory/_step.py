@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models.summary import backward_macs
 from ._casts import cached_casts, elements, fp8_cast_params
+from ._grads import backward_macs_of, input_grads
 from ._measure import StepBytes
-from ._rules import Rule, rules_of
+from ._rules import rules_of
 from ._sparse import hooked_params, sparse_rules
 from ._trace import Trace
 from ._update import (
@@ -204,6 +204,7 @@ class _Step:
         kept_grads: set[int] = set()  # gradient storages that became some parameter's .grad
         param_grad: dict[int, int] = {}  # parameter value -> gradient storage
         buffers: dict[int, int] = {}  # value -> gradient storage waiting for its producer
+        arrived: dict[int, int] = {}  # parameter value -> gradients that reached it
 
         def alloc(nbytes: int) -> int:
             grad_bytes.append(nbytes)
@@ -225,7 +226,18 @@ class _Step:
             if v in self.hooked:  # a lean mask hook: the gradient masked in a clone
                 self.timeline.append(("backward: clone", self.live + vbytes[v]))
             if v in self.params:  # AccumulateGrad steals the gradient unless it is shared
-                if v in param_grad:
+                arrived[v] = arrived.get(v, 0) + 1
+                if v in param_grad and arrived[v] == 2:
+                    # a parameter used more than once (an RNN's weights at every step):
+                    # its input buffer sums the first two gradients out of place, the
+                    # later ones in place (as torch's measured step does)
+                    old, param_grad[v] = param_grad[v], alloc(vbytes[v])
+                    kept_grads.add(param_grad[v])
+                    self.timeline.append(("backward: add", self.live))
+                    kept_grads.discard(old)
+                    drop(old)
+                    drop(g)
+                elif v in param_grad:
                     drop(g)
                 elif refs[g] > 1:
                     param_grad[v] = alloc(vbytes[v])
@@ -271,7 +283,7 @@ class _Step:
             outs = [buffers.pop(o) for o in op.outs if o in buffers]
             made: list[tuple[int, int]] = []
             if outs:
-                made = _input_grads(op, rule, flags, outs[0], self.rg, t, alloc, refs)
+                made = input_grads(op, rule, flags, outs[0], self.rg, t, alloc, refs)
                 extra = rule.bwd_extra(op, flags, t)
                 self.timeline.append((f"backward: {op.name}", self.live + extra))
                 for g in outs:
@@ -347,7 +359,7 @@ class _Step:
                               if k in ("param", "buffer")),
             gradients_bytes=self._gradient_bytes(param_grad), optimizer_bytes=state,
             activations_bytes=self.activations, peak_bytes=max(b for _, b in self.timeline),
-            frozen_weight_bytes=frozen, backward_macs=_backward_macs(t, self.rg, self.trainable),
+            frozen_weight_bytes=frozen, backward_macs=backward_macs_of(t, self.rg, self.trainable),
             row_saved_bytes=tuple(self.row_saved),
             row_trainable=tuple(any(n in self.trainable for n in r.param_names)
                                 for r in t.layers),
@@ -366,33 +378,3 @@ def play_step(trace: Trace, trainable: frozenset[str], engine: str, optimizer: s
     ``channels``: the plan's channel-sparse entries (what the lean engine keeps, _sparse).
     """
     return _Step(trace, trainable, engine, optimizer, recompute, fp8, scaler, channels).run()
-
-
-def _input_grads(op, rule: Rule, flags: tuple[bool, ...], g_out: int, rg: bytearray,
-                 t: Trace, alloc, refs: list[int]) -> list[tuple[int, int]]:
-    """(value, gradient storage) for each argument of ``op`` that needs a gradient (a
-    "reduce" is torch's sum_to: it sums, into a fresh tensor, unless the shapes match)."""
-    made = []
-    vbytes, out_shape = t.value_bytes, t.value_shape[op.outs[0]]
-    for pos, mode in enumerate(rule.grads):
-        if pos >= len(op.ins) or not flags[pos] or not mode:
-            continue
-        arg = op.ins[pos]
-        for v in arg if isinstance(arg, tuple) else (arg,):
-            if v is None or not rg[v]:
-                continue
-            if mode == "alias" or (mode == "reduce" and t.value_shape[v] == out_shape):
-                refs[g_out] += 1
-                made.append((v, g_out))
-            else:
-                made.append((v, alloc(vbytes[v])))
-    return made
-
-
-def _backward_macs(t: Trace, rg: bytearray, trainable: frozenset[str]) -> int:
-    """``backward_macs`` of every layer call: an input gradient where the layer's input
-    requires one, a weight gradient where its weight trains."""
-    return sum(backward_macs(
-        row.macs, input_grad=row.input_value is not None and bool(rg[row.input_value]),
-        weight_grad=any(n.endswith(".weight") and n in trainable for n in row.param_names))
-        for row in t.layers)
