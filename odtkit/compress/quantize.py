@@ -8,6 +8,7 @@ import torch
 
 from .._checks import check_choice, check_int, check_real
 from .base import FP32_MAX, Compressor, Ctx, require_finite
+from .elias import sparse_decode, sparse_encode
 from .wire import Payload, derive_seed, generator, pack_bits, unpack_bits
 
 
@@ -26,11 +27,17 @@ class QSGD(Compressor):
 
     Per bucket of ``bucket_size`` entries (None: the whole tensor is one bucket):
     Q(v_i) = ||v||_2 * sign(v_i) * l_i / s with l_i = floor(s|v_i|/||v||) rounded
-    up with probability equal to the remainder. Wire: one fp32 norm per bucket,
-    1 sign bit per entry and ceil(log2(s+1)) level bits per entry (fixed width;
-    no Elias coding). Variance: E||Q(v)-v||^2 <= min(d/s^2, sqrt(d)/s) ||v||^2 per bucket.
-    Norms are summed in float64; a bucket whose norm is above float32's maximum is
-    refused (its levels, multiples of norm/s, could not be decoded in float32).
+    up with probability equal to the remainder. Wire: one fp32 norm per bucket, then
+    ``coding="fixed"`` (s <= 255): 1 sign bit and ceil(log2(s+1)) level bits per entry;
+    ``coding="elias"`` (s <= 2**24): the paper's code (``odtkit.compress.elias``): per
+    nonzero level, Elias omega of the gap to it, a sign bit and Elias omega of the level,
+    its length that of the real stream. Theorem 3.2 of the paper bounds the expected bits
+    of one vector of d entries by (3 + (3/2 + o(1)) log(2(s^2+d)/(s(s+sqrt d)))) s(s+sqrt d)
+    + 32, and Corollary 3.3 by 2.8 d + 32 at s = sqrt(d). Both codings decode to the same
+    tensor. Variance: E||Q(v)-v||^2 <= min(d/s^2, sqrt(d)/s) ||v||^2 per bucket.
+    Norms are summed in float32, again in float64 for buckets whose squares could overflow
+    or vanish; a bucket whose norm is above float32's maximum is refused (its levels,
+    multiples of norm/s, could not be decoded in float32).
     """
 
     kind = "qsgd"
@@ -38,14 +45,21 @@ class QSGD(Compressor):
     stochastic = True
     folds_finite_check = True  # the bucket norms
 
-    def __init__(self, *, levels: int = 15, bucket_size: int | None = 512, seed: int = 0):
+    CODINGS = ("fixed", "elias")
+
+    def __init__(self, *, levels: int = 15, bucket_size: int | None = 512,
+                 coding: str = "fixed", seed: int = 0):
         super().__init__(seed=seed)
-        self.levels = check_int("levels", levels, low=1, high=255)
+        self.coding = check_choice("qsgd coding", coding, self.CODINGS)
+        self.levels = check_int("levels", levels, low=1,
+                                high=255 if self.coding == "fixed" else 2**24)
         self.bucket_size = check_int("bucket_size", bucket_size, low=1, allow_none=True)
         self.bits = math.ceil(math.log2(self.levels + 1))
+        self.fixed_size = self.coding == "fixed"  # an Elias stream's length varies
 
     def config(self) -> dict:
-        return {"levels": self.levels, "bucket_size": self.bucket_size, "seed": self.seed}
+        return {"levels": self.levels, "bucket_size": self.bucket_size, "coding": self.coding,
+                "seed": self.seed}
 
     def _buckets(self, n: int) -> tuple[int, int]:
         size = self.bucket_size or n
@@ -68,8 +82,10 @@ class QSGD(Compressor):
         draw = torch.rand(n, generator=generator(derive_seed(self.seed, name, step), flat.device),
                           device=flat.device)
         # floor(r + u), u ~ U[0, 1): r rounded up with probability r - floor(r)
-        level = ratio.add_(draw).floor_().clamp_(0, self.levels).to(torch.uint8)
-        return (norms, _signs(flat), pack_bits(level, self.bits)), {}
+        level = ratio.add_(draw).floor_().clamp_(0, self.levels)
+        if self.coding == "elias":
+            return (norms, sparse_encode(level.to(torch.int64), flat < 0)), {}
+        return (norms, _signs(flat), pack_bits(level.to(torch.uint8), self.bits)), {}
 
     def _norms(self, buckets: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
         """L2 norm per bucket. In float32 (the check for NaN and inf) unless a square could
@@ -99,12 +115,17 @@ class QSGD(Compressor):
         return norms.float()
 
     def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
-        norms, signs, codes = payload
         n = ctx.numel
         size, _ = self._buckets(n)
-        level = unpack_bits(codes, self.bits, n).float()
+        if self.coding == "elias":
+            norms, stream = payload
+            level, negative = sparse_decode(stream, n)
+            level, sign = level.float(), 1.0 - 2.0 * negative.float()
+        else:
+            norms, signs, codes = payload
+            level, sign = unpack_bits(codes, self.bits, n).float(), _unsigns(signs, n)
         norm = norms.float()[:, None].expand(-1, size).reshape(-1)[:n]  # (n,) bucket norms
-        return norm * _unsigns(signs, n) * (level / self.levels)  # level/s <= 1: no overflow
+        return norm * sign * (level / self.levels)  # level/s <= 1: no overflow
 
 
 class TernGrad(Compressor):
