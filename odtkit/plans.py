@@ -4,15 +4,19 @@
     plan.apply_(model)                           # a list of names, or a predicate(name, param)
     print(plan.describe())
 
-Schemes, by parameter name (names as ``model.named_parameters()`` gives them):
+Schemes, by each parameter's role (``_plan_roles``; names as ``model.named_parameters()``):
 - "full": every parameter; "none": no parameter (inference only).
-- "bias-only": every parameter whose own name is ``bias`` (conv, linear and norm biases).
+- "bias-only": every bias vector: conv, linear and norm biases, an RNN's ``bias_ih_l*`` /
+  ``bias_hh_l*``, attention's ``in_proj_bias``.
 - "norm-only": weights and biases of normalization layers (BatchNorm*, InstanceNorm*,
   LayerNorm, GroupNorm, RMSNorm).
-- "last:K": every parameter of the last K *layers*. A layer is a module that registers
-  parameters itself (not through children), taken in registration order, which is the
-  forward order for the zoo. A BatchNorm is a layer of its own, so in conv -> BN -> ReLU
-  the BN is the later layer: "last:1" of a model ending in ``Linear`` is that Linear.
+- "last:K": every parameter of the last K *layers* (``layers(model)``). A layer is a
+  module that registers parameters itself (not through children), taken in registration
+  order, which is the forward order for the zoo; each layer of a multi-layer LSTM/GRU is
+  one, and a transformer block (``nn.TransformerEncoderLayer``, a ViT block: a module
+  with an attention among its children) is one. A BatchNorm is a layer of its own, so in
+  conv -> BN -> ReLU the BN is the later layer: "last:1" of a model ending in ``Linear``
+  is that Linear.
 A plan records every parameter name and shape of the model it was made for, so applying
 it to another model fails with the names that differ.
 
@@ -34,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -44,7 +47,7 @@ import torch
 from torch import nn
 
 from . import _plan_text
-from ._checks import check_choice, choice_error, closest, lookup
+from ._checks import check_choice, choice_error, lookup
 from ._plan_blocks import find_blocks, resolve_recompute
 from ._plan_channels import check_channels, entries_of, mask, merge, selected_numel
 from ._plan_norms import (
@@ -55,19 +58,15 @@ from ._plan_norms import (
     norm_mode,
     set_norm_mode_,
 )
+from ._plan_roles import SCHEMES, layers, scheme_trainable
 from .quant.precision import PRECISIONS
 
 __all__ = ["TrainPlan", "plan", "as_plan", "from_names", "layers", "find_blocks", "SCHEMES",
            "PRECISIONS", "NORM_STATS", "ACTIVATION_GRADS"]
 ACTIVATION_GRADS = ("exact", "mobiletl")
 
-_NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
 # the parameter dtype ``check_dtype`` asks for: a model that is itself in that dtype
 COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_LAST = re.compile(r"^\s*last\s*[:=]\s*(.*)$", re.IGNORECASE)
 Predicate = Callable[[str, nn.Parameter], bool]
 
 
@@ -253,79 +252,6 @@ def check_precision(precision: str) -> str:
     return lookup("precision", precision, PRECISIONS)
 
 
-def layers(model: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
-    """(module name, its parameter names) for every module that registers parameters itself.
-
-    In registration order; a parameter shared by several modules counts for the first.
-    """
-    canonical = {id(p): n for n, p in model.named_parameters()}
-    out, seen = [], set()
-    for mod_name, module in model.named_modules():
-        own = []
-        for p in module.parameters(recurse=False):
-            if id(p) in canonical and id(p) not in seen:
-                seen.add(id(p))
-                own.append(canonical[id(p)])
-        if own:
-            out.append((mod_name, tuple(own)))
-    return out
-
-
-def _scheme_trainable(model: nn.Module, scheme: str) -> tuple[str, set[str]]:
-    """(canonical scheme name, trainable names) for a scheme given as a string."""
-    named = dict(model.named_parameters())
-    match = _LAST.match(scheme)
-    if match:
-        k_text = match.group(1).strip()
-        try:
-            k = int(k_text)
-        except ValueError:
-            raise ValueError(f"in scheme {scheme!r}, K must be a positive integer "
-                             f"(e.g. 'last:2'), got {k_text!r}") from None
-        if k < 1:
-            raise ValueError(f"in scheme {scheme!r}, K must be at least 1, got {k}; "
-                             "use 'none' to train nothing")
-        found = layers(model)
-        if k > len(found):
-            raise ValueError(f"scheme {scheme!r} asks for the last {k} layers, but "
-                             f"{type(model).__name__} has only {len(found)} layers with "
-                             f"parameters; use K <= {len(found)} or 'full'")
-        return f"last:{k}", {n for _, names in found[-k:] for n in names}
-    try:
-        key = lookup("scheme", scheme, _SCHEME_RULES)
-    except ValueError as err:
-        if scheme in named or closest(scheme, named, n=1):
-            raise ValueError(f"{err} To train named parameters pass a list, e.g. "
-                             f"odt.plan(model, [{scheme!r}]).") from None
-        raise
-    rule = _SCHEME_RULES[key]
-    if rule is None:  # 'last-k' or 'lastK': the number of layers is missing
-        raise ValueError(f"scheme {scheme!r} needs the number of layers: write 'last:K' with "
-                         "K a positive integer, e.g. 'last:2'")
-    return key, rule(model, named)
-
-
-def _norm_only(model: nn.Module, named: dict[str, nn.Parameter]) -> set[str]:
-    out = set()
-    for mod_name, m in model.named_modules():
-        if isinstance(m, _NORM_TYPES):
-            for p_name, _ in m.named_parameters(recurse=False):
-                out.add(f"{mod_name}.{p_name}" if mod_name else p_name)
-    return out & set(named)
-
-
-# scheme name -> the names it trains, given the model and its named parameters; looked up
-# with case and separators ignored ('Bias Only' is 'bias-only'); "last:K" is parsed above
-_SCHEME_RULES: dict[str, Callable[[nn.Module, dict[str, nn.Parameter]], set[str]] | None] = {
-    "full": lambda model, named: set(named),
-    "none": lambda model, named: set(),
-    "bias-only": lambda model, named: {n for n in named if n.rsplit(".", 1)[-1] == "bias"},
-    "last:K": None,
-    "norm-only": _norm_only,
-}
-SCHEMES = tuple(_SCHEME_RULES)
-
-
 def plan(model: nn.Module, scheme: str | Iterable[str] | Predicate, precision: str = "fp32",
          recompute: str | Iterable[str] | None = None,
          channels: Mapping[str, object] | None = None,
@@ -345,7 +271,7 @@ def plan(model: nn.Module, scheme: str | Iterable[str] | Predicate, precision: s
         check_norm_stats(norm_stats)
     named = dict(model.named_parameters())
     if isinstance(scheme, str):
-        label, trainable = _scheme_trainable(model, scheme)
+        label, trainable = scheme_trainable(model, scheme)
     elif callable(scheme):
         label, trainable = "predicate", set()
         for name, p in named.items():

@@ -132,10 +132,16 @@ def _rnn_saves(op: Op, rg: Flags, t: Trace) -> tuple:
     return ("i0", "i1", "i2", "i3", "i4", "i5", "i6", "o0", "o1", "o2", "o3")
 
 
+def _rnn_bwd(op: Op, rg: Flags, t: Trace) -> int:
+    # the backward kernel computes all seven gradients; those nobody needs (frozen
+    # weights, initial states) are dropped only after it returns
+    return sum(t.value_bytes[op.ins[k]] for k in range(7) if not rg[k])
+
+
 ATTENTION: dict[str, Rule] = {
     "_scaled_dot_product_flash_attention_for_cpu": Rule(
         saves=_flash_saves, grads=("alloc", "alloc", "alloc")),
-    "mkldnn_rnn_layer": Rule(saves=_rnn_saves, grads=("alloc",) * 7),
+    "mkldnn_rnn_layer": Rule(saves=_rnn_saves, grads=("alloc",) * 7, bwd_extra=_rnn_bwd),
 }
 
 NN_RULES: dict[str, Rule] = {**ACTIVATIONS, **NORMS, **ARITHMETIC, **SHAPES, **ATTENTION}
