@@ -109,13 +109,17 @@ def round_time(*, device: Any, link: Any, macs: float, bytes_moved: float,
 def worker_round_time(history: Any, model: nn.Module, *, device: Any, link: Any,
                       batch_size: int = 16, dtype: str = "fp32") -> RoundTime:
     """Mean round of one simulated data-parallel worker (a ``DistHistory``): its batch's
-    forward and backward on ``device``; upload of its payload and, as the exchange is an
-    all-gather, download of the other workers' payloads over ``link``."""
+    forward and backward on ``device``; what it sends and receives on the wire for the
+    exchange used (all-reduce or all-gather; payloads alone for a history without wire
+    bytes) over ``link``."""
     rounds = len(history.up_bytes_per_round)
     if rounds == 0:
         raise ValueError("the history has no rounds; run simulate first")
     up = sum(history.up_bytes_per_round) / rounds
     down = sum(history.total_bytes_per_round) / rounds - up
+    if getattr(history, "wire_sent_bytes_per_round", None):
+        up = sum(history.wire_sent_bytes_per_round) / rounds
+        down = sum(history.wire_recv_bytes_per_round) / rounds
     return round_time(device=device, link=link, macs=training_macs(model, batch_size),
                       bytes_moved=training_bytes_moved(model, batch_size, batch_size),
                       upload_bytes=up, download_bytes=down, dtype=dtype)

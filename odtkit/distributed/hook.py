@@ -140,7 +140,8 @@ def compression_hook(state: CompressionHookState,
     averaged = run(state, grads, names)
     if bucket.is_last():
         state.close_round()
-    flat = torch.cat([a.reshape(-1) for a in averaged]).to(bucket.buffer().dtype)
+    flat = (averaged[0].reshape(-1) if len(averaged) == 1
+            else torch.cat([a.reshape(-1) for a in averaged])).to(bucket.buffer().dtype)
     future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     future.set_result(flat)
     return future
@@ -156,7 +157,7 @@ def _allreduce(state: CompressionHookState, grads: list[torch.Tensor],
         raise TypeError(f"{getattr(codec, 'kind', codec)!r} is marked summable but its "
                         f"payloads are {sorted({str(t.dtype) for t in parts})}; an all-reduce "
                         "needs one floating dtype (set summable = False to all-gather)")
-    buffer = torch.cat(parts).div_(world)
+    buffer = (parts[0] if len(parts) == 1 else torch.cat(parts)).div_(world)  # payloads: own
     dist.all_reduce(buffer, group=state.group)
     out, pos = [], 0
     for payload, ctx in mine:
