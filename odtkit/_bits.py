@@ -50,9 +50,12 @@ def pack_bits(codes: torch.Tensor, bits: int = 1) -> torch.Tensor:
         return flat.clone()
     if 8 % bits == 0:  # whole codes per byte (2 or 4 bits): the first in the high bits
         per = 8 // bits
-        padded = torch.cat([flat, flat.new_zeros(-flat.numel() % per)]).view(-1, per)
-        shifts = (per - 1 - torch.arange(per, device=flat.device, dtype=torch.uint8)) * bits
-        return (padded << shifts).sum(1, dtype=torch.uint8)
+        pad = -flat.numel() % per
+        padded = (torch.cat([flat, flat.new_zeros(pad)]) if pad else flat).view(-1, per)
+        out = padded[:, 0] << (8 - bits)
+        for j in range(1, per):
+            out |= padded[:, j] << (8 - bits * (j + 1))
+        return out
     shifts = torch.arange(bits - 1, -1, -1, device=flat.device, dtype=torch.uint8)
     planes = (flat.unsqueeze(1) >> shifts) & 1  # (n, bits), most significant bit first
     return _pack_mask(planes.bool())
@@ -74,9 +77,9 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     if bits == 8:
         return packed.clone()
     if 8 % bits == 0:
-        per = 8 // bits
-        shifts = (per - 1 - torch.arange(per, device=packed.device, dtype=torch.uint8)) * bits
-        return ((packed.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1)[:n]
+        per, mask = 8 // bits, (1 << bits) - 1
+        parts = [(packed >> (8 - bits * (j + 1))) & mask for j in range(per)]
+        return torch.stack(parts, dim=1).reshape(-1)[:n]
     planes = _unpack_mask(packed, n * bits).view(n, bits)
     shifts = torch.arange(bits - 1, -1, -1, device=packed.device, dtype=torch.uint8)
     return (planes << shifts).sum(1, dtype=torch.uint8)
