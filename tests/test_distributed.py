@@ -22,6 +22,7 @@ from torch.nn import functional as F
 import odtkit as odt
 from odtkit import compress
 from odtkit import distributed as dd
+from odtkit.distributed.collectives import exchange
 from odtkit.distributed.ddp import free_port, spawn_local, train_ddp
 from odtkit.distributed.simulate import _exchange, global_batches, simulate
 from odtkit.lab import lab_model
@@ -84,6 +85,73 @@ def test_topk_bytes_hand_counted(task, model):
     assert hist.total_bytes_per_round == [4 * 327, 4 * 327]
     assert hist.compression_ratio == pytest.approx(4 * 50_826 / 327)
     assert hist.compressor == "ef(topk)" and hist.workers == 4
+    # on the wire: an int64 length, then the frame: a 9-byte head and per tensor 2 bytes
+    # of counts and two (dtype, ndim, size) triples of 6 bytes; received from 3 others
+    assert hist.exchange == "allgather"
+    assert hist.wire_sent_bytes_per_round == [8 + 9 + 6 * (2 + 2 * 6) + 327] * 2 == [428] * 2
+    assert hist.wire_recv_bytes_per_round == [3 * 428] * 2
+    assert hist.wire_ratio == pytest.approx(2 * 3 / 4 * 4 * 50_826 / 428)
+
+
+def test_dense_goes_by_ring_all_reduce(task, model):
+    """fp32 and fp16 are summed, not gathered: 2(N-1)/N of the buffer out and in."""
+    for name, width in (("none", 4), ("fp16", 2)):
+        hist = simulate(model, task, workers=4, compressor=name, max_steps=1)
+        assert hist.exchange == "allreduce" and hist.up_bytes_per_round == [width * 50_826]
+        assert hist.wire_sent_bytes_per_round == [1.5 * width * 50_826]
+        assert hist.wire_recv_bytes_per_round == hist.wire_sent_bytes_per_round
+
+
+def test_simulated_powersgd_is_the_papers_all_reduce():
+    """3 workers, a 12 x 9 weight and a bias: every worker gets U U^T mean(M) with U an
+    orthonormal basis of mean(M) Q0 (torch.linalg), keeps e_k = M_k minus it, and all keep
+    one warm-start Q; the bias is averaged and leaves no residual."""
+    gen = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(12, 9, generator=gen), torch.randn(12, generator=gen)]
+             for _ in range(3)]
+    q0 = torch.randn(9, 2, generator=gen)
+    codecs = [compress.get("powersgd", rank=2, error_feedback=True) for _ in range(3)]
+    for c in codecs:
+        c.inner.load_state_dict({"steps": {}, "q": {"w": q0}})
+    out = exchange(codecs, ["w", "b"], grads)
+    mean = torch.stack([g[0] for g in grads]).mean(0).double()
+    u = torch.linalg.qr(mean @ q0.double()).Q
+    torch.testing.assert_close(out.averaged[0].double(), u @ u.T @ mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.averaged[1], torch.stack([g[1] for g in grads]).mean(0))
+    for c, g in zip(codecs, grads, strict=True):
+        torch.testing.assert_close(c.residual("w"), g[0] - out.averaged[0])
+        assert not c.residual("b").any()
+        assert torch.equal(c.inner.state_dict()["q"]["w"], codecs[0].inner.state_dict()["q"]["w"])
+    payload = 4 * (2 * (12 + 9) + 12)  # P, Q and the bias, fp32
+    assert out.payload_bytes == [payload] * 3
+    assert out.wire_sent_bytes == out.wire_recv_bytes == pytest.approx(2 * 2 / 3 * payload)
+
+
+def test_powersgd_start_iter_sends_dense_first(task, model):
+    hist = simulate(model, task, compressor="powersgd", rank=2, start_iter=2,
+                    error_feedback=True, max_steps=3)
+    shapes = [(256, 64), (128, 256), (10, 128)]
+    assert hist.up_bytes_per_round == [4 * 50_826] * 2 + [
+        4 * (sum(2 * (n + m) for n, m in shapes) + 256 + 128 + 10)]
+    assert hist.exchange == "powersgd"
+
+
+def test_random_k_workers_share_positions_and_all_reduce(task, model):
+    """One seed for every worker's positions: the same k positions, so the sum has k
+    entries (not up to N k) and holds the workers' mean there; simulate shares it."""
+    gen = torch.Generator().manual_seed(1)
+    grads = [[torch.randn(40, generator=gen)] for _ in range(4)]
+    shared = {"shared_seed": 9} if "shared_seed" in compress.get("randomk").config() else {}
+    codecs = [compress.get("randomk", k=3, seed=9 + w, **shared) if shared
+              else compress.get("randomk", k=3, seed=9) for w in range(4)]
+    out = exchange(codecs, ["g"], grads)
+    kept = out.averaged[0].nonzero().reshape(-1)
+    assert kept.numel() == 3
+    mean = torch.stack([g[0] for g in grads]).mean(0)
+    torch.testing.assert_close(out.averaged[0][kept], mean[kept])
+    assert out.payload_bytes == [12] * 4 and out.wire_sent_bytes == 1.5 * 12
+    hist = simulate(model, task, compressor="randomk", density=0.01, max_steps=1)
+    assert hist.exchange == "allreduce"
 
 
 def test_exchange_averages_each_workers_top1():

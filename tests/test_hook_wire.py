@@ -15,6 +15,7 @@ from torch import nn
 
 import odtkit as odt
 from odtkit.compress import FrameError, frame, max_frame_bytes, payload_to_bytes, unframe
+from odtkit.compress.frame import frame_nbytes
 from odtkit.distributed import hook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,7 @@ def test_every_compressor_round_trips_through_a_frame(name):
                    for a, b in zip(payload, sent, strict=True))
         assert torch.equal(c.decompress(payload, ctx), peer_codec.decompress(sent, sent_ctx))
     assert len(frame(theirs)) <= max_frame_bytes(mine, fixed_size=c.fixed_size)
+    assert frame_nbytes(theirs) == len(frame(theirs))  # counted without building it
 
 
 class _CreatesFile:
