@@ -69,16 +69,20 @@ class Compressor:
     # -- the contract --------------------------------------------------
     def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
         """Encode ``tensor`` (known as ``name``) into wire tensors and a local context."""
-        x = check_kind(tensor, name).detach()
+        x = check_kind(tensor, name)
+        if x.requires_grad:
+            x = x.detach()
         if not self.folds_finite_check:
             require_finite(x.sum(), x, name)
         step = self._steps.get(name, 0)
         work = x if self.keep_dtype or x.dtype == torch.float32 else as_fp32(x, name)
         payload, meta = self._encode(work, name, step)
+        payload = tuple(payload)
         ctx = Ctx(name=name, shape=tuple(tensor.shape), dtype=tensor.dtype, step=step, meta=meta)
-        check_decodable(self, tuple(payload), ctx)
+        if ctx.dtype in HALF_DTYPES:
+            check_decodable(self, payload, ctx)
         self._steps[name] = step + 1
-        return tuple(payload), ctx
+        return payload, ctx
 
     def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         """Rebuild a tensor of the original shape and dtype from the payload."""
@@ -161,6 +165,7 @@ def require_finite(reduced: torch.Tensor | float, tensor: torch.Tensor, name: st
 
 
 FP32_MAX = torch.finfo(torch.float32).max
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def as_fp32(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -179,7 +184,7 @@ def check_decodable(codec: Compressor, payload: Payload, ctx: Ctx) -> None:
     """For float16/bfloat16 tensors, refuse a payload whose decoded values overflow that
     dtype (e.g. QSGD levels of a bucket norm above 65504). Float32 decodes are kept finite
     by each compressor's own arithmetic."""
-    if ctx.dtype not in (torch.float16, torch.bfloat16):
+    if ctx.dtype not in HALF_DTYPES:
         return
     top = torch.finfo(ctx.dtype).max
     peak = float(codec.decompress(payload, dataclasses.replace(ctx, dtype=torch.float32))
