@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -65,7 +66,7 @@ class ErrorFeedback(Compressor):
         p = as_fp32(tensor.detach(), name)
         if old is not None:
             p = p + old
-            if not bool(p.isfinite().all()):
+            if not math.isfinite(float(p.sum())) and not bool(p.isfinite().all()):
                 raise ValueError(
                     f"gradient plus error-feedback residual of {name!r} overflowed float32 "
                     f"(|value| above {FP32_MAX:.4g}); scale or clip the gradients down or "

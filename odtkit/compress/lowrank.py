@@ -183,7 +183,7 @@ def power_step(matrices: Sequence[torch.Tensor],
     floating point; P does not depend on their scale), so M Q cannot overflow; Q' is
     scaled back and overflows only if its true value is above float32's range.
     """
-    e_m = _exponent(max(float(mk.abs().max()) for mk in matrices))
+    e_m = _exponent(max(_peak(mk) for mk in matrices))
     scaled = [_ldexp(mk, -e_m) for mk in matrices]
     q = _ldexp(q, -_exponent(float(q.abs().max())))
     p = orthogonalize(_mean([mk @ q for mk in scaled]))  # (n, r)
@@ -202,8 +202,18 @@ def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _exponent(peak: float) -> int:
-    """e with peak / 2**e in [0.5, 1) (0 for a zero or non-finite peak)."""
-    return math.frexp(peak)[1] if peak > 0 and math.isfinite(peak) else 0
+    """e with peak / 2**e in [0.5, 1); 0 for a zero or non-finite peak, and for a peak in
+    [2**-40, 2**40], where products of such factors can neither overflow nor vanish in
+    float32, so nothing is scaled (no extra pass over the matrix)."""
+    if not (peak > 0 and math.isfinite(peak)) or 2.0**-40 <= peak <= 2.0**40:
+        return 0
+    return math.frexp(peak)[1]
+
+
+def _peak(t: torch.Tensor) -> float:
+    """max |t| in one pass (no |t| temporary)."""
+    low, high = torch.aminmax(t)
+    return max(-float(low), float(high))
 
 
 def _ldexp(t: torch.Tensor, e: int) -> torch.Tensor:
