@@ -160,7 +160,8 @@ def _estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan, op
     trace = _trace_of(model, example_input, plan.precision)
     fp8 = plan.precision in FP8
     sim = play_step(trace, plan.trainable, engine, optimizer, _recomputed(plan, engine), fp8,
-                    scaler=plan.precision == "fp16", channels=plan.channels)
+                    scaler=plan.precision == "fp16", channels=plan.channels,
+                    activation_grad=plan.activation_grad)
     rows = tuple(
         LayerMemory(r.name, r.type, r.output_shape, r.params, r.macs, saved, trains)
         for r, saved, trains in zip(trace.layers, sim.row_saved_bytes, sim.row_trainable,
@@ -175,6 +176,7 @@ def _estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan, op
         batch_size=int(example_input.shape[0]), engine=engine, optimizer=optimizer,
         method="estimate", rows=rows, timeline=() if fp8 else sim.timeline,
         scheme=plan.scheme, precision=plan.precision,
+        allocator_peak_bytes=None if fp8 else sim.allocator_peak_bytes,
         notes=((FP8_NOTE,) if fp8 else ()) + sparse_notes(plan, sim.by_category))
 
 
@@ -237,6 +239,7 @@ def _measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan, opt
         batch_size=int(x.shape[0]), engine=engine, optimizer=optimizer, method="measure",
         rows=rows, timeline=() if fp8 else record.timeline, scheme=plan.scheme,
         precision=plan.precision, rss_peak_bytes=rss_peak,
+        allocator_peak_bytes=None if fp8 else record.allocator_peak_bytes,
         notes=((FP8_NOTE,) if fp8 else ()) + sparse_notes(plan, record.by_category))
 
 

@@ -126,8 +126,10 @@ def _quiet_stderr() -> Iterator[None]:
             os.close(saved)
 
 
-def _live_timeline(prof: profile, start_bytes: int) -> list[tuple[str, int]]:
-    """("phase: op", live bytes) at the end of every top-level aten op, and at phase ends."""
+def _live_timeline(prof: profile, start_bytes: int) -> tuple[list[tuple[str, int]], int]:
+    """("phase: op", live bytes) at the end of every top-level aten op, and at phase ends;
+    and the allocator's peak within the phases (every allocation counted, a kernel's
+    scratch included)."""
     memory, phases, ops = [], [], []
     for e in prof.profiler.kineto_results.events():
         name = e.name()
@@ -165,7 +167,9 @@ def _live_timeline(prof: profile, start_bytes: int) -> list[tuple[str, int]]:
         phase = next((p for s, e, p in phases if s <= end <= e), "")
         if phase:
             timeline.append((f"{phase}: {name}", live_at(end)))
-    return timeline
+    first, last = (phases[0][0], max(e for _, e, _ in phases)) if phases else (0, 0)
+    inside = [b for t, b in zip(times, totals, strict=True) if first <= t <= last]
+    return timeline, max([start_bytes, *inside])
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,7 @@ class StepRecord(StepBytes):
     rows: tuple[LayerCall, ...]
     saved_by_row: dict[str, int]
     timeline: tuple[tuple[str, int], ...]
+    allocator_peak_bytes: int  # the allocator's peak, kernel scratch included
 
 
 class _Layers:
@@ -358,7 +363,7 @@ def run_step(
             prof.__exit__(None, None, None)
         if gc_was_enabled:
             gc.enable()
-    timeline = _live_timeline(prof, start_bytes)
+    timeline, allocator_peak = _live_timeline(prof, start_bytes)
     state = [] if opt is None else [
         t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     if scaler is not None:  # the loss scale and its growth tracker persist between steps
@@ -376,6 +381,7 @@ def run_step(
         optimizer_bytes=setup.total("state", state),
         activations_bytes=sum(saved_by_row.values()),
         peak_bytes=max([start_bytes, *(b for _, b in timeline)]),
+        allocator_peak_bytes=allocator_peak,
         frozen_weight_bytes=setup.total("param", frozen) + setup.total("buffer", frozen_buffers),
         backward_macs=layers.backward_macs,
         rows=tuple(r for _, r in sorted(layers.calls, key=lambda c: c[0])),

@@ -42,6 +42,10 @@ class MemoryReport:
     scheme: str = ""
     precision: str = "fp32"
     rss_peak_bytes: int | None = None  # measure only: the process's peak resident memory
+    # the allocator's peak, kernel scratch included: measured by torch.profiler's memory
+    # events, estimated as the tensor peak plus the scratch of the ops whose scratch is
+    # known (None where neither applies: int8 and fp8 device bytes)
+    allocator_peak_bytes: int | None = None
     notes: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -67,8 +71,10 @@ class MemoryReport:
 
     def _summary_lines(self) -> list[tuple[str, str]]:
         lines = [(k, format_bytes(v)) for k, v in self.by_category.items()]
-        lines += [("total", format_bytes(self.total_bytes)), ("peak", format_bytes(self.peak_bytes)),
-                  ("frozen weights", format_bytes(self.frozen_weight_bytes))]
+        lines += [("total", format_bytes(self.total_bytes)), ("peak", format_bytes(self.peak_bytes))]
+        if self.allocator_peak_bytes is not None:
+            lines.append(("allocator peak", format_bytes(self.allocator_peak_bytes)))
+        lines.append(("frozen weights", format_bytes(self.frozen_weight_bytes)))
         if self.rss_peak_bytes is not None:
             lines.append(("process RSS peak", format_bytes(self.rss_peak_bytes)))
         lines.append(("MACs fwd / bwd", f"{self.forward_macs:,} / {self.backward_macs:,}"))

@@ -99,8 +99,9 @@ STOCK: dict[str, Rule] = {
 }
 
 
-def rule_for(op: Op, engine: str) -> Rule | None:
-    """The rule for ``op`` under ``engine`` ("pytorch" or "lean"); None if not modeled."""
+def rule_for(op: Op, engine: str, activation_grad: str = "exact") -> Rule | None:
+    """The rule for ``op`` under ``engine`` ("pytorch" or "lean"; the lean engine's smooth
+    activations follow ``activation_grad``, the plan's); None if not modeled."""
     if engine == "lean":
         lean = LEAN_BY_OP.get(op.name)
         if lean is not None and (lean[0] is None or op.leaf_type in lean[0]):
@@ -151,13 +152,14 @@ def fp8_rule_for(op: Op) -> Rule | None:
     return _FP8[op.name]
 
 
-def rules_of(trace: Trace, engine: str, fp8: bool = False) -> list[Rule]:
+def rules_of(trace: Trace, engine: str, fp8: bool = False,
+             activation_grad: str = "exact") -> list[Rule]:
     """The rule of every op, or one UnsupportedOperation listing every op without one,
     each with the module it runs in. ``fp8``: conv/linear keep fresh fp8 copies of their
     input and weight (``fp8_autocast``)."""
     out, missing = [], {}
     for op in trace.ops:
-        rule = fp8_rule_for(op) if fp8 else rule_for(op, engine)
+        rule = fp8_rule_for(op) if fp8 else rule_for(op, engine, activation_grad)
         if rule is None:
             missing.setdefault(op.name, []).append(where(op.module, op.leaf_type))
         out.append(rule)

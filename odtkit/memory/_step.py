@@ -18,6 +18,7 @@ from ._casts import cached_casts, elements, fp8_cast_params
 from ._grads import backward_macs_of, input_grads
 from ._measure import StepBytes
 from ._rules import rules_of
+from ._scratch import scratch_of
 from ._sparse import hooked_params, sparse_rules
 from ._trace import Trace
 from ._update import (
@@ -35,6 +36,7 @@ class StepModel(StepBytes):
     """The simulated step: bytes per category, peak, per-row saved bytes, the timeline."""
 
     row_saved_bytes: tuple[int, ...]
+    allocator_peak_bytes: int  # the peak with every op's scratch (``_scratch``)
     row_trainable: tuple[bool, ...]
     checkpoint_rows: tuple[tuple[str, int], ...]  # (block, bytes of inputs it keeps)
     timeline: tuple[tuple[str, int], ...]
@@ -53,10 +55,10 @@ class _Step:
 
     def __init__(self, t: Trace, trainable: frozenset[str], engine: str, optimizer: str,
                  recompute: tuple[str, ...], fp8: bool = False, scaler: bool = False,
-                 channels: tuple = ()) -> None:
+                 channels: tuple = (), activation_grad: str = "exact") -> None:
         self.t, self.trainable, self.optimizer, self.fp8 = t, trainable, optimizer, fp8
         self.scaler = scaler
-        self.rules = sparse_rules(t, rules_of(t, engine, fp8), channels, engine)
+        self.rules = sparse_rules(t, rules_of(t, engine, fp8, activation_grad), channels, engine)
         self.hooked = {t.param_value[n] for n in hooked_params(t, channels, engine)
                        if n in t.param_value}
         self.masked = {t.param_value.get(n) for n, _, _ in channels}  # a group of their own
@@ -79,6 +81,8 @@ class _Step:
         self.counted: set[int] = set()  # storages already counted as activations
         self.live = 0
         self.timeline: list[tuple[str, int]] = []
+        self.alloc_peak = 0  # live bytes with each op's scratch (kernel scratch probed)
+        self.scratch: dict[int, tuple[int, int]] = {}
 
     def _is_act(self, s: int) -> bool:
         return s >= len(self.t.storage_kind) or self.t.storage_kind[s] in ("act", "input")
@@ -173,6 +177,8 @@ class _Step:
             made = tuple(s for s in made if s not in skipped_all)
             self.live += sum(sbytes[s] for s in made)
             extra = self.rules[i].fwd_extra(op, node_flags[i], t) if i in node_flags else 0
+            scratch = self.scratch.get(i, (0, 0))[0]
+            self.alloc_peak = max(self.alloc_peak, self.live + max(extra, scratch))
             if block is not None:  # recomputing, the block's kept tensors would all be alive
                 rec_peak[block] = max(rec_peak[block], self.live + extra + dead_kept - start)
             dying = list(t.dies_after[i])
@@ -286,6 +292,8 @@ class _Step:
                 made = input_grads(op, rule, flags, outs[0], self.rg, t, alloc, refs)
                 extra = rule.bwd_extra(op, flags, t)
                 self.timeline.append((f"backward: {op.name}", self.live + extra))
+                scratch = self.scratch.get(i, (0, 0))[1]
+                self.alloc_peak = max(self.alloc_peak, self.live + max(extra, scratch))
                 for g in outs:
                     drop(g)
             for s in kept:
@@ -348,6 +356,7 @@ class _Step:
     def run(self) -> StepModel:
         t = self.t
         self.plan_nodes()
+        self.scratch = scratch_of(t, {i: flags for i, flags, _ in self.nodes})
         param_grad = self.backward(self.forward())
         state = self.step(param_grad)
         kinds = zip(t.storage_bytes, t.storage_kind, strict=True)
@@ -361,6 +370,7 @@ class _Step:
             activations_bytes=self.activations, peak_bytes=max(b for _, b in self.timeline),
             frozen_weight_bytes=frozen, backward_macs=backward_macs_of(t, self.rg, self.trainable),
             row_saved_bytes=tuple(self.row_saved),
+            allocator_peak_bytes=max(self.alloc_peak, *(b for _, b in self.timeline)),
             row_trainable=tuple(any(n in self.trainable for n in r.param_names)
                                 for r in t.layers),
             checkpoint_rows=tuple(self.checkpoint_rows), timeline=tuple(self.timeline))
@@ -368,7 +378,8 @@ class _Step:
 
 def play_step(trace: Trace, trainable: frozenset[str], engine: str, optimizer: str,
              recompute: tuple[str, ...] = (), fp8: bool = False,
-             scaler: bool = False, channels: tuple = ()) -> StepModel:
+             scaler: bool = False, channels: tuple = (),
+             activation_grad: str = "exact") -> StepModel:
     """Simulate forward, loss, backward and one ``optimizer`` step under a plan.
 
     ``recompute``: names of the modules checkpointed (recomputed in backward). ``fp8``:
@@ -376,5 +387,7 @@ def play_step(trace: Trace, trainable: frozenset[str], engine: str, optimizer: s
     A trace made under autocast plays its casts and autocast's weight cache; ``scaler``:
     a ``torch.amp.GradScaler`` scales the loss and wraps the optimizer step (fp16).
     ``channels``: the plan's channel-sparse entries (what the lean engine keeps, _sparse).
+    ``activation_grad``: the plan's, for the lean engine's smooth activations.
     """
-    return _Step(trace, trainable, engine, optimizer, recompute, fp8, scaler, channels).run()
+    return _Step(trace, trainable, engine, optimizer, recompute, fp8, scaler, channels,
+                 activation_grad).run()

@@ -78,6 +78,7 @@ class Trace:
     op_ends: frozenset[int]
     freed_within: frozenset[int]
     autocast: torch.dtype | None  # forward and loss ran under torch.autocast("cpu", this)
+    value_stride: tuple[tuple[int, ...], ...] = ()  # value id -> strides (kernel scratch probes)
 
 
 _TAKES_DEVICE: dict[object, bool] = {}
@@ -113,6 +114,7 @@ class _Tracer(TorchDispatchMode):
         self.v_float: list[bool] = []
         self.v_dtype: list[torch.dtype] = []
         self.v_shape: list[tuple[int, ...]] = []
+        self.v_stride: list[tuple[int, ...]] = []
         self.s_bytes: list[int] = []
         self.s_kind: list[str] = []
         self.param_value: dict[str, int] = {}
@@ -160,6 +162,7 @@ class _Tracer(TorchDispatchMode):
         self.v_float.append(t.is_floating_point() or t.is_complex())
         self.v_dtype.append(t.dtype)
         self.v_shape.append(tuple(t.shape))
+        self.v_stride.append(tuple(t.stride()))
         self.value_of[t] = vid
         return vid
 
@@ -302,7 +305,7 @@ def trace(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype,
         rows, tuple(spans), op_layer, tuple(map(tuple, dies)), held,
         frozenset(s for s in written if kinds[s] == "buffer"), tracer.vid(logits),
         tracer.vid(loss), n_forward, frozenset(tracer.op_ends),
-        frozenset(tracer.freed_within), autocast)
+        frozenset(tracer.freed_within), autocast, tuple(tracer.v_stride))
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
