@@ -4,10 +4,15 @@ For every compressor of ``odt.lab.SUITE`` over several seeds: final test accurac
 (mean, std), bytes sent, compression ratio against dense fp32 (indices, scales and norms
 counted), compression time relative to the worker's forward + backward, and the time of
 one round over BLE and LTE. Then the real DDP hook on 2 gloo processes against the
-simulation. Prints JSON; a full run also writes benchmarks/results/compress.json.
+simulation. Then speed: every compressor's compress + decompress against bare PyTorch
+doing the same maths at 1e5, 1e6 and 1e7 entries (target: within 1.5x), and QSGD's Elias
+code against the paper's bound at s = sqrt(n) (see benchmarks/compress_speed.py).
+Prints JSON; a full run also writes benchmarks/results/compress.json.
 
     python benchmarks/compress.py            # 3 seeds, 30 epochs: a few minutes on 2 cores
     python benchmarks/compress.py --quick    # 1 seed, 3 epochs: a smoke test, prints only
+    python benchmarks/compress.py --speed    # the speed and Elias sections alone, one
+                                             # thread, written into the results file
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ import argparse
 import json
 import multiprocessing
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compress_speed import qsgd_elias, speed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compress.json"
 WORKERS = 4
@@ -128,7 +137,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per compressor (3)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (30)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel processes (2)")
+    parser.add_argument("--speed", action="store_true",
+                        help="only the speed and Elias sections (one thread), merged into "
+                             "the results file")
     args = parser.parse_args()
+    if args.speed:
+        torch.set_num_threads(1)
+        report = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        report.update(speed=speed(), qsgd_elias=qsgd_elias())
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(report, indent=1))
+        print(json.dumps({k: report[k] for k in ("speed", "qsgd_elias")}, indent=1))
+        check_speed(report)
+        return
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = args.epochs or (3 if args.quick else 30)
     import odtkit as odt
@@ -151,8 +172,11 @@ def main() -> None:
         "compressors": table,
         "must_show": must_show(table),
         "ddp_vs_simulation": ddp_check(steps=5 if args.quick else 20),
-        "wall_s": time.perf_counter() - started,
     }
+    torch.set_num_threads(1)
+    report["speed"] = speed(sizes=(10**5, 10**6) if args.quick else (10**5, 10**6, 10**7))
+    report["qsgd_elias"] = qsgd_elias(sizes=(10**4,) if args.quick else (10**4, 10**5, 10**6))
+    report["wall_s"] = time.perf_counter() - started
     if not args.quick:  # a smoke run must not replace the committed full results
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(report, indent=1))
@@ -160,6 +184,19 @@ def main() -> None:
     if not args.quick and not any(row["passes"] for row in report["must_show"].values()):
         raise SystemExit("target missed: no sparsifier at 0.1% density came within 1 point of "
                          "dense accuracy at >= 250x fewer bytes")
+    check_speed(report)
+
+
+def check_speed(report: dict[str, Any]) -> None:
+    """Name every compressor and size over the speed target, and an Elias code off its bound."""
+    target = report["speed"]["target_ratio"]
+    slow = [f"{name} at {size}: {cell['ratio']:.2f}x"
+            for name, row in report["speed"]["compressors"].items()
+            for size, cell in row.items() if size.startswith("1e") and cell["ratio"] > target]
+    if slow:
+        print(f"speed target ({target}x bare PyTorch) missed: " + "; ".join(slow))
+    if not report["qsgd_elias"]["passes"]:
+        print("QSGD-Elias is more than 10% off the paper's bound")
 
 
 if __name__ == "__main__":
