@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 
 import pytest
 import torch
@@ -192,3 +193,106 @@ def test_fed_history_names_per_round_lists(task, small):
                                    "time_s_per_round", "compute_s_per_round", "comm_s_per_round"}
     with pytest.warns(DeprecationWarning, match="FedHistory.time_s is now time_s_per_round"):
         assert hist.time_s == hist.time_s_per_round
+
+
+# ------------------------------------------------------------------------- streaming
+
+class _Spy(odt.compress.NoCompression):
+    """Sends the update as is; logs a copy of every decoded tensor and counts how many
+    decoded tensors are alive at once (weak references: the spy keeps none alive)."""
+
+    def __init__(self, log: list, live: weakref.WeakSet, peak: list) -> None:
+        super().__init__()
+        self.log, self.live, self.peak = log, live, peak
+
+    def decompress(self, payload, ctx):
+        out = super().decompress(payload, ctx)
+        if self.log is not None:
+            self.log.append((ctx.name, out.detach().clone()))
+        self.live.add(out)
+        self.peak[0] = max(self.peak[0], len(self.live))
+        return out
+
+
+def test_streaming_mean_equals_a_direct_weighted_mean(task, small):
+    """Every client in one round, unequal shards: the new global model is the old one plus
+    sum_k n_k d_k / sum_k n_k of the decoded updates, computed here in float64."""
+    log, live, peak = [], weakref.WeakSet(), [0]
+    hist = fl.federated(small, task, clients=5, fraction=1.0, rounds=1, alpha=0.5, seed=3,
+                        compressor=lambda: _Spy(log, live, peak))
+    names = [n for n, _ in small.named_parameters()]
+    sizes = torch.tensor(hist.shard_sizes, dtype=torch.float64)
+    assert len(set(hist.shard_sizes)) > 1 and len(log) == 5 * len(names)
+    for i, (name, before) in enumerate(small.named_parameters()):
+        updates = torch.stack([t.double() for n, t in log[i::len(names)]])
+        assert all(n == name for n, _ in log[i::len(names)])
+        ref = torch.tensordot(sizes / sizes.sum(), updates, dims=1)
+        after = dict(hist.model.named_parameters())[name]
+        assert torch.allclose(after.double() - before.double(), ref, rtol=0, atol=1e-7)
+
+
+def test_aggregation_holds_one_update_not_one_per_client(task, small):
+    """40 clients in one round: at most two clients' decoded updates (12 tensors) are alive
+    at any time; collecting them all before averaging would hold 40 x 6 = 240."""
+    live, peak = weakref.WeakSet(), [0]
+    fl.federated(small, task, clients=40, fraction=1.0, rounds=1, partition_scheme="iid",
+                 compressor=lambda: _Spy(None, live, peak))
+    assert 6 <= peak[0] <= 12
+
+
+def test_running_mean_refuses_mismatched_updates():
+    total = fl.RunningMean()
+    total.add({"w": torch.ones(2)}, 3)
+    with pytest.raises(ValueError, match=r"tensors \['v'\] does not match"):
+        total.add({"v": torch.ones(2)}, 1)
+    with pytest.raises(ValueError, match="weight must be a finite number"):
+        total.add({"w": torch.ones(2)}, 0)
+
+
+# ------------------------------------------------------------------------- DGC
+
+def _sparse_bytes(density, numels):
+    """Top-k bytes per client: ceil(density * n) fp32 values + indices (1 byte up to 256
+    entries, 2 up to 65536)."""
+    return sum(max(1, math.ceil(density * n - 1e-9)) * (4 + (1 if n <= 256 else 2))
+               for n in numels)
+
+
+def test_dgc_warm_up_reaches_its_final_density(task, small):
+    """The paper's warm-up counted in rounds: 25% -> 6.25% ... exponentially to the final
+    density over ``warmup_epochs``, then the final density. (An exact top-k: the sample for
+    the threshold covers every entry.)"""
+    numels = [p.numel() for p in small.parameters()]
+    hist = fl.federated(small, task, clients=2, fraction=1.0, rounds=6, compressor="DGC",
+                        density=0.01, warmup_epochs=4, min_sample=10**6, seed=1)
+    paper = [0.25 * (0.01 / 0.25) ** (r / 4) if r < 4 else 0.01 for r in range(6)]
+    assert hist.up_bytes_per_round == [2 * _sparse_bytes(d, numels) for d in paper]
+    assert hist.up_bytes_per_round[-1] < hist.up_bytes_per_round[0] / 20
+
+
+def test_dgc_momentum_correction_is_heavy_ball_sgd(task, small):
+    """Everything sent (density 1), no momentum masking, every client in every round with
+    one full-batch step: the weighted mean of the corrected updates u_k = m u_k + d_k is
+    heavy-ball SGD on all the data, as torch.optim.SGD(momentum=0.9) runs it."""
+    hist = fl.federated(small, task, clients=3, fraction=1.0, rounds=3, batch_size=10_000,
+                        lr=0.1, partition_scheme="shards", compressor="dgc", density=1.0,
+                        momentum=0.9, momentum_masking=False, warmup=False, seed=0)
+    ref = copy.deepcopy(small)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(ref(task.x_train), task.y_train).backward()
+        opt.step()
+    for a, b in zip(hist.model.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_dgc_clipping_bound_counts_the_clients_in_a_round(task, small):
+    """DGC clips to clip_norm / sqrt(N); N defaults to the clients per round, whatever the
+    case of the name."""
+    kw = dict(clients=4, fraction=0.5, rounds=2, density=0.05, clip_norm=1e-2, seed=2)
+    upper = fl.federated(small, task, compressor="DGC", **kw)
+    lower = fl.federated(small, task, compressor="dgc", **kw)
+    two = fl.federated(small, task, compressor="dgc", num_workers=2, **kw)
+    one = fl.federated(small, task, compressor="dgc", num_workers=1, **kw)
+    assert upper.as_dict() == lower.as_dict() == two.as_dict() != one.as_dict()

@@ -7,7 +7,9 @@
 Every round a seeded draw picks ``fraction`` of the clients; each downloads the global
 model (fp32), trains it on its own non-IID shard for ``local_epochs``, and uploads its
 update delta = local - global through its own compressor (own error-feedback residual).
-The server adds the sample-weighted mean of the decoded deltas. Time: a client needs
+The server adds the sample-weighted mean of the decoded deltas, streamed into one running
+sum as they arrive (memory: one model plus the clients' compressor state, such as error
+feedback residuals). DGC's warm-up counts rounds. Time: a client needs
 download + compute (roofline of its local training on its device) + upload over its link;
 a round lasts as long as its slowest chosen client, or ``deadline_s`` when stragglers
 past the deadline are dropped (their updates are lost for that round).
@@ -28,9 +30,9 @@ from torch import nn
 
 from .._checks import check_int, check_positive_int, check_real, check_seed, choice_error
 from ..training import Loop, TrainConfig, check_model, check_task, evaluate
-from ._common import dense_bytes, make_compressor, renamed_attribute
+from ._common import dense_bytes, dgc_workers, make_compressor, renamed_attribute, set_epoch
 
-__all__ = ["FedHistory", "RoundTime", "federated", "partition", "round_time",
+__all__ = ["FedHistory", "RoundTime", "RunningMean", "federated", "partition", "round_time",
            "worker_round_time", "training_macs", "training_bytes_moved", "PARTITIONS"]
 
 PARTITIONS = ("iid", "dirichlet", "shards")
@@ -277,6 +279,9 @@ def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 2
     glob = copy.deepcopy(model)
     for dev in sorted(set(client_devices)):
         _check_fit(glob, dev, batch_size)
+    per_round = max(1, round(fraction * clients))
+    name = compressor.lower() if isinstance(compressor, str) else compressor  # 'DGC' too
+    compressor_kwargs = dgc_workers(name, compressor_kwargs, per_round)  # DGC's clipping bound
     codecs = [make_compressor(compressor, error_feedback=error_feedback, seed=seed + k,
                               **compressor_kwargs) for k in range(clients)]
     hist = FedHistory(devices=client_devices, links=client_links,
@@ -284,15 +289,15 @@ def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 2
     model_bytes = dense_bytes(glob)
     step_macs, act_bytes = training_macs(glob, 1), _forward_profile(glob)[1]
     work = copy.deepcopy(glob)
-    per_round = max(1, round(fraction * clients))
     for r in range(rounds):
         chosen = tuple(sorted(int(k) for k in rng.choice(clients, per_round, replace=False)))
-        deltas, weights, times, dropped = [], [], [], []
+        total, times, dropped, sent_bytes = RunningMean(), [], [], 0
         for k in chosen:
             work.load_state_dict(glob.state_dict())
             samples = _local_train(work, task, shards[k], local,
                                    seed=seed * 100_003 + r * 1009 + k,
                                    label=f"client {k} in round {r + 1}")
+            set_epoch(codecs[k], r)  # DGC's warm-up counts rounds
             decoded, sent = _upload(codecs[k], work, glob)
             t = round_time(device=client_devices[k], link=client_links[k],
                            macs=step_macs * samples,
@@ -301,15 +306,14 @@ def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 2
             if deadline_s is not None and t.total_s > deadline_s:
                 dropped.append(k)
                 continue
-            buffers = {n: b.detach().clone() for n, b in work.named_buffers()
-                       if b.is_floating_point()}  # BN statistics travel as they are
-            deltas.append(((decoded, buffers), sent))
-            weights.append(len(shards[k]))
+            decoded.update(_float_buffers(work))  # BN statistics travel as they are
+            total.add(decoded, len(shards[k]))
+            sent_bytes += sent
             times.append(t)
-        _apply(glob, [d for d, _ in deltas], weights)
+        _apply_mean(glob, total)
         slowest = max(times, key=lambda t: t.total_s) if times else RoundTime(0.0, 0.0, 0.0)
         hist.test_acc.append(evaluate(glob, task.x_test, task.y_test))
-        hist.up_bytes_per_round.append(int(sum(s for _, s in deltas)))
+        hist.up_bytes_per_round.append(int(sent_bytes))
         hist.down_bytes_per_round.append(model_bytes * len(chosen))
         hist.time_s_per_round.append(deadline_s if dropped else slowest.total_s)
         hist.compute_s_per_round.append(slowest.compute_s)
@@ -339,6 +343,11 @@ def _upload(codec: Any, local: nn.Module, glob: nn.Module) -> tuple[dict[str, to
     return decoded, sent
 
 
+def _float_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's floating buffers (BatchNorm statistics): they are averaged as values."""
+    return {n: b.detach() for n, b in model.named_buffers() if b.is_floating_point()}
+
+
 def _local_train(model: nn.Module, task: Any, shard: torch.Tensor, config: TrainConfig,
                  seed: int, label: str) -> int:
     """The training loop's local epochs over the client's shard (its own data order from
@@ -349,16 +358,42 @@ def _local_train(model: nn.Module, task: Any, shard: torch.Tensor, config: Train
     return loop.run().samples[-1]
 
 
+class RunningMean:
+    """A weighted mean of named tensors, streamed: one float64 running sum per name (and
+    the sum of the weights), so aggregating N updates holds one model, not N."""
+
+    def __init__(self) -> None:
+        self.weight = 0.0
+        self.count = 0
+        self.sums: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def add(self, tensors: dict[str, torch.Tensor], weight: float) -> None:
+        """sums[name] += weight * tensors[name] for every name (the same names each time)."""
+        check_real("weight", weight, low=0, low_open=True)
+        if self.sums and set(tensors) != set(self.sums):
+            raise ValueError(f"an update with tensors {sorted(tensors)} does not match the "
+                             f"earlier ones ({sorted(self.sums)})")
+        for name, t in tensors.items():
+            if name in self.sums:
+                self.sums[name].add_(t.detach(), alpha=weight)
+            else:
+                self.sums[name] = t.detach().double() * weight
+        self.weight += float(weight)
+        self.count += 1
+
+    def mean(self, name: str) -> torch.Tensor:
+        """sum_k w_k x_k / sum_k w_k for ``name`` (float64)."""
+        return self.sums[name] / self.weight
+
+
 @torch.no_grad()
-def _apply(glob: nn.Module, updates: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]],
-           weights: list[int]) -> None:
+def _apply_mean(glob: nn.Module, total: RunningMean) -> None:
     """global += sum_k (n_k / n) delta_k over the clients that made the deadline; float
     buffers (BatchNorm statistics) become the same weighted mean of the clients' values."""
-    if not updates:
+    if not total.count:
         return
-    share = [w / float(sum(weights)) for w in weights]
     for name, p in glob.named_parameters():
-        p.add_(sum(s * d[name] for (d, _), s in zip(updates, share, strict=True)).to(p.dtype))
-    for name, b in glob.named_buffers():
-        if b.is_floating_point():
-            b.copy_(sum(s * bufs[name] for (_, bufs), s in zip(updates, share, strict=True)))
+        p.add_(total.mean(name).to(p.dtype))
+    for name, b in _float_buffers(glob).items():
+        b.copy_(total.mean(name))
