@@ -38,9 +38,11 @@ Wire layouts (n entries; idx = uint8 / int16 / int32 / int64 for n <= 2**8 / 2**
 2**32 / more, see ``encode_index``):
 
     none        the tensor in its own dtype          fp16, bf16  2 bytes per entry
-    topk        k fp32 values + k idx                randomk     k fp32 values (seeded)
+    topk        k fp32 values + k idx                randomk     k fp32 values (seeded
+                                                                 positions, O(k) sampler)
     threshold   fp32 values + idx of |g| > t         dgc         <= k fp32 values + idx
     qsgd        fp32 norm per bucket + 1 sign bit + ceil(log2(s+1)) level bits per entry
+    qsgd elias  fp32 norm per bucket + the paper's Elias omega stream (``elias``)
     terngrad    fp32 scale + 2 bits per entry        signsgd     1 bit per entry (+ fp32 mean)
     ef-signsgd  fp32 scale + 1 bit per entry         powersgd    r(n+m) fp32 (1-D: dense fp32)
 

@@ -77,16 +77,17 @@ class Compressor:
         step = self._steps.get(name, 0)
         work = x if self.keep_dtype or x.dtype == torch.float32 else as_fp32(x, name)
         payload, meta = self._encode(work, name, step)
-        payload = tuple(payload)
-        ctx = Ctx(name=name, shape=tuple(tensor.shape), dtype=tensor.dtype, step=step, meta=meta)
-        if ctx.dtype in HALF_DTYPES:
+        if type(payload) is not tuple:
+            payload = tuple(payload)
+        ctx = Ctx(name, tuple(tensor.shape), tensor.dtype, step, meta)
+        if tensor.dtype is torch.float16 or tensor.dtype is torch.bfloat16:
             check_decodable(self, payload, ctx)
         self._steps[name] = step + 1
         return payload, ctx
 
     def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         """Rebuild a tensor of the original shape and dtype from the payload."""
-        out = self._decode(tuple(payload), ctx)
+        out = self._decode(payload if type(payload) is tuple else tuple(payload), ctx)
         out = out if out.shape == ctx.shape else out.reshape(ctx.shape)
         return out if out.dtype == ctx.dtype else out.to(ctx.dtype)
 
