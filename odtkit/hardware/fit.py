@@ -9,6 +9,12 @@ A memory report (anything with ``peak_bytes``, ``by_category``,
 ``frozen_weight_bytes``, ``forward_macs`` and ``backward_macs``) is split on a
 microcontroller: weights that do not train can be read straight from flash,
 so flash must hold them and SRAM the rest of the peak.
+
+Which peak (``FitReport.peak``): on a device that runs PyTorch's CPU kernels (phone,
+single-board computer, laptop, GPU module), the allocator's peak where the report has one
+(``allocator_peak_bytes``: kernel scratch included, as torch.profiler counts it), since
+the tensor peak runs short by that scratch; on a microcontroller the tensor peak, since
+its kernels are not PyTorch's and bring scratch of their own.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from ..units import format_bytes, format_seconds
 from ._profiles import DTYPES, UnknownSpecError
 
 MEMORIES = ("sram", "dram", "flash")
+PEAKS = ("tensor", "allocator")  # which peak of a report a fit checks
 
 
 @dataclass(frozen=True)
@@ -76,8 +83,11 @@ class FitReport:
     step_time_s: float | None = None
     dtype: str | None = None
     notes: tuple[str, ...] = field(default=())
+    peak: str | None = None  # "allocator" or "tensor" for a report; None for a byte count
 
     def __post_init__(self) -> None:
+        if self.peak is not None:
+            check_choice("peak", self.peak, PEAKS)
         if not self.checks or not all(isinstance(c, MemoryCheck) for c in self.checks):
             raise ValueError("FitReport needs at least one MemoryCheck in checks")
         tight = min(self.checks, key=lambda c: c.headroom_bytes)
@@ -95,6 +105,10 @@ class FitReport:
         """One line for a person: fits or not, by how much, and what dominates."""
         head = "fits" if self.fits else "does not fit"
         text = f"{head} {self.device}: " + ", ".join(c.describe() for c in self.checks)
+        if self.peak == "allocator":
+            text += " (allocator peak, kernel scratch included)"
+        elif self.peak == "tensor":
+            text += " (tensor peak)"
         if self.largest_category:
             text += f"; largest category: {self.largest_category}"
         if self.step_time_s is not None:
@@ -153,6 +167,11 @@ def fit_device(device: Any, need: Any, *, dtype: str | None = None,
     frozen = _whole(getattr(need, "frozen_weight_bytes", 0) or 0, "report.frozen_weight_bytes")
     if frozen > peak:
         raise ValueError(f"report.frozen_weight_bytes ({frozen}) exceeds peak_bytes ({peak})")
+    which = "tensor"
+    allocator = getattr(need, "allocator_peak_bytes", None)
+    if allocator is not None and device.kind != "mcu":
+        peak = max(peak, _whole(allocator, "report.allocator_peak_bytes"))
+        which = "allocator"
     by_category = {str(k): _whole(v, f"by_category[{k!r}]")
                    for k, v in dict(getattr(need, "by_category", {}) or {}).items()}
     largest = max(by_category, key=by_category.__getitem__) if by_category else None
@@ -173,7 +192,7 @@ def fit_device(device: Any, need: Any, *, dtype: str | None = None,
     else:
         checks = (MemoryCheck(ram, peak, ram_bytes),)
     step, used = _step_time(device, need, by_category, dtype, notes)
-    return _report(device, checks, largest, step, used, tuple(notes))
+    return _report(device, checks, largest, step, used, tuple(notes), which)
 
 
 def _profile_dtype(report: Any, notes: list[str]) -> str:
@@ -208,7 +227,8 @@ def _step_time(device: Any, report: Any, by_category: dict[str, int], dtype: str
 
 
 def _report(device: Any, checks: tuple[MemoryCheck, ...], largest: str | None,
-            step: float | None, used: str | None, notes: tuple[str, ...]) -> FitReport:
+            step: float | None, used: str | None, notes: tuple[str, ...],
+            peak: str | None = None) -> FitReport:
     tight = min(checks, key=lambda c: c.headroom_bytes)
     return FitReport(
         device=device.name,
@@ -222,4 +242,5 @@ def _report(device: Any, checks: tuple[MemoryCheck, ...], largest: str | None,
         step_time_s=step,
         dtype=used,
         notes=notes,
+        peak=peak,
     )

@@ -10,12 +10,16 @@ keeps for backward, parameters and buffers excluded). ``peak_bytes`` is the most
 bytes alive at once during forward, loss, backward and the optimizer step, weights
 included, read as each top-level op returns (what an op allocates and frees inside itself,
 a kernel's scratch space or autocast's copy of a frozen weight, is not counted).
+``allocator_peak_bytes`` is the allocator's peak, that scratch included: measured from
+torch.profiler's memory events, estimated op by op with the scratch of the kernels that
+have their own (``_scratch``). ``device.fit`` checks a PyTorch device against it.
 
 The estimate never runs the model's arithmetic: it traces one forward pass on the meta
 device (``_trace``; under ``torch.autocast`` at bf16/fp16), applies per-op rules of what
-autograd or the lean engine keeps (``_rules``) and plays the step through (``_step``, the
-optimizer and loss scaler in ``_update``). The measurement runs one real step
-(``_measure``). Lab 01 compares the two.
+autograd or the lean engine keeps (``_rules``, ``_rules_nn``) and plays the step through
+(``_step``, the optimizer and loss scaler in ``_update``). Only to size a kernel's own
+scratch does it run that one kernel, once per shape, on zeros. The measurement runs one
+real step (``_measure``). Lab 01 compares the two.
 """
 
 from __future__ import annotations
@@ -235,7 +239,7 @@ def _measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan, opt
         by_category=record.by_category,
         peak_bytes=sum(record.by_category.values()) if fp8 else record.peak_bytes,
         frozen_weight_bytes=record.frozen_weight_bytes,
-        forward_macs=sum(r.macs for r in record.rows), backward_macs=record.backward_macs,
+        forward_macs=sum(r.macs for r in rows), backward_macs=record.backward_macs,
         batch_size=int(x.shape[0]), engine=engine, optimizer=optimizer, method="measure",
         rows=rows, timeline=() if fp8 else record.timeline, scheme=plan.scheme,
         precision=plan.precision, rss_peak_bytes=rss_peak,

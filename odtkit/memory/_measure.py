@@ -14,8 +14,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import gc
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -25,8 +24,9 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ..models.summary import backward_macs, is_layer, layer_calls
+from ..models.summary import backward_macs, is_layer
 from ..training.optim import make_optimizer
+from ._hooks import global_calls, quiet_stderr
 from ._layers import LayerCall, first_tensor, layer_row
 from ._setup import StepSetup, labels_for, loss_scale_that_steps, storage_key
 from ._trace import check_logits
@@ -109,23 +109,6 @@ class _OpWatch(TorchDispatchMode):
         return ref is not None and not ref.expired()
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence the profiler's start/stop banner, which its C++ side writes to fd 2."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no file descriptor 2 (some embedded interpreters)
-        yield
-        return
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def _live_timeline(prof: profile, start_bytes: int) -> tuple[list[tuple[str, int]], int]:
     """("phase: op", live bytes) at the end of every top-level aten op, and at phase ends;
     and the allocator's peak within the phases (every allocation counted, a kernel's
@@ -202,7 +185,7 @@ class StepRecord(StepBytes):
 
 
 class _Layers:
-    """Through ``layer_calls`` on every module: the running module stack, a row per layer
+    """Through global module hooks on every module: the running module stack, a row per layer
     call, and the backward MACs of each (``backward_macs``)."""
 
     def __init__(self, model: torch.nn.Module, watch: _OpWatch,
@@ -217,8 +200,7 @@ class _Layers:
                     for name, module in model.named_modules()}
         self.watch = watch
         self.hooks = contextlib.ExitStack()
-        self.hooks.enter_context(layer_calls(model, self.leave, on_enter=self.enter,
-                                             every_module=True, always_call=True))
+        self.hooks.enter_context(global_calls(model, self.enter, self.leave))
 
     def enter(self, name: str, module: torch.nn.Module) -> None:
         self.stack.append((name, name != "" and is_layer(module), self.watch.n_ops))
@@ -352,14 +334,14 @@ def run_step(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             prof.__enter__()
         scaler = _train(model, x, opt, setup, watch, layers, pack, init_scale)
     finally:
         layers.remove()
         for h in grad_hooks:
             h.remove()
-        with _quiet_stderr():
+        with quiet_stderr():
             prof.__exit__(None, None, None)
         if gc_was_enabled:
             gc.enable()

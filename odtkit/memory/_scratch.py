@@ -13,13 +13,10 @@ is cached. The shapes are the model's, so the probe costs about one step of thes
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
-
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from ._hooks import quiet_stderr
 from ._trace import Op, Trace
 
 # ops whose kernels allocate scratch of their own (elementwise ops and views do not)
@@ -70,22 +67,6 @@ def _run(key: tuple) -> None:
     del out, first, args
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def _scratch(events: list, start: int, end: int) -> int:
     """Peak bytes allocated within [start, end] above what is still held at its end."""
     running = peak = 0
@@ -102,14 +83,14 @@ def probe_all(keys: list[tuple]) -> None:
     if not todo:
         return
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet():
+    with quiet_stderr():
         prof.__enter__()
     try:
         for n, k in enumerate(todo):
             with record_function(f"{_MARK}{n}"):
                 _run(k)
     finally:
-        with _quiet():
+        with quiet_stderr():
             prof.__exit__(None, None, None)
     memory, marks = [], {}
     for e in prof.profiler.kineto_results.events():

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._casts import cached_casts, elements, fp8_cast_params
+from ._fused import fused_calls
 from ._grads import backward_macs_of, input_grads
 from ._measure import StepBytes
 from ._rules import rules_of
@@ -158,6 +159,7 @@ class _Step:
         start = dead_kept = 0
         skipped_all: set[int] = set()  # storages never allocated for real
         cached = cached_casts(t, {v for v in self.params if self.rg[v]}, self.params)
+        op_ends, freed_within = fused_calls(t, node_flags)
 
         def free(s: int, block: int | None) -> None:
             nonlocal dead_kept
@@ -184,12 +186,12 @@ class _Step:
             dying = list(t.dies_after[i])
             if block is not None:  # kept under a checkpoint: dropped as soon as made
                 dying += self.created_at.get(i, ())
-            if i in t.op_ends:  # a measured step reads the live bytes as a top-level op ends
+            if i in op_ends:  # a measured step reads the live bytes as a top-level op ends
                 for s in dying:
-                    if s in t.freed_within:
+                    if s in freed_within:
                         free(s, block)
-                dying = [s for s in dying if s not in t.freed_within]
-            if i in t.op_ends or extra:
+                dying = [s for s in dying if s not in freed_within]
+            if i in op_ends or extra:
                 self.timeline.append((f"{op.phase}: {op.name}", self.live + extra))
             for s in dying:
                 free(s, block)

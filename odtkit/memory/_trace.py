@@ -21,6 +21,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from ._fused import fusable_spans
 from ._layers import LayerCall, layer_rows, watch
 from ._shapes import DtypeMismatch, fast_output, mixed_dtypes
 from ._shell import Shell, TopLevelCalls, autocast_region, unwrap, wrap_outputs
@@ -79,6 +80,7 @@ class Trace:
     freed_within: frozenset[int]
     autocast: torch.dtype | None  # forward and loss ran under torch.autocast("cpu", this)
     value_stride: tuple[tuple[int, ...], ...] = ()  # value id -> strides (kernel scratch probes)
+    fused_spans: tuple[tuple[int, int], ...] = ()  # module calls PyTorch may fuse (_fused)
 
 
 _TAKES_DEVICE: dict[object, bool] = {}
@@ -305,7 +307,8 @@ def trace(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype,
         rows, tuple(spans), op_layer, tuple(map(tuple, dies)), held,
         frozenset(s for s in written if kinds[s] == "buffer"), tracer.vid(logits),
         tracer.vid(loss), n_forward, frozenset(tracer.op_ends),
-        frozenset(tracer.freed_within), autocast, tuple(tracer.v_stride))
+        frozenset(tracer.freed_within), autocast, tuple(tracer.v_stride),
+        fusable_spans(model, spans, tracer.v_shape, autocast))
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
