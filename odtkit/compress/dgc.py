@@ -40,6 +40,8 @@ class DGC(Compressor):
       clear:               v <- 0 where sent; momentum masking: also u <- 0 there
     The receiver applies the averaged sparse v with plain SGD (momentum is already in
     it). Clipping is per tensor here (the paper clips the worker's gradient norm).
+    u and v are updated in place (``velocity``/``accumulation`` return the live tensors;
+    ``state_dict`` copies them); a non-finite gradient is refused before they change.
     ``set_epoch`` drives the warm-up schedule (any unit of progress works).
     """
 
