@@ -1,10 +1,216 @@
-"""The memory estimate on the architectures researchers bring (tests/archs.py)."""
+"""The memory estimate on the architectures researchers bring (tests/archs.py) and the zoo.
+
+For every model and plan (full, bias-only, last:2) on the stock engine: the estimate
+against ``odt.measure`` (categories and tensor peak within 2 %, allocator peak within
+10 %), and both against references written here: autograd's saved-tensor hooks, the
+parameters' ``.grad`` and the optimizer's state after a real step, the running total of
+torch.profiler's allocator events, and PyTorch's MemTracker for full plans.
+"""
 
 from __future__ import annotations
 
+import copy
+import itertools
+import re
+
 import pytest
 import torch
+import torch.nn.functional as F
 from archs import ARCHS, build, example
+from torch import nn
+from torch.distributed._tools.mem_tracker import MemTracker
+from torch.profiler import ProfilerActivity, profile
+
+import odtkit as odt
+from odtkit.memory import CATEGORIES, UnsupportedOperation, compare
+
+ZOO = {"mcunet-tiny": (3, 16, 16), "mbv2-tiny": (3, 16, 16), "ds-cnn": (10, 25),
+       "resnet8": (3, 16, 16), "mlp": (1, 8, 8)}
+SCHEMES = ("full", "bias-only", "last:2")
+BATCH = 4
+
+
+def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
+    if name in ARCHS:
+        return build(name), example(name, BATCH)
+    model = odt.models.create(name, input_shape=ZOO[name]).train()
+    return model, odt.models.example_input(model, batch_size=BATCH)
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def reference_step(model: nn.Module, x: torch.Tensor, plan) -> dict[str, int]:
+    """One real SGD-momentum step of ``plan`` on a copy of ``model``, counted here:
+    distinct storages autograd saves (hooks), .grad and optimizer state after the step,
+    and the allocator's peak (profiler memory events, on top of weights and input)."""
+    work = plan.apply_(copy.deepcopy(model))
+    if work.training:
+        plan.norm_mode_(work)
+    params, buffers = list(work.parameters()), list(work.buffers())
+    opt = torch.optim.SGD([p for p in params if p.requires_grad], lr=0.01, momentum=0.9)
+    skip = {t.untyped_storage().data_ptr() for t in params + buffers}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x = x.clone()
+    labels = torch.arange(x.shape[0]) % 10
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logits = work(x)
+        loss = F.cross_entropy(logits, labels % logits.shape[1])
+        del logits
+        loss.backward()
+        del loss
+        opt.step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    running = peak = 0
+    for _, nbytes in events:
+        running += nbytes
+        peak = max(peak, running)
+    state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    return {"weights": _nbytes(params + buffers),
+            "gradients": _nbytes(p.grad for p in params if p.grad is not None),
+            "optimizer": _nbytes(state), "activations": sum(saved.values()),
+            "allocator_peak": _nbytes(params + buffers + [x]) + peak}
+
+
+def _close(a: int, b: int, tol: float) -> bool:
+    return abs(a - b) <= tol * max(b, 1)
+
+
+@pytest.mark.parametrize(("name", "scheme"), list(itertools.product([*ARCHS, *ZOO], SCHEMES)))
+def test_estimate_matches_measure_and_references(name, scheme):
+    model, x = _model(name)
+    plan = odt.plan(model, scheme)
+    est = odt.estimate(model, x, plan, optimizer="sgd-m")
+    meas = odt.measure(model, x, plan, optimizer="sgd-m", rss=False)
+    ref = reference_step(model, x, plan)
+    where = f"{name} {scheme}"
+    errors = compare(est, meas)
+    for cat in CATEGORIES:
+        assert abs(errors[cat]) <= 0.02, (where, cat, est.by_category, meas.by_category)
+        assert _close(est.by_category[cat], ref[cat], 0.02), (where, cat, ref)
+        assert _close(meas.by_category[cat], ref[cat], 0.02), (where, cat, ref)
+    assert abs(errors["peak"]) <= 0.02, (where, est.peak_bytes, meas.peak_bytes)
+    assert _close(est.allocator_peak_bytes, meas.allocator_peak_bytes, 0.10), where
+    assert _close(est.allocator_peak_bytes, ref["allocator_peak"], 0.10), (where, ref)
+    assert est.allocator_peak_bytes >= est.peak_bytes
+
+
+@pytest.mark.parametrize("name", [*ARCHS, *ZOO])
+def test_full_plans_agree_with_memtracker(name):
+    model, x = _model(name)
+    est = odt.estimate(model, x, "full", optimizer="sgd-m")
+    work = copy.deepcopy(model)
+    opt = torch.optim.SGD(work.parameters(), lr=0.01, momentum=0.9)
+    tracker = MemTracker()
+    tracker.track_external(work, opt)
+    with tracker:
+        logits = work(x)
+        F.cross_entropy(logits, torch.arange(x.shape[0]) % logits.shape[1]).backward()
+        opt.step()
+    snap = {k.name: v for k, v in tracker.get_tracker_snapshot()[torch.device("cpu")].items()
+            if hasattr(k, "name")}
+    assert est.by_category["weights"] == snap["PARAM"] + snap["BUFFER"]
+    assert est.by_category["gradients"] == snap["GRAD"]
+    assert est.by_category["optimizer"] == snap["OPT"]
+
+
+# ---------------------------------------------------------------- by hand
+
+
+class SelfAttention(nn.Module):
+    """qkv projection, CPU flash attention, mean over tokens, a linear head."""
+
+    def __init__(self, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.heads, self.qkv, self.head = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, T, D)
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, T, D / heads)
+        return self.head(out.transpose(1, 2).reshape(n, t, d).mean(1))
+
+
+def test_flash_attention_keeps_what_the_cpu_kernel_keeps():
+    n, t, d, heads = 2, 5, 8, 2
+    x = torch.randn(n, t, d)
+    est = odt.estimate(SelfAttention(d, heads), x, "full")
+    # qkv's input; q, k, v (one storage, the projection's output); the attention output;
+    # its logsumexp (N x heads x T); the head's input (N x D): float32 each
+    by_hand = 4 * (n * t * d + 3 * n * t * d + n * t * d + n * heads * t + n * d)
+    assert est.by_category["activations"] == by_hand
+    ref = reference_step(SelfAttention(d, heads), x, odt.plan(SelfAttention(d, heads), "full"))
+    assert ref["activations"] == by_hand
+
+
+def test_lstm_bias_only_trains_the_recurrent_biases_and_counts_them():
+    model, x = _model("lstm")
+    plan = odt.plan(model, "bias-only")
+    biases = {n for n in plan.trainable if n.startswith("rnn.")}
+    assert biases == {f"rnn.bias_{g}_l{k}" for g in ("ih", "hh") for k in (0, 1)}
+    params = dict(model.named_parameters())
+    expected = 4 * sum(params[n].numel() for n in plan.trainable)
+    est = odt.estimate(model, x, plan, optimizer="sgd")
+    assert est.by_category["gradients"] == expected  # 4 x (96 x 4 + 10) bytes
+    assert est.by_category["activations"] > 0  # the LSTM layers keep their inputs
+    work = plan.apply_(copy.deepcopy(model))
+    before = {n: p.detach().clone() for n, p in work.named_parameters()}
+    opt = torch.optim.SGD([p for p in work.parameters() if p.requires_grad], lr=0.1)
+    F.cross_entropy(work(x), torch.arange(BATCH) % 10).backward()
+    opt.step()
+    changed = {n for n, p in work.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == plan.trainable
+
+
+def test_frozen_transformer_runs_pytorchs_fused_path():
+    model, x = _model("transformer")
+    model.eval()  # frozen encoder layers in eval mode: one fused op each
+    est = odt.estimate(model, x, "last:1")
+    meas = odt.measure(model, x, "last:1", rss=False)
+    assert est.peak_bytes == meas.peak_bytes
+    assert _close(est.allocator_peak_bytes, meas.allocator_peak_bytes, 0.10)
+    unfused = odt.estimate(model, x, "full")  # something trains: the layers run unfused
+    assert unfused.peak_bytes == odt.measure(model, x, "full", rss=False).peak_bytes
+
+
+def test_device_fit_says_which_peak_it_checks():
+    model, x = _model("resnet18")
+    est = odt.estimate(model, x, "bias-only")
+    pi = odt.device("raspberry-pi-4").fit(est)
+    assert pi.peak == "allocator" and pi.needed_bytes == est.allocator_peak_bytes
+    assert "allocator peak" in pi.verdict
+    mcu = odt.device("stm32f746").fit(est)  # its kernels are not PyTorch's
+    assert mcu.peak == "tensor" and "tensor peak" in mcu.verdict
+    assert sum(c.needed_bytes for c in mcu.checks) == est.peak_bytes
+    assert odt.device("raspberry-pi-4").fit(1000).peak is None
+
+
+def test_an_architecture_with_several_unsupported_ops_names_them_all():
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.fc(x).cumsum(1)
+            return torch.fft.fft(y).real + y.flip(1)
+
+    with pytest.raises(UnsupportedOperation) as err:
+        odt.estimate(Odd(), torch.randn(2, 6), "full")
+    names = re.findall(r"aten\.(\w+) in", str(err.value))
+    assert {"cumsum", "flip"} <= set(names) and len(names) == len(set(names)) >= 3
 
 
 @pytest.mark.parametrize("name", list(ARCHS))
