@@ -255,3 +255,42 @@ def test_activation_grad_is_a_checked_plan_field():
     assert q.trainable == p.trainable and "mobiletl" in q.describe() and "mobiletl" in repr(q)
     with pytest.raises(ValueError, match="activation_grad 'approx'.*exact, mobiletl"):
         p.with_activation_grad("approx")
+
+
+# ---------------------------------------------------------------- schemes by role
+
+
+class Seq2Label(nn.Module):
+    """A 2-layer bidirectional LSTM, a transformer block and a head: roles beyond conv nets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 6, num_layers=2, bidirectional=True, batch_first=True)
+        self.block = nn.TransformerEncoderLayer(12, 2, 16, batch_first=True)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.rnn(x)[0]).mean(1))
+
+
+def test_bias_only_takes_every_bias_vector() -> None:
+    trainable = odt.plan(Seq2Label(), "bias-only").trainable
+    # written out by hand: the recurrent biases of both layers and directions, the
+    # attention's packed input projection bias, and every module bias
+    rnn = {f"rnn.bias_{g}_l{k}{d}" for g in ("ih", "hh") for k in (0, 1) for d in ("", "_reverse")}
+    block = {"block.self_attn.in_proj_bias", "block.self_attn.out_proj.bias",
+             "block.linear1.bias", "block.linear2.bias", "block.norm1.bias", "block.norm2.bias"}
+    assert trainable == rnn | block | {"head.bias"}
+
+
+def test_last_k_counts_rnn_layers_and_transformer_blocks() -> None:
+    model = Seq2Label()
+    assert [name for name, _ in plans.layers(model)] == [
+        "rnn (layer 0)", "rnn (layer 1)", "block", "head"]
+    last2 = odt.plan(model, "last:2").trainable
+    assert last2 == {n for n, _ in model.named_parameters() if n.startswith(("block.", "head."))}
+    last3 = odt.plan(model, "last:3").trainable - last2
+    assert last3 == {f"rnn.{w}_l1{d}" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                     for d in ("", "_reverse")}
+    with pytest.raises(ValueError, match="only 4 layers"):
+        odt.plan(model, "last:5")
