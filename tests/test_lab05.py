@@ -116,3 +116,14 @@ def test_notebook_exercise_placeholder_and_solution():
     with contextlib.redirect_stdout(out):
         exec(solved, {"odt": odt, "torch": torch})  # noqa: S102 - the lab's own cell
     assert out.getvalue().startswith("Correct")
+
+
+def test_notebook_shows_wire_bytes_beside_payload_bytes():
+    """The stored outputs put what travels next to the payload: top-k's 327 payload bytes
+    are 428 on the wire (8-byte length, 9-byte head, 14 bytes per tensor for six tensors)
+    and 3 x 428 received; dense fp32's ring all-reduce moves 1.5 x 203,304 bytes each way."""
+    text = "".join("".join(o.get("text", "")) for c in _cells() if c["cell_type"] == "code"
+                   for o in c["outputs"])
+    assert "top-k 0.1% + EF payload 327 B, wire sent 428 B, received 1,284 B" in text
+    assert f"{8 + 9 + 6 * 14 + 327}" == "428"
+    assert f"on the wire (allreduce): {3 * 203_304 // 2:,} B sent, {3 * 203_304 // 2:,} B" in text
