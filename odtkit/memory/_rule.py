@@ -19,6 +19,10 @@ class Rule:
     grads: tuple[str, ...] = ()  # per positional argument: "alloc", "alias", "reduce", ""
     fwd_extra: Callable[[Op, Flags, Trace], int] = lambda op, rg, t: 0
     bwd_extra: Callable[[Op, Flags, Trace], int] = lambda op, rg, t: 0
+    # scratch a kernel allocates and frees inside itself beyond the extras above: counted
+    # in the allocator peak only (stock kernels' scratch is probed instead, ``_scratch``)
+    fwd_scratch: Callable[[Op, Flags, Trace], int] = lambda op, rg, t: 0
+    bwd_scratch: Callable[[Op, Flags, Trace], int] = lambda op, rg, t: 0
     differentiable: bool = True
     skipped_without_grad: tuple[int, ...] = ()  # outputs the CPU kernel omits without a graph
 

@@ -180,6 +180,8 @@ class _Step:
             self.live += sum(sbytes[s] for s in made)
             extra = self.rules[i].fwd_extra(op, node_flags[i], t) if i in node_flags else 0
             scratch = self.scratch.get(i, (0, 0))[0]
+            if i in node_flags:
+                scratch = max(scratch, self.rules[i].fwd_scratch(op, node_flags[i], t))
             self.alloc_peak = max(self.alloc_peak, self.live + max(extra, scratch))
             if block is not None:  # recomputing, the block's kept tensors would all be alive
                 rec_peak[block] = max(rec_peak[block], self.live + extra + dead_kept - start)
@@ -294,7 +296,7 @@ class _Step:
                 made = input_grads(op, rule, flags, outs[0], self.rg, t, alloc, refs)
                 extra = rule.bwd_extra(op, flags, t)
                 self.timeline.append((f"backward: {op.name}", self.live + extra))
-                scratch = self.scratch.get(i, (0, 0))[1]
+                scratch = max(self.scratch.get(i, (0, 0))[1], rule.bwd_scratch(op, flags, t))
                 self.alloc_peak = max(self.alloc_peak, self.live + max(extra, scratch))
                 for g in outs:
                     drop(g)
