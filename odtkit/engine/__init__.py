@@ -23,7 +23,19 @@ What each layer saves (shared contract with odtkit.memory):
   ceil(numel/8) uint8 bytes.
 - BatchNorm1d/2d/3d in eval mode with a frozen (or no) weight: nothing. Otherwise as
   above (input, + mean and invstd with batch statistics), running statistics as torch's.
-- Everything else is stock PyTorch. Blocks named in ``plan.recompute`` are checkpointed
+- MaxPool2d (dilation 1, at most 256 positions a window, no return_indices): the argmax's
+  position within its window, one uint8 per output (torch keeps the input and int64
+  indices); gradients bit-identical.
+- Dropout (module, train mode): a bit mask of the kept elements (torch keeps the float
+  noise); the same random draws, output and gradients as torch's.
+- Hardswish / SiLU / GELU: exact by default, and the exact backward needs the whole
+  input (f'(x) varies with x wherever x is not saturated), so torch's op runs and keeps
+  it. With ``plan.activation_grad == "mobiletl"`` (modules, and F.hardswish, F.silu,
+  F.gelu in any forward): MobileTL's sign step (Chiang et al., AAAI 2023), forward exact,
+  backward dy * 1[x > 0], a bit-packed mask kept.
+- Everything else is stock PyTorch (LayerNorm, attention, recurrent layers, Sigmoid, the
+  squeeze-excitation product: what limits lean there is named in the lean memory
+  report's notes). Blocks named in ``plan.recompute`` are checkpointed
   (torch.utils.checkpoint, use_reentrant=False) and recomputed in backward; a recomputed
   block's BatchNorms do not update their running statistics a second time.
 Norm statistics: a copy of a model in train mode gets the plan's norm mode
@@ -35,6 +47,10 @@ as it is). The swap keeps module and parameter names, so plans and state_dicts c
 What each lean layer saves is decided at call time from ``requires_grad``, so changing
 ``requires_grad`` on the lean model later stays correct. In-place activations stay in
 place; an inf/NaN gradient reaching a clamped element gives NaN where torch gives 0.
+Speed: lean layers run their ops with torch-function handling off (the functional mode
+a custom forward pushes would add Python work to each), call their autograd Functions
+without the Python preamble, pack masks in three kernels (``_masks``), and a frozen
+conv's dx is torch's transposed convolution of dy.
 """
 
 from __future__ import annotations
@@ -44,245 +60,51 @@ import functools
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
-from .._plan_norms import check_norms, mismatched, mode_error, set_norm_mode_
+from .._plan_norms import check_norms, mismatched, mode_error, set_norm_mode_, stat_norms
 from ..plans import TrainPlan, as_plan
-from ._ops import (
-    BatchNormFrozen,
-    ClampMask,
-    ConvNoInput,
-    LinearNoInput,
-    pack_bits,
-    unpack_bits,
+from ._functional import LeanFunctions, functions_active, lean_functions
+from ._layers import (
+    LEAN_TYPES,
+    SMOOTH_TYPES,
+    LeanBatchNorm1d,
+    LeanBatchNorm2d,
+    LeanBatchNorm3d,
+    LeanConv,
+    LeanConv1d,
+    LeanConv2d,
+    LeanConv3d,
+    LeanDropout,
+    LeanGELU,
+    LeanHardswish,
+    LeanHardtanh,
+    LeanLinear,
+    LeanMaxPool2d,
+    LeanReLU,
+    LeanReLU6,
+    LeanSiLU,
 )
-from ._sparse import ConvSelect, LinearSelect, Selection, attach
-
-__all__ = ["lean", "is_lean", "LEAN_TYPES", "pack_bits", "unpack_bits", "lean_functions"]
-
-def _wants_graph(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _clamp(x: torch.Tensor, lo: float, hi: float | None, inplace: bool) -> torch.Tensor:
-    """Lean clamp/ReLU; the stock op when no graph is needed (nothing saved either way)."""
-    if not _wants_graph(x) or not x.is_floating_point():
-        if inplace:
-            return x.clamp_(min=lo, max=hi)
-        return x.clamp(min=lo, max=hi)
-    return ClampMask.apply(x, lo, hi, inplace)
-
-
-# ---------------------------------------------------------------- lean modules
-
-
-class LeanReLU(nn.ReLU):
-    """nn.ReLU saving a bit-packed mask."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _clamp(x, 0.0, None, self.inplace)
-
-
-class LeanHardtanh(nn.Hardtanh):
-    """nn.Hardtanh saving a bit-packed mask of min_val < x < max_val."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _clamp(x, self.min_val, self.max_val, self.inplace)
-
-
-class LeanReLU6(nn.ReLU6):
-    """nn.ReLU6 saving a bit-packed mask of 0 < x < 6."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _clamp(x, 0.0, 6.0, self.inplace)
-
-
-class LeanLinear(nn.Linear):
-    """nn.Linear that saves its input only when its weight trains (of a channel-sparse
-    weight, only the selected input features)."""
-
-    lean_channels: Selection | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _wants_graph(x, self.weight, self.bias):
-            return F.linear(x, self.weight, self.bias)
-        if self.lean_channels is not None:
-            return LinearSelect.apply(x, self.weight, self.bias, self.lean_channels)
-        return LinearNoInput.apply(x, self.weight, self.bias)
-
-
-class _LeanConv:
-    """Shared forward of the lean Conv1d/2d/3d: padding modes, 'same'/'valid' padding."""
-
-    lean_channels: Selection | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _wants_graph(x, self.weight, self.bias):
-            return super().forward(x)  # the stock conv: no graph, nothing saved
-        nd = len(self.kernel_size)
-        padding = self.padding
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = (0,) * nd
-        elif padding == "valid":
-            padding = (0,) * nd
-        elif padding == "same":  # total d*(k-1) per dim, the odd one on the high side
-            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
-            low = [t // 2 for t in total]
-            padding = tuple(low)
-            if any(t % 2 for t in total):
-                x = F.pad(x, [v for lo, t in zip(reversed(low), reversed(total), strict=True)
-                              for v in (lo, t - lo)])
-                padding = (0,) * nd
-        unbatched = x.dim() == nd + 1
-        args = (x.unsqueeze(0) if unbatched else x, self.weight, self.bias, self.stride,
-                padding, self.dilation, self.groups)
-        sel = self.lean_channels
-        out = ConvNoInput.apply(*args) if sel is None else ConvSelect.apply(*args, sel)
-        return out.squeeze(0) if unbatched else out
-
-
-class LeanConv1d(_LeanConv, nn.Conv1d):
-    """nn.Conv1d that saves its input only when its weight trains."""
-
-
-class LeanConv2d(_LeanConv, nn.Conv2d):
-    """nn.Conv2d that saves its input only when its weight trains."""
-
-
-class LeanConv3d(_LeanConv, nn.Conv3d):
-    """nn.Conv3d that saves its input only when its weight trains."""
-
-
-class _LeanBatchNorm:
-    """Shared forward of the lean BatchNorm1d/2d/3d (same statistics logic as torch's).
-
-    Only eval mode with a frozen weight differs from stock: it saves nothing. Batch
-    statistics, or a weight that trains, need an input-sized tensor, so those cases run
-    torch's own batch_norm (which keeps the input, plus mean and invstd in train mode).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(x)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None \
-                else self.momentum
-        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        use_running = not self.training or self.track_running_stats
-        mean = self.running_mean if use_running else None
-        var = self.running_var if use_running else None
-        weight_trains = self.weight is not None and self.weight.requires_grad
-        if batch_stats or weight_trains or not _wants_graph(x, self.bias):
-            return F.batch_norm(x, mean, var, self.weight, self.bias, batch_stats, factor,
-                                self.eps)
-        return BatchNormFrozen.apply(x, self.weight, self.bias, mean, var, self.eps)
-
-
-class LeanBatchNorm1d(_LeanBatchNorm, nn.BatchNorm1d):
-    """nn.BatchNorm1d saving nothing in eval mode with a frozen weight."""
-
-
-class LeanBatchNorm2d(_LeanBatchNorm, nn.BatchNorm2d):
-    """nn.BatchNorm2d saving nothing in eval mode with a frozen weight."""
-
-
-class LeanBatchNorm3d(_LeanBatchNorm, nn.BatchNorm3d):
-    """nn.BatchNorm3d saving nothing in eval mode with a frozen weight."""
-
-
-# stock type -> lean type (exact types only: subclasses may have their own forward)
-LEAN_TYPES: dict[type[nn.Module], type[nn.Module]] = {
-    nn.ReLU: LeanReLU, nn.ReLU6: LeanReLU6, nn.Hardtanh: LeanHardtanh, nn.Linear: LeanLinear,
-    nn.Conv1d: LeanConv1d, nn.Conv2d: LeanConv2d, nn.Conv3d: LeanConv3d,
-    nn.BatchNorm1d: LeanBatchNorm1d, nn.BatchNorm2d: LeanBatchNorm2d,
-    nn.BatchNorm3d: LeanBatchNorm3d,
-}
-
-
-# ---------------------------------------------------------------- functional calls
-
-
-# parsers named and ordered like torch's own arguments
-def _relu(input: Any, inplace: bool = False) -> tuple:
-    return input, 0.0, None, inplace
-
-
-def _relu_(input: Any) -> tuple:
-    return input, 0.0, None, True
-
-
-def _relu6(input: Any, inplace: bool = False) -> tuple:
-    return input, 0.0, 6.0, inplace
-
-
-def _hardtanh(input: Any, min_val: float = -1.0, max_val: float = 1.0,
-              inplace: bool = False) -> tuple:
-    if min_val > max_val:
-        raise ValueError(f"min_val cannot be greater than max_val, got min_val={min_val!r}, "
-                         f"max_val={max_val!r}; swap them")
-    return input, float(min_val), float(max_val), inplace
-
-
-def _hardtanh_(input: Any, min_val: float = -1.0, max_val: float = 1.0) -> tuple:
-    return _hardtanh(input, min_val, max_val, True)
-
-
-# torch callable -> parser of its arguments into (x, lo, hi, inplace)
-_ROUTES = {
-    F.relu: _relu, torch.relu: _relu, torch.Tensor.relu: _relu,
-    torch.relu_: _relu_, torch.Tensor.relu_: _relu_,
-    F.relu6: _relu6, F.hardtanh: _hardtanh, F.hardtanh_: _hardtanh_,
-}
-
-
-class _LeanFunctions(TorchFunctionMode):
-    """Routes functional ReLU/ReLU6/Hardtanh calls to the mask-saving lean op."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        route = _ROUTES.get(func)
-        if route is not None:
-            x, lo, hi, inplace = route(*args, **kwargs)
-            if type(x) in (torch.Tensor, nn.Parameter):  # subclasses keep their own op
-                return _clamp(x, lo, hi, inplace)
-        return func(*args, **kwargs)
-
-
-def _functions_active() -> bool:
-    """True if a _LeanFunctions mode is on this thread's stack (then none is pushed again)."""
-    stack_of = getattr(torch.overrides, "_get_current_function_mode_stack", None)
-    return stack_of is not None and any(isinstance(m, _LeanFunctions) for m in stack_of())
-
-
-class lean_functions:  # used like a function: `with lean_functions(): ...`
-    """Context manager: functional ReLU/ReLU6/Hardtanh calls inside save bit masks."""
-
-    def __enter__(self) -> lean_functions:
-        self._mode = None if _functions_active() else _LeanFunctions()
-        if self._mode is not None:
-            self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._mode is not None:
-            self._mode.__exit__(*exc)
-
+from ._ops import pack_bits, unpack_bits
+from ._sparse import attach
+
+__all__ = ["lean", "is_lean", "LEAN_TYPES", "pack_bits", "unpack_bits", "lean_functions",
+           "LeanReLU", "LeanReLU6", "LeanHardtanh", "LeanHardswish", "LeanSiLU", "LeanGELU",
+           "LeanDropout", "LeanMaxPool2d", "LeanLinear", "LeanConv1d", "LeanConv2d",
+           "LeanConv3d", "LeanBatchNorm1d", "LeanBatchNorm2d", "LeanBatchNorm3d"]
 
 # ---------------------------------------------------------------- forwards
 
 
 def _lean_forward(module: nn.Module, inner: Any, *args: Any, **kwargs: Any) -> Any:
     """The module's forward (``inner`` if it had one set on the instance, else its class's)
-    with functional activations routed to lean ops."""
-    with lean_functions():
-        if inner is not None:
-            return inner(*args, **kwargs)
-        return type(module).forward(module, *args, **kwargs)
+    with functional activations routed to lean ops (the outermost call pushes the mode)."""
+    forward = inner if inner is not None else functools.partial(type(module).forward, module)
+    if functions_active():
+        return forward(*args, **kwargs)
+    with LeanFunctions(module.__dict__.get("lean_activation_grad") == "mobiletl"):
+        return forward(*args, **kwargs)
 
 
 class _RestoreRunningStats:
@@ -322,9 +144,12 @@ def _root_forward(module: nn.Module, inner: Any, *args: Any, **kwargs: Any) -> A
     """The lean model's own forward; in train mode its norms must run in its plan's mode."""
     plan = module.__dict__.get("lean_plan")
     if module.training and plan is not None:
-        bad = mismatched(module, plan.norm_stats)
-        if bad is not None:
-            raise mode_error(*bad, plan.scheme, plan.norm_stats)
+        want = plan.norm_stats == "batch"  # a quick look at the norms found by lean() first
+        norms = module.__dict__.get("lean_norms")
+        if norms is None or any(m.training != want for m in norms):
+            bad = mismatched(module, plan.norm_stats)
+            if bad is not None:
+                raise mode_error(*bad, plan.scheme, plan.norm_stats)
     return _lean_forward(module, inner, *args, **kwargs)
 
 
@@ -382,6 +207,9 @@ def lean(model: nn.Module, plan: TrainPlan | str) -> nn.Module:
             module.__dict__.pop("forward", None)
         else:
             module.forward = inner
-    attach(out, plan, (LeanLinear, _LeanConv))
+        if isinstance(module, SMOOTH_TYPES) or _is_ours(module.__dict__.get("forward")):
+            module.lean_activation_grad = plan.activation_grad
+    attach(out, plan, (LeanLinear, LeanConv))
     out.lean_plan = plan
+    out.lean_norms = [m for _, m in stat_norms(out)]
     return out

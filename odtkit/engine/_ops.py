@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .._bits import pack_bits as pack_codes
 from .._bits import unpack_bits as unpack_codes
+from ._masks import mask_from, pack_mask, unpack_mask
 
 
 def _internal(forward: Callable) -> Callable:
@@ -30,6 +31,19 @@ def _internal(forward: Callable) -> Callable:
             return forward(*args)
 
     return run
+
+
+def fast_apply(fn: type[torch.autograd.Function]) -> Callable[..., Any]:
+    """``fn.apply`` without its Python preamble (argument binding for ``setup_context``,
+    the functorch wrapper check), which costs more than a small op at batch 1; under a
+    functorch transform it is ``fn.apply`` itself."""
+    base = super(torch.autograd.Function, fn).apply  # the C++ entry, bound to fn
+    transforms_active = torch._C._are_functorch_transforms_active
+
+    def apply(*args: Any) -> Any:
+        return fn.apply(*args) if transforms_active() else base(*args)
+
+    return apply
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
@@ -48,13 +62,20 @@ def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def _inside(y: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
     """Where y = clamp(x, lo, hi) passes gradient, as torch's backward decides it.
 
-    ReLU (hi None): y > 0 or NaN (torch tests the output: not y <= 0). Hardtanh:
-    lo < x < hi, NaN blocked. Built from comparisons, so the temporaries are bool
-    (one byte an element), never a float copy of the activation.
+    ReLU (hi None): y > 0 or NaN (torch tests the output: not y <= 0), i.e. y != 0.
+    Hardtanh: torch's own hardtanh_backward decides (lo < x < hi, NaN as torch treats
+    it), run on a stand-in gradient that is nonzero wherever it passes (y itself when
+    lo == 0, else ones), chunk by chunk into a bool mask (``mask_from``). Contiguous y
+    only; otherwise in one piece.
     """
     if hi is None:
         return y.bool() if lo == 0 else ~(y <= lo)
-    return (y > lo) & (y < hi)
+    grad = y if lo == 0 else y.new_ones(()).expand(y.shape)
+    if not y.is_contiguous():
+        return torch.ops.aten.hardtanh_backward(grad, y, lo, hi).bool()
+    flat, g = y.view(-1), grad.reshape(-1)
+    return mask_from(flat.numel(), y.device, lambda i, j: torch.ops.aten.hardtanh_backward(
+        g[i:j], flat[i:j], lo, hi))
 
 
 class ClampMask(torch.autograd.Function):
@@ -72,14 +93,14 @@ class ClampMask(torch.autograd.Function):
             y = x.clamp_(min=lo, max=hi)
         else:
             y = x.clamp(min=lo, max=hi)
-        ctx.shape = x.shape
-        ctx.save_for_backward(pack_bits(_inside(y, lo, hi)) if ctx.needs_input_grad[0] else None)
+        ctx.shape, ctx.n = x.shape, x.numel()
+        ctx.save_for_backward(pack_mask(_inside(y, lo, hi)) if ctx.needs_input_grad[0] else None)
         return y
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (packed,) = ctx.saved_tensors
-        return grad * unpack_bits(packed, ctx.shape), None, None, None
+        return grad * unpack_mask(packed, ctx.shape, ctx.n), None, None, None
 
 
 class LinearNoInput(torch.autograd.Function):
@@ -102,8 +123,17 @@ class LinearNoInput(torch.autograd.Function):
         return gx, gw, gb
 
 
+_TRANSPOSED = {3: F.conv_transpose1d, 4: F.conv_transpose2d, 5: F.conv_transpose3d}
+
+
 class ConvNoInput(torch.autograd.Function):
-    """N-d convolution (zero padding); saves its input only when the weight trains."""
+    """N-d convolution (zero padding); saves its input only when the weight trains.
+
+    With the weight frozen, dx is the transposed convolution of dy (torch's own kernel:
+    bit-identical to convolution_backward's dx, and faster than running that on a
+    shape-only stand-in input) and db the sum of dy over batch and space (rounding-level
+    differences from torch's summation order).
+    """
 
     @staticmethod
     @_internal
@@ -119,8 +149,18 @@ class ConvNoInput(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
         need = ctx.needs_input_grad[:3]
-        if x is None:  # shape-only stand-in: convolution_backward reads no data for dx/db
-            x = grad.new_empty(1).expand(ctx.in_shape)
+        if x is None:  # frozen weight: nothing of the input is needed
+            gx = gb = None
+            if need[0]:
+                spatial = ctx.in_shape[2:]
+                extra = [n - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for n, o, s, p, d, k in zip(
+                    spatial, grad.shape[2:], stride, padding, dilation, weight.shape[2:],
+                    strict=True)]  # output padding that restores the input's size
+                gx = _TRANSPOSED[grad.dim()](grad, weight, None, stride, padding, extra,
+                                             groups, dilation)
+            if need[2]:
+                gb = grad.sum([0, *range(2, grad.dim())])
+            return gx, None, gb, None, None, None, None
         bias_sizes = [weight.shape[0]] if need[2] else None
         gx, gw, gb = torch.ops.aten.convolution_backward(
             grad, x, weight, bias_sizes, stride, padding, dilation, False,

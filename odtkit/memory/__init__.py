@@ -46,6 +46,7 @@ from ._precision import (
     step_setup,
 )
 from ._report import CATEGORIES, ENGINES, LayerMemory, MemoryReport, compare
+from ._rules_lean import lean_notes
 from ._sparse import masks_for
 from ._sparse import notes as sparse_notes
 from ._step import play_step
@@ -181,7 +182,8 @@ def _estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan, op
         method="estimate", rows=rows, timeline=() if fp8 else sim.timeline,
         scheme=plan.scheme, precision=plan.precision,
         allocator_peak_bytes=None if fp8 else sim.allocator_peak_bytes,
-        notes=((FP8_NOTE,) if fp8 else ()) + sparse_notes(plan, sim.by_category))
+        notes=((FP8_NOTE,) if fp8 else ()) + sparse_notes(plan, sim.by_category)
+        + (lean_notes(rows, plan) if engine == "lean" else ()))
 
 
 def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str,
@@ -244,7 +246,8 @@ def _measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan, opt
         rows=rows, timeline=() if fp8 else record.timeline, scheme=plan.scheme,
         precision=plan.precision, rss_peak_bytes=rss_peak,
         allocator_peak_bytes=None if fp8 else record.allocator_peak_bytes,
-        notes=((FP8_NOTE,) if fp8 else ()) + sparse_notes(plan, record.by_category))
+        notes=((FP8_NOTE,) if fp8 else ()) + sparse_notes(plan, record.by_category)
+        + (lean_notes(rows, plan) if engine == "lean" else ()))
 
 
 def _int8_report(model: nn.Module, x: torch.Tensor, plan: TrainPlan, optimizer: str,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ._rule import Flags, Rule, keep, numel
-from ._rules_lean import LEAN_BY_OP, LEAN_CONV_TYPES, STAND_IN_BYTES
+from ._rules_lean import LEAN_CONV_TYPES, STAND_IN_BYTES, lean_rule
 from ._rules_nn import NN_RULES
 from ._trace import Op, Trace, UnsupportedOperation, where
 
@@ -103,9 +103,9 @@ def rule_for(op: Op, engine: str, activation_grad: str = "exact") -> Rule | None
     """The rule for ``op`` under ``engine`` ("pytorch" or "lean"; the lean engine's smooth
     activations follow ``activation_grad``, the plan's); None if not modeled."""
     if engine == "lean":
-        lean = LEAN_BY_OP.get(op.name)
-        if lean is not None and (lean[0] is None or op.leaf_type in lean[0]):
-            return lean[1]
+        lean = lean_rule(op, activation_grad)
+        if lean is not None:
+            return lean
     return STOCK.get(op.name)
 
 
