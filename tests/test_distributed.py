@@ -390,6 +390,25 @@ def test_figures_plot_what_they_are_given():
         odt.viz.bytes_vs_accuracy({"x": object()})
 
 
+def test_wire_bytes_bars_show_payload_and_wire_means():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    h = dd.DistHistory(loss=[1.0], train_acc=[0.5], test_acc=[0.5], time_s=[1.0], steps=[2],
+                       samples=[8], up_bytes_per_round=[100, 300],
+                       total_bytes_per_round=[400, 1200], wire_sent_bytes_per_round=[150, 450],
+                       wire_recv_bytes_per_round=[160, 460], exchange="allreduce", workers=4,
+                       dense_bytes=400)
+    fig = odt.viz.wire_bytes_bars({"a": h})
+    assert sorted(p.get_width() for p in fig.axes[0].patches) == [200, 300, 310]
+    assert "allreduce" in " ".join(t.get_text() for t in fig.axes[0].texts)
+    plt.close("all")
+    with pytest.raises(TypeError, match="no wire bytes"):
+        odt.viz.wire_bytes_bars({"b": _hist(0.5, [10, 10])})
+
+
 # ------------------------------------------------------------------------- nothing silently wrong
 
 def test_model_for_another_task_is_named_before_training(task):

@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 __all__ = ["bytes_vs_accuracy", "compression_curves", "round_time_bars",
-           "powersgd_rank_sweep", "accuracy_points", "federated_progress", "run_point"]
+           "powersgd_rank_sweep", "accuracy_points", "federated_progress", "run_point",
+           "wire_bytes_bars"]
 
 
 def run_point(run: Any, name: str = "run") -> tuple[float, float, float]:
@@ -117,6 +118,41 @@ def round_time_bars(times: Mapping[str, Mapping[str, Any]], *,
     axes[0][0].invert_yaxis()
     axes[0][-1].legend(fontsize="x-small", loc="lower right")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def wire_bytes_bars(runs: Mapping[str, Any], *,
+                    title: str = "bytes per worker per round: payload and wire",
+                    figsize: tuple[float, float] = (7.0, 4.2)) -> Figure:
+    """Per run (a ``DistHistory``) three bars on a log axis, means over rounds: the payload
+    one worker compresses to, and the bytes it sends and receives on the wire for the
+    collective used (named beside the bars)."""
+    _check(runs)
+    parts = (("up_bytes_per_round", "payload", "tab:blue"),
+             ("wire_sent_bytes_per_round", "wire sent", "tab:orange"),
+             ("wire_recv_bytes_per_round", "wire received", "tab:green"))
+    names = list(runs)
+    for name in names:
+        if not getattr(runs[name], "wire_sent_bytes_per_round", None):
+            raise TypeError(f"run {name!r} has no wire bytes; pass what "
+                            "odt.distributed.simulate returns")
+    fig, ax = plt.subplots(figsize=figsize)
+    height = 0.8 / len(parts)
+    for j, (attr, label, color) in enumerate(parts):
+        ys = [i + (j - 1) * height for i in range(len(names))]
+        ax.barh(ys, [max(statistics.fmean(getattr(runs[n], attr)), 1e-9) for n in names],
+                height=height, color=color, label=label)
+    for i, name in enumerate(names):
+        ax.annotate(f" {runs[name].exchange}", (1, i), xycoords=("axes fraction", "data"),
+                    va="center", fontsize="x-small")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per worker per round (log)")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize="x-small", loc="lower left")
+    ax.set_title(title)
     fig.tight_layout()
     return fig
 
