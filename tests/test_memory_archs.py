@@ -221,3 +221,78 @@ def test_archs_are_deterministic_classifiers(name):
     assert torch.equal(example(name), example(name))
     logits = a.eval()(example(name, batch_size=3))
     assert logits.shape == (3, ARCHS[name][2])
+
+
+# ---------------------------------------------------------------- more layer kinds
+
+
+class EveryActivation(nn.Module):
+    """Every listed activation, in place where PyTorch has the form, with GroupNorm,
+    LayerNorm over channels, max pooling and a softmax gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.gn = nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8)
+        self.conv2, self.conv3 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.acts = nn.ModuleList([
+            nn.ReLU(inplace=True), nn.ReLU6(inplace=True), nn.Hardtanh(-1.0, 1.0, inplace=True),
+            nn.Hardswish(inplace=True), nn.Hardsigmoid(inplace=True), nn.SiLU(inplace=True),
+            nn.LeakyReLU(inplace=True), nn.ELU(inplace=True), nn.GELU(), nn.Mish(),
+            nn.Softplus(), nn.Sigmoid(), nn.Tanh(), nn.Hardswish(), nn.SiLU()])
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, 8, 8)
+        x = self.gn(self.conv1(x))
+        for k, act in enumerate(self.acts):
+            x = act(self.conv2(x) if k % 3 == 0 else x * 1.5) if k % 2 else act(x + 0.1)
+        x = F.max_pool2d(self.conv3(x), 2)  # (N, 8, 4, 4)
+        x = x * torch.softmax(x.mean((2, 3), keepdim=True), dim=1)  # a broadcast gate
+        x = torch.sigmoid_(x.clone()) * torch.tanh_(x.clone())
+        x = self.norm(x.permute(0, 2, 3, 1)).flatten(1, 2)  # (N, 16, 8)
+        return F.log_softmax(self.head(x.mean(1)), dim=1)
+
+
+class Recurrent(nn.Module):
+    """nn.RNN (2 layers) into a bidirectional GRU into a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = nn.RNN(6, 8, num_layers=2, batch_first=True)
+        self.gru = nn.GRU(8, 8, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, T, 6)
+        return self.head(self.gru(self.rnn(x)[0])[0][:, -1])
+
+
+@pytest.mark.parametrize(("make", "shape"), [(EveryActivation, (3, 8, 8)), (Recurrent, (7, 6))])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_more_layer_kinds_match_measure_and_references(make, shape, scheme):
+    model, x = make().train(), torch.randn(BATCH, *shape)
+    plan = odt.plan(model, scheme)
+    est = odt.estimate(model, x, plan, optimizer="sgd-m")
+    meas = odt.measure(model, x, plan, optimizer="sgd-m", rss=False)
+    ref = reference_step(model, x, plan)
+    for cat in CATEGORIES:
+        assert _close(est.by_category[cat], meas.by_category[cat], 0.02), (cat, scheme)
+        assert _close(est.by_category[cat], ref[cat], 0.02), (cat, scheme, ref)
+    assert _close(est.peak_bytes, meas.peak_bytes, 0.02)
+    assert _close(est.allocator_peak_bytes, ref["allocator_peak"], 0.10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0", "resnet18",
+                                  "vit_b_16"])
+def test_torchvision_models_where_installed(name):
+    models = pytest.importorskip("torchvision.models")
+    model = getattr(models, name)(num_classes=10).train()
+    x = torch.randn(2, 3, 224 if name.startswith("vit") else 96,
+                    224 if name.startswith("vit") else 96)
+    est = odt.estimate(model, x, "bias-only", optimizer="sgd-m")
+    meas = odt.measure(model, x, "bias-only", optimizer="sgd-m", rss=False)
+    errors = compare(est, meas)
+    assert all(abs(errors[c]) <= 0.02 for c in CATEGORIES) and abs(errors["peak"]) <= 0.02
+    assert _close(est.allocator_peak_bytes, meas.allocator_peak_bytes, 0.10)

@@ -17,6 +17,9 @@ _SAME_AS_FIRST = frozenset({
     "leaky_relu", "elu", "clone", "_softmax", "_log_softmax", "empty_like", "zeros_like",
     "ones_like", "rand_like", "randn_like", "bernoulli", "neg", "sqrt", "rsqrt", "exp", "abs",
 })
+# in-place ops that change a tensor's shape or strides, not its data
+RESTRIDE = frozenset({"transpose_", "t_", "squeeze_", "unsqueeze_", "as_strided_",
+                       "swapaxes_", "swapdims_", "resize_", "resize_as_", "set_"})
 _BINARY = frozenset({"add", "sub", "mul", "div", "remainder", "maximum", "minimum"})
 
 
@@ -119,6 +122,8 @@ def _rnn_layer(args: tuple) -> tuple:
 
 def fast_output(name: str, args: tuple, kwargs: dict) -> object:
     """The op's meta output(s) for a known op, else None (run the real meta kernel)."""
+    if name in RESTRIDE:
+        return None  # in place, but on the view itself: the meta kernel restrides it
     if name.endswith("_") and args and isinstance(args[0], torch.Tensor):
         return args[0]  # in place: the output is the first argument itself
     if name in _SAME_AS_FIRST:

@@ -25,7 +25,7 @@ import sys
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["Shell", "TopLevelCalls", "autocast_region", "unwrap", "wrap_outputs"]
+__all__ = ["Shell", "TopLevelCalls", "autocast_region", "restride", "unwrap", "wrap_outputs"]
 
 
 class Shell(torch.Tensor):
@@ -52,6 +52,15 @@ class Shell(torch.Tensor):
 def unwrap(t: torch.Tensor) -> torch.Tensor:
     """The meta tensor behind a shell; any other tensor as it is."""
     return t.elem if isinstance(t, Shell) else t
+
+
+def restride(shell: torch.Tensor, meta: torch.Tensor) -> None:
+    """Give ``shell`` the shape and strides an in-place view op (``transpose_``) gave the
+    meta tensor it stands for: code that called the op holds the shell, not the result."""
+    if isinstance(shell, Shell):
+        with torch._C._DisableTorchDispatch():
+            torch.ops.aten.as_strided_.default(shell, meta.shape, meta.stride(),
+                                               meta.storage_offset())
 
 
 def wrap_outputs(out: object, margs: tuple, args: tuple) -> object:

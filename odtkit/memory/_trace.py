@@ -23,8 +23,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ._fused import fusable_spans
 from ._layers import LayerCall, layer_rows, watch
-from ._shapes import DtypeMismatch, fast_output, mixed_dtypes
-from ._shell import Shell, TopLevelCalls, autocast_region, unwrap, wrap_outputs
+from ._shapes import RESTRIDE, DtypeMismatch, fast_output, mixed_dtypes
+from ._shell import Shell, TopLevelCalls, autocast_region, restride, unwrap, wrap_outputs
 
 META = torch.device("meta")
 
@@ -236,6 +236,8 @@ class _Tracer(TorchDispatchMode):
                            self.phase))
         if not self.in_call:  # an op no torch call of the model's code made: its own end
             self.op_ends.add(len(self.ops) - 1)
+        if name in RESTRIDE:
+            restride(args[0], margs[0])
         return wrap_outputs(out, margs, args)
 
     def unsupported(self, func: object, why: str) -> UnsupportedOperation:
