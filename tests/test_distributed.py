@@ -328,6 +328,10 @@ def test_torchrun_entry_point(tmp_path):
     summary = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][0])
     assert summary["world_size"] == 2 and summary["rounds"] == 3
     assert summary["identical"] is True
+    # top-k all-gathers: this rank's length and frame out, the other rank's in
+    assert summary["exchange"] == "allgather"
+    assert summary["wire_sent_bytes_per_round"] == summary["wire_recv_bytes_per_round"]
+    assert summary["wire_sent_bytes_per_round"] > summary["payload_bytes_per_round"]
 
 
 def test_entry_point_without_torchrun_says_how_to_launch(capsys):

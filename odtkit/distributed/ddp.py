@@ -283,14 +283,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                     optimizer=args.optimizer, seed=args.seed, **kwargs)
     digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in
-                                     out["state_dict"].values())).hexdigest()[:16]
-    digests: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(digests, digest)
+                                     out["state_dict"].values())).digest()[:8]
+    mine = torch.frombuffer(bytearray(digest), dtype=torch.uint8)
+    gathered = [torch.empty(8, dtype=torch.uint8) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)  # raw bytes: nothing from a peer is unpickled
+    digests = [bytes(t.tolist()).hex() for t in gathered]
     summary = {"world_size": dist.get_world_size(), "compressor": args.compressor,
                "compressor_args": kwargs, "error_feedback": args.error_feedback,
                "test_acc": out["test_acc"], "rounds": out["rounds"],
                "payload_bytes_per_round": (out["payload_bytes_per_round"][-1]
                                            if out["rounds"] else 0),
+               "wire_sent_bytes_per_round": (out["wire_sent_bytes_per_round"][-1]
+                                             if out["rounds"] else 0),
+               "wire_recv_bytes_per_round": (out["wire_recv_bytes_per_round"][-1]
+                                             if out["rounds"] else 0),
+               "exchange": out["history"].exchange,
                "parameter_digests": digests, "identical": len(set(digests)) == 1}
     if dist.get_rank() == 0:
         print(json.dumps(summary), flush=True)
