@@ -144,7 +144,7 @@ def _pool_bwd(op: Op, rg: Flags, t: Trace) -> int:
 
 
 _LEAN_CLAMP = Rule(saves=_mask_saves, grads=("alloc",), fwd_extra=_mask_fwd,
-                   bwd_extra=_mask_bwd)
+                   bwd_extra=_mask_bwd, bwd_scratch=lambda op, rg, t: 5 * numel(t, op.ins[0]))
 _SIGN_STEP = Rule(saves=_mask_saves, grads=("alloc",), fwd_extra=_sign_fwd,
                   bwd_extra=_mask_bwd)
 _DROPOUT = Rule(saves=_dropout_saves, grads=("alloc", "alloc"), fwd_extra=_dropout_fwd,
