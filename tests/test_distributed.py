@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -174,6 +175,31 @@ def test_exchange_uncompressed_is_the_mean(workers, n, seed):
         avg, _ = _exchange(codecs, ["g"], grads)
         want = torch.stack([g[0] for g in grads]).mean(0)
         assert torch.allclose(avg[0], want, atol=1e-6), name
+
+
+@settings(max_examples=25, deadline=None)
+@given(workers=st.integers(1, 5), n=st.integers(1, 300), seed=st.integers(0, 2**16),
+       name=st.sampled_from(["none", "fp16", "bf16", "randomk"]))
+def test_all_reduced_payloads_decode_to_the_mean_of_the_decoded(workers, n, seed, name):
+    """What makes a payload summable: the decoded sum of the workers' payloads (divided
+    by N) is the mean of what each worker's payload decodes to, up to the rounding of the
+    sum in the payload's dtype (fp16: 2**-11 relative, bf16: 2**-8 per addition)."""
+    gen = torch.Generator().manual_seed(seed)
+    grads = [[torch.randn(n, generator=gen)] for _ in range(workers)]
+    shared = {"shared_seed": seed} if "shared_seed" in compress.get("randomk").config() else {}
+    kw = {"randomk": {"density": 0.1, **shared}}.get(name, {})
+    codecs = [compress.get(name, seed=seed, **kw) for _ in range(workers)]
+    out = exchange(codecs, ["g"], grads)
+    by_hand = {"none": 4 * n, "fp16": 2 * n, "bf16": 2 * n, "randomk": 4 * math.ceil(0.1 * n)}
+    assert out.payload_bytes == [by_hand[name]] * workers
+    ring = 2 * (workers - 1) / workers * by_hand[name]
+    assert out.wire_sent_bytes == out.wire_recv_bytes == pytest.approx(ring)
+    probes = [compress.get(name, seed=seed, **kw) for _ in range(workers)]
+    decoded = [p.decompress(*p.compress(g[0], "g")) for p, g in zip(probes, grads, strict=True)]
+    want = torch.stack(decoded).mean(0)
+    tol = {"none": 1e-6, "fp16": 4e-3, "bf16": 3e-2, "randomk": 1e-6}[name]
+    scale = torch.stack(decoded).abs().max()
+    assert float((out.averaged[0] - want).abs().max()) <= tol * workers * float(scale) + 1e-7
 
 
 def test_deterministic_and_seed_sensitive(task, model):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import odtkit as odt
@@ -59,6 +61,16 @@ def test_every_compressor_round_trips_through_a_frame(name):
         assert torch.equal(c.decompress(payload, ctx), peer_codec.decompress(sent, sent_ctx))
     assert len(frame(theirs)) <= max_frame_bytes(mine, fixed_size=c.fixed_size)
     assert frame_nbytes(theirs) == len(frame(theirs))  # counted without building it
+
+
+@pytest.mark.parametrize("name", odt.compress.names())
+@settings(max_examples=8, deadline=None, derandomize=True, database=None)
+@given(shape=st.lists(st.integers(1, 12), min_size=1, max_size=3), seed=st.integers(0, 99))
+def test_frame_nbytes_is_the_frames_length_on_any_shape(name, shape, seed):
+    c = odt.compress.get(name, seed=seed, **SETTINGS.get(name, {}))
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    compressed = [c.compress(x, "w"), c.compress(x.reshape(-1)[:1], "b")]
+    assert frame_nbytes(compressed) == len(frame(compressed))
 
 
 class _CreatesFile:
