@@ -151,7 +151,10 @@ def estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | st
     the four categories); "bf16" and "fp16" as the ``torch.autocast("cpu")`` step that
     ``measure`` runs (fp16 with a ``torch.amp.GradScaler``), its peak included. A model
     in train mode steps with its norms in the plan's mode (``plan.norm_stats``), as
-    ``odt.train`` and ``odt.lean`` run it.
+    ``odt.train`` and ``odt.lean`` run it. ``allocator_peak_bytes`` adds the scratch of
+    kernels that allocate their own (convolutions, LSTM layers, attention), which each
+    such kernel is asked once per shape by running it on zeros (cached): the first
+    estimate of a large model costs about one step of those kernels.
     """
     plan = _prepare(model, example_input, plan, optimizer, engine)
     with _norm_modes(model, plan):
