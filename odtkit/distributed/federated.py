@@ -280,8 +280,7 @@ def federated(model: nn.Module, task: Any, *, clients: int = 20, rounds: int = 2
     for dev in sorted(set(client_devices)):
         _check_fit(glob, dev, batch_size)
     per_round = max(1, round(fraction * clients))
-    name = compressor.lower() if isinstance(compressor, str) else compressor  # 'DGC' too
-    compressor_kwargs = dgc_workers(name, compressor_kwargs, per_round)  # DGC's clipping bound
+    compressor_kwargs = dgc_workers(compressor, compressor_kwargs, per_round)  # DGC's clip
     codecs = [make_compressor(compressor, error_feedback=error_feedback, seed=seed + k,
                               **compressor_kwargs) for k in range(clients)]
     hist = FedHistory(devices=client_devices, links=client_links,
