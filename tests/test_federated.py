@@ -240,6 +240,24 @@ def test_aggregation_holds_one_update_not_one_per_client(task, small):
     assert 6 <= peak[0] <= 12
 
 
+@settings(max_examples=30, deadline=None)
+@given(weights=st.lists(st.integers(1, 1000), min_size=1, max_size=12),
+       seed=st.integers(0, 2**16))
+def test_running_mean_is_the_weighted_mean_in_any_order(weights, seed):
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(5, 3, generator=gen) for _ in weights]
+    forward, backward = fl.RunningMean(), fl.RunningMean()
+    for w, x in zip(weights, xs, strict=True):
+        forward.add({"x": x}, w)
+    for w, x in reversed(list(zip(weights, xs, strict=True))):
+        backward.add({"x": x}, w)
+    ref = torch.stack([w * x.double() for w, x in zip(weights, xs, strict=True)]).sum(0)
+    ref /= sum(weights)
+    assert torch.allclose(forward.mean("x"), ref, rtol=1e-12, atol=1e-15)
+    assert torch.allclose(backward.mean("x"), ref, rtol=1e-12, atol=1e-15)
+    assert forward.count == len(weights) and forward.weight == sum(weights)
+
+
 def test_running_mean_refuses_mismatched_updates():
     total = fl.RunningMean()
     total.add({"w": torch.ones(2)}, 3)

@@ -150,3 +150,23 @@ def test_a_flower_run_agrees_with_federated(task, small, monkeypatch):
     assert theirs.time_s_per_round == pytest.approx(ours.time_s_per_round, rel=1e-12)
     assert theirs.test_acc == pytest.approx(ours.test_acc, abs=1e-9)
     assert theirs.chosen == ours.chosen and theirs.devices == ours.devices
+
+
+@needs_flower
+def test_norm_statistics_travel_as_values():
+    """BatchNorm's running statistics and counter are not updates: they go uncompressed and
+    come back as the client's values; the weights go through the compressor."""
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    net(torch.randn(8, 4))  # one training-mode forward: the statistics move
+    glob = {k: v.clone() for k, v in net.state_dict().items()}
+    local = {k: (v + 1 if v.is_floating_point() else v + 2) for k, v in glob.items()}
+    codec = odt.compress.get("fp16")
+    arrays, contexts, sent = flower.encode_update(codec, local, glob)
+    assert sent == 2 * (12 + 3 + 3 + 3)  # fp16 updates of the weights, biases, BN affine
+    updates, values, received = flower.decode_update(codec, arrays, contexts, glob)
+    assert received == sent
+    assert set(values) == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
+    for key, value in values.items():
+        assert torch.equal(value, local[key])
+    for key, update in updates.items():
+        assert torch.equal(update, torch.ones_like(glob[key]))
