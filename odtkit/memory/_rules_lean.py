@@ -8,16 +8,15 @@ any caller; its rule); ``MOBILETL_BY_OP`` adds the smooth activations under a pl
 
 Transients follow the engine's code op by op (a measured step reads live bytes as each
 top-level op ends; n elements, k = ceil(n/8) packed bytes, see odtkit.engine._masks):
-- ReLU mask: bool n, then one int64 word per 8 elements (n): 2n beside the output (about
-  3n when n is not a multiple of 8: a zero-padded copy). Hardtanh/ReLU6 mask: torch's
-  hardtanh_backward as a float 0/nonzero tensor, chunk by chunk (``_float_test``), cast
-  into the bool mask, then packing. Backward: the unpacked 0/1
-  mask, 8k bytes, beside the input gradient.
+- ReLU mask: the bool mask (n) beside the output while numpy packs it into the kept
+  bytes. Hardtanh/ReLU6 mask: torch's hardtanh_backward as a float 0/nonzero tensor,
+  chunk by chunk (``_float_test``), cast into the bool mask, then packing. Backward:
+  numpy unpacks the mask outside torch's allocator (like a kernel's scratch).
 - MobileTL sign mask: relu(x) chunk by chunk into a bool mask, before an in-place kernel
   overwrites x (``_float_test``), then packing. Backward as a ReLU's.
 - Dropout: the float noise comes from stock's own ops (empty_like, bernoulli_, div_);
-  after the multiply, its bool (n) and packing word (n); backward rebuilds the float
-  noise (4n) beside the input gradient.
+  after the multiply, its bool (n) while it is packed; backward rebuilds the float noise
+  (4n) beside the input gradient.
 - Max pooling: torch's int64 indices (8m for m outputs) are turned in place into the
   position within each window, with one int64 temporary (8m), then cast to uint8 (m,
   kept). Backward rebuilds the int64 index (8m, briefly with the int64 copy of the
@@ -68,9 +67,8 @@ CHUNK, SMALL = 1 << 15, 1 << 13  # odtkit.engine._masks: float test chunks (chun
 
 def _pack_extra(n: int) -> int:
     """Busiest moment of packing an n-element bool mask, beyond the packed bytes: the mask
-    and its int64 words (2n), or with a zero-padded copy when n is not a multiple of 8."""
-    pad = -n % 8
-    return 2 * n if pad == 0 else 3 * n + 2 * pad
+    itself (numpy packs it straight into the kept tensor)."""
+    return n
 
 
 def _float_test(n: int) -> int:
@@ -95,7 +93,7 @@ def _sign_fwd(op: Op, rg: Flags, t: Trace) -> int:
 
 
 def _mask_bwd(op: Op, rg: Flags, t: Trace) -> int:
-    return 8 * _packed(numel(t, op.ins[0]))  # the unpacked 0/1 mask, 8 per packed byte
+    return 0  # numpy unpacks the mask outside torch's allocator (kernel scratch)
 
 
 def _dropout_saves(op: Op, rg: Flags, t: Trace) -> tuple:
