@@ -83,15 +83,15 @@ _WIRE = ("wire_sent_bytes_per_round", "wire_recv_bytes_per_round")
 class DistHistory(History):
     """History per epoch plus communication and time per round (one round = one step).
 
-    ``up_bytes_per_round[r]``: payload bytes one worker sent in round r (mean over
-    workers; equal for fixed-size compressors). ``total_bytes_per_round[r]``: all
-    workers' uplinks summed; with an all-gather each worker also receives
-    ``total - up``. ``dense_bytes``: one fp32 gradient, what a worker sends per round
-    without compression. ``compute_s_per_round``: one worker's forward + backward;
-    ``compress_s_per_round``: one worker's compress + decompress of all N payloads.
-    ``exchange``: the collective ('allreduce', 'powersgd' or 'allgather');
-    ``wire_sent_bytes_per_round`` / ``wire_recv_bytes_per_round``: what one worker put on
-    and took off the wire for it (mean over workers; see the module docstring).
+    ``up_bytes_per_round[r]``: the payload one worker compressed its gradients to in
+    round r (mean over workers; equal for fixed-size compressors).
+    ``total_bytes_per_round[r]``: all workers' payloads summed. ``dense_bytes``: one fp32
+    gradient, the payload without compression. ``exchange``: the collective ('allreduce',
+    'powersgd' or 'allgather'); ``wire_sent_bytes_per_round`` /
+    ``wire_recv_bytes_per_round``: what one worker put on and took off the wire for it
+    (mean over workers; see the module docstring), the bytes a link carries.
+    ``compute_s_per_round``: one worker's forward + backward; ``compress_s_per_round``:
+    one worker's share of the exchange's compress and decompress time.
     """
 
     up_bytes_per_round: list[float] = field(default_factory=list)
