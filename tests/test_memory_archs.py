@@ -296,3 +296,43 @@ def test_torchvision_models_where_installed(name):
     errors = compare(est, meas)
     assert all(abs(errors[c]) <= 0.02 for c in CATEGORIES) and abs(errors["peak"]) <= 0.02
     assert _close(est.allocator_peak_bytes, meas.allocator_peak_bytes, 0.10)
+
+
+# ---------------------------------------------------------------- one op at a time
+
+OPS = {  # name -> f(h, g): h (N, 4, 6) and g (N, 4, 1) need gradients, their result feeds a head
+    "prelu": lambda h, g: F.prelu(h, g.new_ones(4) * 0.2),
+    "adaptive_max_pool": lambda h, g: F.adaptive_max_pool2d(h.unsqueeze(1), (2, 3)).flatten(1),
+    "baddbmm": lambda h, g: torch.baddbmm(h[:, :, :4], h, h.transpose(1, 2)),
+    "div_by_tensor": lambda h, g: h / (g * g + 1.0),
+    "div_in_place": lambda h, g: (h * 1.0).div_(g * g + 1.0),
+    "exp_neg": lambda h, g: torch.exp(-h),
+    "native_dropout": lambda h, g: torch.native_dropout(h, 0.25, True)[0],
+    "gelu_in_place": lambda h, g: torch.ops.aten.gelu_(h * 1.0),
+    "sub_in_place": lambda h, g: (h * 1.0).sub_(g),
+    "stack_split": lambda h, g: torch.stack(h.split(2, dim=1), 0).sum(0),
+    "bmm": lambda h, g: torch.bmm(h.transpose(1, 2), h),
+    "sigmoid_tanh_in_place": lambda h, g: torch.sigmoid_(h * 1.0) + torch.tanh_(g * 1.0),
+}
+
+
+class OneOp(nn.Module):
+    def __init__(self, op) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.op, self.fc, self.gate = op, nn.Linear(3, 6), nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 4, 3)
+        y = self.op(self.fc(x), self.gate(x))
+        return y.flatten(1)[:, :5]
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_each_rule_matches_autograds_saved_tensors(op):
+    model, x = OneOp(OPS[op]).train(), torch.randn(3, 4, 3)
+    plan = odt.plan(model, "full")
+    est = odt.estimate(model, x, plan, optimizer="sgd")
+    ref = reference_step(model, x, plan)
+    assert est.by_category["activations"] == ref["activations"], op
+    meas = odt.measure(model, x, plan, optimizer="sgd", rss=False)
+    assert _close(est.peak_bytes, meas.peak_bytes, 0.02), op

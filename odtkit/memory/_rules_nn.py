@@ -65,6 +65,16 @@ def _product_sum(op: Op, rg: Flags, t: Trace) -> int:
     return max((out for k in (0, 1) if rg[k] and t.value_bytes[op.ins[k]] != out), default=0)
 
 
+def _div_bwd(op: Op, rg: Flags, t: Trace) -> int:
+    """The divisor's gradient, -grad * ((a / b) / b), holds four tensors of the output's
+    size as its last product ends (then summed down to the divisor's shape); the input
+    gradients already allocated are part of that moment."""
+    if op.ins[1] is None or not rg[1]:
+        return 0
+    grads = sum(t.value_bytes[op.ins[k]] for k in (0, 1) if rg[k])
+    return max(4 * t.value_bytes[op.outs[0]] - grads, 0)
+
+
 _SAVE_IN = Rule(saves=keep("i0"), grads=("alloc",))
 _SAVE_OUT = Rule(saves=keep("o0"), grads=("alloc",))
 _CLONE_IN = Rule(saves=_clone_input, grads=("alloc",))
@@ -73,9 +83,11 @@ ACTIVATIONS: dict[str, Rule] = {
     "sigmoid_": _SAVE_OUT, "tanh_": _SAVE_OUT, "leaky_relu_": _SAVE_OUT, "elu_": _SAVE_OUT,
     "_safe_softmax": _SAVE_OUT, "exp": _SAVE_OUT,
     "hardswish_": _CLONE_IN, "silu_": _CLONE_IN, "hardsigmoid_": _CLONE_IN, "gelu_": _CLONE_IN,
-    "mish": _SAVE_IN, "softplus": _SAVE_IN, "prelu": Rule(saves=keep("i0", "i1"),
-                                                          grads=("alloc", "alloc")),
-    "_prelu_kernel": Rule(saves=keep("i0", "i1"), grads=("alloc", "alloc")),
+    "mish": _SAVE_IN, "softplus": _SAVE_IN,
+    # the backward kernel makes the weight's gradient at the input's size before it sums
+    # it down, whether the weight trains or not
+    "_prelu_kernel": Rule(saves=keep("i0", "i1"), grads=("alloc", "alloc"),
+                          bwd_extra=lambda op, rg, t: t.value_bytes[op.ins[0]]),
 }
 
 NORMS: dict[str, Rule] = {
@@ -92,8 +104,8 @@ ARITHMETIC: dict[str, Rule] = {
                 (("i1",) if rg[0] else ()) + (("i0",) if rg[1] else ()),
                 grads=("alloc", "alloc"), bwd_extra=_product_sum),
     "mul_": Rule(saves=_inplace_factor_saves, grads=("alloc", "alloc"), bwd_extra=_product_sum),
-    "div": Rule(saves=_div_saves, grads=("alloc", "alloc"), bwd_extra=_product_sum),
-    "div_": Rule(saves=_inplace_factor_saves, grads=("alloc", "alloc"), bwd_extra=_product_sum),
+    "div": Rule(saves=_div_saves, grads=("alloc", "alloc"), bwd_extra=_div_bwd),
+    "div_": Rule(saves=_inplace_factor_saves, grads=("alloc", "alloc"), bwd_extra=_div_bwd),
     "neg": _ALLOC, "sub_": Rule(grads=("reduce", "reduce")),
     "bmm": Rule(saves=_bmm_saves, grads=("alloc", "alloc")),
     "baddbmm": Rule(saves=_bmm_saves, grads=("reduce", "alloc", "alloc")),

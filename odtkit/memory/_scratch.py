@@ -83,12 +83,16 @@ def probe_all(keys: list[tuple]) -> None:
     if not todo:
         return
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    failed: set[tuple] = set()
     with quiet_stderr():
         prof.__enter__()
     try:
         for n, k in enumerate(todo):
             with record_function(f"{_MARK}{n}"):
-                _run(k)
+                try:
+                    _run(k)
+                except (RuntimeError, NotImplementedError, TypeError, ValueError):
+                    failed.add(k)  # arguments the trace does not keep (keyword-only ones)
     finally:
         with quiet_stderr():
             prof.__exit__(None, None, None)
@@ -104,7 +108,8 @@ def probe_all(keys: list[tuple]) -> None:
     for k, (s, e) in zip(todo, outer, strict=True):
         f = next(((a, b) for a, b in fwd if s <= a and b <= e), None)
         b = next(((a, c) for a, c in bwd if s <= a and c <= e), None)
-        _CACHE[k] = (_scratch(memory, *f) if f else 0, _scratch(memory, *b) if b else 0)
+        _CACHE[k] = ((0, 0) if k in failed else  # unknown scratch: the tensor peak's
+                     (_scratch(memory, *f) if f else 0, _scratch(memory, *b) if b else 0))
 
 
 def scratch_of(t: Trace, nodes: dict[int, tuple[bool, ...]]) -> dict[int, tuple[int, int]]:
