@@ -130,29 +130,33 @@ def test_full_plans_agree_with_memtracker(name):
 class SelfAttention(nn.Module):
     """qkv projection, CPU flash attention, mean over tokens, a linear head."""
 
-    def __init__(self, dim: int = 8, heads: int = 2) -> None:
+    def __init__(self, dim: int = 8, heads: int = 2, masked: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.heads, self.qkv, self.head = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, 3)
+        self.masked = masked
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, T, D)
         n, t, d = x.shape
         q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(
             2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, T, D / heads)
+        mask = torch.zeros(t, t) if self.masked else None  # an additive float mask
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, heads, T, D/heads)
         return self.head(out.transpose(1, 2).reshape(n, t, d).mean(1))
 
 
-def test_flash_attention_keeps_what_the_cpu_kernel_keeps():
+@pytest.mark.parametrize("masked", [False, True])
+def test_flash_attention_keeps_what_the_cpu_kernel_keeps(masked):
     n, t, d, heads = 2, 5, 8, 2
     x = torch.randn(n, t, d)
-    est = odt.estimate(SelfAttention(d, heads), x, "full")
+    est = odt.estimate(SelfAttention(d, heads, masked), x, "full")
     # qkv's input; q, k, v (one storage, the projection's output); the attention output;
-    # its logsumexp (N x heads x T); the head's input (N x D): float32 each
-    by_hand = 4 * (n * t * d + 3 * n * t * d + n * t * d + n * heads * t + n * d)
+    # its logsumexp (N x heads x T); the head's input (N x D); the mask (T x T): float32
+    by_hand = 4 * (n * t * d + 3 * n * t * d + n * t * d + n * heads * t + n * d
+                   + masked * t * t)
     assert est.by_category["activations"] == by_hand
-    ref = reference_step(SelfAttention(d, heads), x, odt.plan(SelfAttention(d, heads), "full"))
-    assert ref["activations"] == by_hand
+    model = SelfAttention(d, heads, masked)
+    assert reference_step(model, x, odt.plan(model, "full"))["activations"] == by_hand
 
 
 def test_lstm_bias_only_trains_the_recurrent_biases_and_counts_them():
@@ -313,6 +317,9 @@ OPS = {  # name -> f(h, g): h (N, 4, 6) and g (N, 4, 1) need gradients, their re
     "stack_split": lambda h, g: torch.stack(h.split(2, dim=1), 0).sum(0),
     "bmm": lambda h, g: torch.bmm(h.transpose(1, 2), h),
     "sigmoid_tanh_in_place": lambda h, g: torch.sigmoid_(h * 1.0) + torch.tanh_(g * 1.0),
+    "where_masked_fill": lambda h, g: torch.where(h > 0, h, g).masked_fill(h.tril() > 1, 0.0),
+    "elementwise_math": lambda h, g: (h.abs() + 1).log() + (g * g + 1).rsqrt() + h.clamp(-1, 1)
+    + (h * h + 1).sqrt() + h.pow(2),
 }
 
 

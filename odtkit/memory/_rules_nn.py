@@ -84,6 +84,11 @@ ACTIVATIONS: dict[str, Rule] = {
     "_safe_softmax": _SAVE_OUT, "exp": _SAVE_OUT,
     "hardswish_": _CLONE_IN, "silu_": _CLONE_IN, "hardsigmoid_": _CLONE_IN, "gelu_": _CLONE_IN,
     "mish": _SAVE_IN, "softplus": _SAVE_IN,
+    # elementwise math: what each derivative reads (the input, or the result)
+    "abs": _SAVE_IN, "log": _SAVE_IN, "clamp": _SAVE_IN, "clamp_min": _SAVE_IN,
+    "clamp_max": _SAVE_IN, "sqrt": _SAVE_OUT, "rsqrt": _SAVE_OUT,
+    "pow": Rule(saves=lambda op, rg, t: ("i0",) if op.ins[1] is None else ("i0", "i1", "o0"),
+                grads=("alloc", "alloc")),
     # the backward kernel makes the weight's gradient at the input's size before it sums
     # it down, whether the weight trains or not
     "_prelu_kernel": Rule(saves=keep("i0", "i1"), grads=("alloc", "alloc"),
@@ -114,6 +119,10 @@ ARITHMETIC: dict[str, Rule] = {
     "native_dropout": Rule(saves=keep("o1"), grads=("alloc",)),
     "embedding": Rule(saves=_embedding_saves, grads=("alloc",)),
     "adaptive_max_pool2d": Rule(saves=keep("i0", "o1"), grads=("alloc",)),
+    # masks: where keeps its condition; tril / triu / masked_fill pass a masked gradient
+    "where": Rule(saves=keep("i0"), grads=("", "alloc", "alloc")),
+    "tril": _ALLOC, "triu": _ALLOC,
+    "masked_fill": Rule(saves=keep("i1"), grads=("alloc",)),
 }
 
 SHAPES: dict[str, Rule] = {
@@ -134,9 +143,8 @@ SHAPES: dict[str, Rule] = {
 
 
 def _flash_saves(op: Op, rg: Flags, t: Trace) -> tuple:
-    # query, key, value, the attention mask (argument 5) if any, output and logsumexp
-    return ("i0", "i1", "i2", "o0", "o1") + (("i5",) if len(op.ins) > 5 and op.ins[5] is not None
-                                             else ())
+    # query, key, value, output and logsumexp, and the attention mask (keyword-only) if any
+    return ("i0", "i1", "i2", "o0", "o1", "k:attn_mask")
 
 
 def _rnn_saves(op: Op, rg: Flags, t: Trace) -> tuple:

@@ -118,7 +118,10 @@ class _Step:
                     self.created_at.setdefault(i, []).append(len(self.sbytes) - 1)
                     kept.append(len(self.sbytes) - 1)
                     continue
-                v = (op.ins if item[0] == "i" else op.outs)[int(item[1:])]
+                if item.startswith("k:"):  # a tensor keyword argument, by name
+                    v = dict(op.kw_ins).get(item[2:])
+                else:
+                    v = (op.ins if item[0] == "i" else op.outs)[int(item[1:])]
                 if v is not None:
                     kept.append(vs[v])
             kept_act = tuple(s for s in dict.fromkeys(kept) if self._is_act(s))

@@ -49,6 +49,7 @@ class Op:
     module: str  # innermost module running ("" for the model itself)
     leaf_type: type | None  # type of the innermost module
     phase: str  # "forward" or "loss"
+    kw_ins: tuple[tuple[str, int], ...] = ()  # (name, value id) of tensor keyword arguments
 
 
 @dataclass(frozen=True)
@@ -211,9 +212,11 @@ class _Tracer(TorchDispatchMode):
             module, leaf, _ = self.stack[-1]
             raise DtypeMismatch(f"{where(module, leaf)} runs aten.{name} on tensors of dtypes "
                                 f"{', '.join(mixed)}, which PyTorch refuses to mix")
+        kw_ins = []
         for key, val in kwargs.items():
             if isinstance(val, torch.Tensor):
-                kwargs[key] = self._meta(val)[0]
+                kwargs[key], vid = self._meta(val)
+                kw_ins.append((key, vid))
             elif key == "device":
                 kwargs[key] = META
         if "device" not in kwargs and _takes_device(func):
@@ -233,7 +236,7 @@ class _Tracer(TorchDispatchMode):
         scalars = tuple(None if p[1] is not None else a for a, p in zip(args, pairs, strict=True))
         self.ops.append(Op(name, tuple(p[1] for p in pairs), outs,
                            tuple(range(n_storages, len(self.s_bytes))), scalars, module, leaf,
-                           self.phase))
+                           self.phase, tuple(kw_ins)))
         if not self.in_call:  # an op no torch call of the model's code made: its own end
             self.op_ends.add(len(self.ops) - 1)
         if name in RESTRIDE:
