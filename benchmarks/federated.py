@@ -11,9 +11,13 @@ resident set just before it: each configuration runs in a fresh process, after a
 round of 4 clients (same code paths, so lazy imports and first-call caches are not
 counted), with the peak reset through /proc/self/clear_refs. Beside it: the bytes that
 collecting every decoded update before averaging would hold (clients x model bytes), and
-for error feedback the residual bytes the clients keep. Time: wall seconds of the round, the
-fastest of three (the first is the one measured for memory), and seconds per client (linear
-in clients when that stays flat).
+for error feedback the residual bytes the clients keep (run twice: with glibc's default
+allocator settings, and with freed memory returned at once, MALLOC_ARENA_MAX=1 and
+MALLOC_TRIM_THRESHOLD_=0, which shows how much of the peak is the allocator's free space).
+Time: wall and CPU seconds of the round
+(CPU time is what other processes on a shared machine disturb least), each the fastest of
+three (the first is the one measured for memory), and per client (linear in clients when
+that stays flat).
 
     python benchmarks/federated.py            # writes benchmarks/results/federated.json
 """
@@ -21,6 +25,7 @@ in clients when that stays flat).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +37,9 @@ RESULTS = HERE / "results" / "federated.json"
 CLIENTS = (250, 500, 1000)
 LIMIT_BYTES = 100 * 2**20  # the issue's bound on a 1,000-client round's extra memory
 REPEATS = 3  # rounds timed per configuration (the machine is shared: the minimum is kept)
+# glibc returning freed memory at once: what error feedback's round holds, without the
+# allocator's cached free space
+TRIMMED = {"MALLOC_ARENA_MAX": "1", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
 def _status_bytes(field: str) -> int:
@@ -58,15 +66,15 @@ def one_round(job: dict[str, Any]) -> dict[str, Any]:
     fl.federated(model, task, clients=4, seed=1, **kw)  # warm-up: same code paths
     Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from here
     before = _status_bytes("VmRSS")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     hist = fl.federated(model, task, clients=job["clients"], seed=0, **kw)
-    times = [time.perf_counter() - start]
+    times = [(time.perf_counter() - start, time.process_time() - cpu)]
     extra = _status_bytes("VmHWM") - before
     for _ in range(REPEATS - 1):  # the same round again: the fastest of them is the time
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fl.federated(model, task, clients=job["clients"], seed=0, **kw)
-        times.append(time.perf_counter() - start)
-    seconds = min(times)
+        times.append((time.perf_counter() - start, time.process_time() - cpu))
+    seconds, cpu_seconds = min(t for t, _ in times), min(c for _, c in times)
     model_bytes = dense_bytes(model)
     return {**job, "parameters": sum(p.numel() for p in model.parameters()),
             "model_bytes": model_bytes, "extra_peak_rss_bytes": extra,
@@ -74,22 +82,40 @@ def one_round(job: dict[str, Any]) -> dict[str, Any]:
             "collect_all_updates_bytes": job["clients"] * model_bytes,
             "error_feedback_residual_bytes": job["clients"] * model_bytes
             if job["error_feedback"] else 0,
-            "round_s": seconds, "round_s_all": times, "s_per_client": seconds / job["clients"],
+            "round_s": seconds, "round_cpu_s": cpu_seconds,
+            "round_s_all": [t for t, _ in times], "round_cpu_s_all": [c for _, c in times],
+            "s_per_client": seconds / job["clients"],
+            "cpu_s_per_client": cpu_seconds / job["clients"],
             "up_bytes": hist.up_bytes_per_round[0], "test_acc": hist.test_acc[0]}
 
 
-def main() -> None:
+def run_fresh(job: dict[str, Any]) -> dict[str, Any]:
+    """``one_round(job)`` in a fresh process, with the allocator settings the job names."""
     from runner import run_parallel
 
-    jobs = [{"clients": n, "compressor": "none", "error_feedback": False,
-             "compressor_kwargs": {}} for n in CLIENTS]
-    jobs.append({"clients": CLIENTS[-1], "compressor": "topk", "error_feedback": True,
-                 "compressor_kwargs": {"density": 0.01}})
-    rows = []
-    for job in jobs:  # one fresh process each, one at a time (a clean peak, no contention)
-        rows.extend(run_parallel(one_round, [job], processes=1))
-    dense = [r for r in rows if r["compressor"] == "none"]
-    biggest = dense[-1]
+    env = TRIMMED if job["malloc"] == "trimmed" else {}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # read by the C library when the fresh process starts
+    try:
+        return run_parallel(one_round, [job], processes=1)[0]
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
+
+
+def main() -> None:
+    dense = {"compressor": "none", "error_feedback": False, "compressor_kwargs": {},
+             "malloc": "default"}
+    feedback = {"clients": CLIENTS[-1], "compressor": "topk", "error_feedback": True,
+                "compressor_kwargs": {"density": 0.01}}
+    jobs = [{**dense, "clients": n} for n in CLIENTS]
+    jobs += [{**feedback, "malloc": "default"}, {**feedback, "malloc": "trimmed"}]
+    rows = [run_fresh(job) for job in jobs]  # one at a time: a clean peak, no contention
+    plain = [r for r in rows if not r["error_feedback"]]
+    biggest = plain[-1]
     out = {
         "task": "mnist1d", "model": "odtkit.lab.lab_model (mlp, width 2)",
         "memory": "peak RSS (VmHWM) during the round minus RSS before it, fresh process, "
@@ -101,8 +127,14 @@ def main() -> None:
             "limit_mb": LIMIT_BYTES / 2**20,
             "under_limit": biggest["extra_peak_rss_bytes"] < LIMIT_BYTES,
             "collect_all_updates_mb": biggest["collect_all_updates_bytes"] / 2**20,
-            "s_per_client": {str(r["clients"]): r["s_per_client"] for r in dense},
-            "time_ratio_1000_vs_250_over_4": dense[-1]["round_s"] / dense[0]["round_s"] / 4,
+            "s_per_client": {str(r["clients"]): r["s_per_client"] for r in plain},
+            "cpu_s_per_client": {str(r["clients"]): r["cpu_s_per_client"] for r in plain},
+            "time_ratio_1000_vs_250_over_4": plain[-1]["round_s"] / plain[0]["round_s"] / 4,
+            "cpu_ratio_1000_vs_250_over_4":
+                plain[-1]["round_cpu_s"] / plain[0]["round_cpu_s"] / 4,
+            "error_feedback_extra_peak_rss_mb": {r["malloc"]: r["extra_peak_rss_mb"]
+                                                 for r in rows if r["error_feedback"]},
+            "error_feedback_residual_mb": feedback["clients"] * biggest["model_bytes"] / 2**20,
         },
     }
     print(json.dumps(out, indent=2))
