@@ -169,6 +169,17 @@ def test_lean_estimate_matches_a_measured_lean_step(name, scheme, activation_gra
     assert all(abs(e) <= 0.02 for e in errors.values()), errors
 
 
+def test_lean_peak_at_the_max_pool_is_estimated() -> None:
+    """At batch 8 the ResNet-18-like net's lean peak is its max pooling turning torch's
+    int64 indices into window positions."""
+    model, x = build_arch("resnet18"), example("resnet18", 8)
+    plan = odt.plan(model, "bias-only")
+    est = odt.estimate(model, x, plan, engine="lean")
+    meas = odt.measure(model, x, plan, engine="lean", rss=False)
+    assert abs(compare(est, meas)["peak"]) <= 0.005
+    assert max(est.timeline, key=lambda e: e[1])[0] == "forward: max_pool2d_with_indices"
+
+
 def test_lean_ratios_and_what_limits_them() -> None:
     """Bias-only with frozen BN, exact gradients: >= 20x fewer activation bytes than
     stock on the ResNet-18-like net, >= 100x on the MobileNetV2-like net; on the

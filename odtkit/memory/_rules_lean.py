@@ -133,7 +133,11 @@ def _pool_saves(op: Op, rg: Flags, t: Trace) -> tuple:
 
 
 def _pool_fwd(op: Op, rg: Flags, t: Trace) -> int:
-    return 7 * numel(t, op.outs[0])  # int64 temporary beside the indices, less the kept m
+    # an int64 temporary beside the indices, less the kept m; stock F.max_pool2d runs this
+    # op inside aten::max_pool2d (the trace frees unkept indices as that op ends), the
+    # lean one at top level, so the indices are alive while they are converted
+    idx = t.value_storage[op.outs[1]]
+    return 7 * numel(t, op.outs[0]) + (t.storage_bytes[idx] if idx in t.freed_within else 0)
 
 
 def _pool_bwd(op: Op, rg: Flags, t: Trace) -> int:
