@@ -1,11 +1,21 @@
-"""Gradients in the simulated backward: which arguments of an op get one, fresh or
-shared (``input_grads``), and the backward MACs of every layer call."""
+"""Gradients in the simulated backward: which arguments of an op need one
+(``needs_grad``), fresh or shared (``input_grads``), and the backward MACs of every layer
+call."""
 
 from __future__ import annotations
 
 from ..models.summary import backward_macs
 from ._rule import Rule
 from ._trace import Trace
+
+
+def needs_grad(x: object, rg: bytearray) -> bool:
+    """Whether an op's argument (a value id, a tuple of them, or None) needs a gradient."""
+    if isinstance(x, int):
+        return bool(rg[x])
+    if isinstance(x, tuple):
+        return any(rg[v] for v in x if v is not None)
+    return False
 
 
 def input_grads(op, rule: Rule, flags: tuple[bool, ...], g_out: int, rg: bytearray,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ._casts import cached_casts, elements, fp8_cast_params
 from ._fused import fused_calls
-from ._grads import backward_macs_of, input_grads
+from ._grads import backward_macs_of, input_grads, needs_grad
 from ._measure import StepBytes
 from ._rules import rules_of
 from ._scratch import scratch_of
@@ -41,14 +41,6 @@ class StepModel(StepBytes):
     row_trainable: tuple[bool, ...]
     checkpoint_rows: tuple[tuple[str, int], ...]  # (block, bytes of inputs it keeps)
     timeline: tuple[tuple[str, int], ...]
-
-
-def _flag(x: object, rg: bytearray) -> bool:
-    if isinstance(x, int):
-        return bool(rg[x])
-    if isinstance(x, tuple):
-        return any(rg[v] for v in x if v is not None)
-    return False
 
 
 class _Step:
@@ -106,7 +98,7 @@ class _Step:
                 self._checkpoint(ends[i])
             if not rule.differentiable:
                 continue
-            flags = tuple(_flag(x, rg) for x in op.ins)
+            flags = tuple(needs_grad(x, rg) for x in op.ins)
             if not any(flags):
                 continue
             for o in op.outs:
