@@ -7,7 +7,9 @@
    why (the lean report's notes), and the lean estimate's error against the measurement.
 2. Step time (forward, cross-entropy, backward) of a lean model over the stock one, bias-
    only, at batch 1 and 8, on the zoo's mbv2-tiny and the ResNet-18-like net: stock and
-   lean steps alternate in one process (one thread), the ratio of their medians.
+   lean steps alternate in one process (one thread), the ratio of their medians, by the
+   wall clock and by the thread's CPU time (on a shared machine the wall clock also
+   counts waiting for a core).
 3. MobileTL's accuracy effect on a transfer task: a MobileNetV3-like net (in-place
    hardswish, squeeze-excitation) pretrained on digits-shift's source domain, then
    fine-tuned bias-only on the target domain with exact and with MobileTL gradients
@@ -91,12 +93,14 @@ def ratios(batch_size: int = 8) -> dict[str, Any]:
 # ---------------------------------------------------------------- 2. step time
 
 
-def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: list) -> float:
-    start = time.perf_counter()
+def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: list
+          ) -> tuple[float, float]:
+    """(wall seconds, this thread's CPU seconds) of one training step."""
+    wall, cpu = time.perf_counter(), time.thread_time()
     F.cross_entropy(model(x), y).backward()
     for p in params:
         p.grad = None
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.thread_time() - cpu
 
 
 def step_times(repeats: int = 60) -> dict[str, Any]:
@@ -117,14 +121,18 @@ def step_times(repeats: int = 60) -> dict[str, Any]:
             for _ in range(5):
                 for m, params in pairs:
                     _step(m, x, y, params)
-            times: list[list[float]] = [[], []]
+            times: list[list[tuple[float, float]]] = [[], []]
             for i in range(repeats):
                 for k in ((0, 1) if i % 2 else (1, 0)):
                     times[k].append(_step(pairs[k][0], x, y, pairs[k][1]))
-            s, le = statistics.median(times[0]), statistics.median(times[1])
-            out[f"{name.removeprefix('zoo:')}@{batch_size}"] = {
-                "stock_ms": round(s * 1e3, 3), "lean_ms": round(le * 1e3, 3),
-                "ratio": round(le / s, 3)}
+            row = {}
+            for j, clock in enumerate(("wall", "cpu")):
+                s = statistics.median(t[j] for t in times[0])
+                le = statistics.median(t[j] for t in times[1])
+                row.update({f"stock_{clock}_ms": round(s * 1e3, 3),
+                            f"lean_{clock}_ms": round(le * 1e3, 3),
+                            f"{clock}_ratio": round(le / s, 3)})
+            out[f"{name.removeprefix('zoo:')}@{batch_size}"] = row
     return out
 
 
@@ -196,7 +204,8 @@ def lean_section() -> dict[str, Any]:
         "lean_estimates_within_2_percent": all(
             abs(e) <= 0.02 for r in rat.values() for m in r.values()
             for e in m["lean_estimate_error"].values()),
-        "step_time_at_most_1.2x": {k: v["ratio"] <= 1.2 for k, v in times.items()},
+        "step_time_at_most_1.2x": {k: v["cpu_ratio"] <= 1.2 and v["wall_ratio"] <= 1.2
+                                   for k, v in times.items()},
     }
     return {"torch": torch.__version__, "threads": 1, "targets": targets,
             "activation_bytes_bias_only_batch_8": rat, "step_time_bias_only": times,
