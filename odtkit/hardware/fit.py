@@ -105,10 +105,8 @@ class FitReport:
         """One line for a person: fits or not, by how much, and what dominates."""
         head = "fits" if self.fits else "does not fit"
         text = f"{head} {self.device}: " + ", ".join(c.describe() for c in self.checks)
-        if self.peak == "allocator":
+        if self.peak == "allocator":  # the tensor peak, the usual one, goes unsaid
             text += " (allocator peak, kernel scratch included)"
-        elif self.peak == "tensor":
-            text += " (tensor peak)"
         if self.largest_category:
             text += f"; largest category: {self.largest_category}"
         if self.step_time_s is not None:
