@@ -66,7 +66,10 @@ def run_one(job: tuple[str, int, int]) -> dict[str, Any]:
     return {"label": label, "seed": seed, "test_acc": hist.test_acc,
             "total_bytes": hist.total_bytes, "dense_bytes": hist.dense_bytes,
             "up_bytes_mean": sum(hist.up_bytes_per_round) / hist.rounds,
-            "ratio": hist.compression_ratio,
+            "ratio": hist.compression_ratio, "exchange": hist.exchange,
+            "wire_sent_mean": sum(hist.wire_sent_bytes_per_round) / hist.rounds,
+            "wire_recv_mean": sum(hist.wire_recv_bytes_per_round) / hist.rounds,
+            "dense_wire_bytes": hist.dense_wire_bytes, "wire_ratio": hist.wire_ratio,
             "ratio_after_warmup": hist.dense_bytes * len(late) / sum(late),
             "compress_rel": sum(hist.compress_s_per_round) / sum(hist.compute_s_per_round),
             "round_time": times, "rounds": hist.rounds}
@@ -109,6 +112,11 @@ def summarize(runs: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
             "final_acc_std": statistics.pstdev(finals),
             "total_bytes": statistics.fmean(r["total_bytes"] for r in mine),
             "bytes_per_worker_per_round": statistics.fmean(r["up_bytes_mean"] for r in mine),
+            "exchange": mine[0]["exchange"],
+            "wire_sent_per_worker_per_round": statistics.fmean(r["wire_sent_mean"] for r in mine),
+            "wire_recv_per_worker_per_round": statistics.fmean(r["wire_recv_mean"] for r in mine),
+            "dense_wire_bytes_per_round": mine[0]["dense_wire_bytes"],
+            "wire_ratio": statistics.fmean(r["wire_ratio"] for r in mine),
             "compression_ratio": statistics.fmean(r["ratio"] for r in mine),
             "ratio_after_warmup": statistics.fmean(r["ratio_after_warmup"] for r in mine),
             "compress_time_rel_step": statistics.fmean(r["compress_rel"] for r in mine),
@@ -137,6 +145,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per compressor (3)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (30)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel processes (2)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="the training sections alone; keep the speed and Elias sections "
+                             "already in the results file (measured on a quiet machine)")
     parser.add_argument("--speed", action="store_true",
                         help="only the speed and Elias sections (one thread), merged into "
                              "the results file")
@@ -168,14 +179,25 @@ def main() -> None:
                    "workers": WORKERS, "batch_per_worker": BATCH, "default_lr": LR,
                    "optimizer": "sgd-m unless the entry says", "epochs": epochs,
                    "seeds": seeds, "quick": args.quick, "round_time_device": DEVICE,
-                   "exchange": "all-gather of compressed payloads"},
+                   "exchange": "per compressor (its 'exchange'): ring all-reduce where payloads "
+                               "sum (dense, casts, shared-seed random-k), PowerSGD's "
+                               "all-reduces of P and Q, all-gather of frames elsewhere",
+                   "bytes": "bytes_per_worker_per_round: the payload a worker uploads; "
+                            "wire_*: what it sends and receives on the collective used "
+                            "(headers included); wire_ratio: dense fp32 ring all-reduce "
+                            "wire bytes over the bytes sent"},
         "compressors": table,
         "must_show": must_show(table),
         "ddp_vs_simulation": ddp_check(steps=5 if args.quick else 20),
     }
     torch.set_num_threads(1)
-    report["speed"] = speed(sizes=(10**5, 10**6) if args.quick else (10**5, 10**6, 10**7))
-    report["qsgd_elias"] = qsgd_elias(sizes=(10**4,) if args.quick else (10**4, 10**5, 10**6))
+    kept = json.loads(RESULTS.read_text()) if args.train_only and RESULTS.exists() else {}
+    if "speed" in kept and "qsgd_elias" in kept:
+        report["speed"], report["qsgd_elias"] = kept["speed"], kept["qsgd_elias"]
+    else:
+        report["speed"] = speed(sizes=(10**5, 10**6) if args.quick else (10**5, 10**6, 10**7))
+        report["qsgd_elias"] = qsgd_elias(sizes=(10**4,) if args.quick
+                                          else (10**4, 10**5, 10**6))
     report["wall_s"] = time.perf_counter() - started
     if not args.quick:  # a smoke run must not replace the committed full results
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
