@@ -36,8 +36,11 @@ lint: setup
 	$(BIN)/ruff check odtkit tests benchmarks
 
 bench: setup
+	$(BIN)/python benchmarks/lean.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/compress.py
+	$(BIN)/python benchmarks/ddp.py
+	$(BIN)/python benchmarks/federated.py
 	$(BIN)/python benchmarks/quant.py
 	$(BIN)/python benchmarks/sparse.py
 
