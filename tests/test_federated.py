@@ -62,19 +62,25 @@ def test_partition_bad_input(task):
 
 # ------------------------------------------------------------------------- FedAvg
 
+
+def _assert_full_batch_sgd(trained, small, task, *, rounds: int, momentum: float) -> None:
+    """``trained`` equals ``rounds`` steps of torch.optim.SGD (lr 0.1, ``momentum``) on all
+    training data at once, from ``small``: the reference the federated tests check against."""
+    ref = copy.deepcopy(small)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=momentum)
+    for _ in range(rounds):
+        opt.zero_grad()
+        F.cross_entropy(ref(task.x_train), task.y_train).backward()
+        opt.step()
+    for a, b in zip(trained.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
 def test_fedavg_full_batch_equals_gradient_descent(task, small):
     """All clients, one local full-batch SGD step each: the sample-weighted mean of the
     updates is one gradient-descent step on all training data (the mean gradient)."""
     hist = fl.federated(small, task, clients=3, fraction=1.0, rounds=3, local_epochs=1,
                         batch_size=10_000, lr=0.1, partition_scheme="shards", seed=0)
-    ref = copy.deepcopy(small)
-    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
-    for _ in range(3):
-        opt.zero_grad()
-        F.cross_entropy(ref(task.x_train), task.y_train).backward()
-        opt.step()
-    for a, b in zip(hist.model.parameters(), ref.parameters(), strict=True):
-        assert torch.allclose(a, b, atol=1e-6)
+    _assert_full_batch_sgd(hist.model, small, task, rounds=3, momentum=0.0)
     assert hist.chosen == [(0, 1, 2)] * 3 and hist.dropped == [()] * 3
     assert hist.up_bytes_per_round == [4 * 17_226 * 3] * 3 == hist.down_bytes_per_round
 
@@ -295,14 +301,7 @@ def test_dgc_momentum_correction_is_heavy_ball_sgd(task, small):
     hist = fl.federated(small, task, clients=3, fraction=1.0, rounds=3, batch_size=10_000,
                         lr=0.1, partition_scheme="shards", compressor="dgc", density=1.0,
                         momentum=0.9, momentum_masking=False, warmup=False, seed=0)
-    ref = copy.deepcopy(small)
-    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(3):
-        opt.zero_grad()
-        F.cross_entropy(ref(task.x_train), task.y_train).backward()
-        opt.step()
-    for a, b in zip(hist.model.parameters(), ref.parameters(), strict=True):
-        assert torch.allclose(a, b, atol=1e-6)
+    _assert_full_batch_sgd(hist.model, small, task, rounds=3, momentum=0.9)
 
 
 def test_dgc_clipping_bound_counts_the_clients_in_a_round(task, small):

@@ -16,6 +16,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from _saved import saved_bytes
 from archs import ARCHS, build, example
 from torch import nn
 from torch.distributed._tools.mem_tracker import MemTracker
@@ -50,20 +51,10 @@ def reference_step(model: nn.Module, x: torch.Tensor, plan) -> dict[str, int]:
         plan.norm_mode_(work)
     params, buffers = list(work.parameters()), list(work.buffers())
     opt = torch.optim.SGD([p for p in params if p.requires_grad], lr=0.01, momentum=0.9)
-    skip = {t.untyped_storage().data_ptr() for t in params + buffers}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
     x = x.clone()
     labels = torch.arange(x.shape[0]) % 10
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            logits = work(x)
+        activations, logits = saved_bytes(work, lambda: work(x))
         loss = F.cross_entropy(logits, labels % logits.shape[1])
         del logits
         loss.backward()
@@ -78,7 +69,7 @@ def reference_step(model: nn.Module, x: torch.Tensor, plan) -> dict[str, int]:
     state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     return {"weights": _nbytes(params + buffers),
             "gradients": _nbytes(p.grad for p in params if p.grad is not None),
-            "optimizer": _nbytes(state), "activations": sum(saved.values()),
+            "optimizer": _nbytes(state), "activations": activations,
             "allocator_peak": _nbytes(params + buffers + [x]) + peak}
 
 
