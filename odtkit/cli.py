@@ -1,6 +1,9 @@
-"""Command line: ``odtkit devices``, ``odtkit links``, ``odtkit device NAME``, ``odtkit link NAME``.
+"""Command line: ``odtkit devices``, ``odtkit links``, ``odtkit device NAME``,
+``odtkit link NAME``, ``odtkit models``, ``odtkit estimate --model M --scheme S --batch B
+[--precision P] [--optimizer O] [--engine E] [--device D] [--json]``, ``odtkit lab`` and
+``odtkit --version``.
 
-Unknown names exit with status 2 and the closest known names on stderr.
+Unknown names and bad values exit with status 2 and say what is valid on stderr.
 """
 
 from __future__ import annotations
@@ -10,7 +13,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import hardware
+from . import __version__, hardware
+from ._cli_memory import (
+    add_estimate_arguments,
+    lab_command,
+    models_rows,
+    print_estimate,
+)
 from .hardware import (
     DeviceProfile,
     LinkProfile,
@@ -77,7 +86,9 @@ def links_table() -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="odtkit", description="odtkit: hardware catalogue for on-device training.")
+        prog="odtkit", description="odtkit: on-device training, measured: the hardware "
+        "catalogue, the model zoo, training-memory estimates and the lab book.")
+    parser.add_argument("--version", action="version", version=f"odtkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     listing = commands.add_parser("devices", help="list the device catalogue")
     listing.add_argument("--kind", choices=hardware.KINDS, help="only devices of this kind")
@@ -86,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     one.add_argument("name", help="device name (case and separators do not matter) or a .toml")
     one_link = commands.add_parser("link", help="one link with the source of every number")
     one_link.add_argument("name", help="link name or a .toml file")
+    commands.add_parser("models", help="list the model zoo")
+    add_estimate_arguments(commands.add_parser(
+        "estimate", help="the training memory of one step of a zoo model (odt.estimate)"))
+    commands.add_parser("lab", help="open the lab book in JupyterLab")
     return parser
 
 
@@ -104,7 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(hardware.device(args.name).describe())
         elif args.command == "link":
             print(hardware.link(args.name).describe())
-    except (UnknownNameError, ProfileError) as err:
+        elif args.command == "models":
+            print(format_table(*models_rows(), left=2))
+        elif args.command == "estimate":
+            print_estimate(args)
+        elif args.command == "lab":
+            command = lab_command()
+            sys.stdout.flush()
+            os.execv(command[0], command)
+    except (UnknownNameError, ProfileError, ValueError, FileNotFoundError) as err:
         print(f"odtkit: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `odtkit devices | head`: the reader left early

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from odtkit import cli
 from odtkit import hardware as hw
@@ -126,3 +127,100 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     finally:
         os.close(write_end)
     assert done.returncode == 1 and done.stderr == ""
+
+
+# ---------------------------------------------------------------- version, models, estimate, lab
+
+
+def test_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    code, out, err = run(capsys, "--version")
+    assert code == 0 and err == ""
+    assert out.strip() == f"odtkit {version('odtkit')}"
+
+
+def test_models_lists_the_zoo_with_parameter_counts(capsys):
+    import odtkit as odt
+
+    code, out, err = run(capsys, "models")
+    assert code == 0 and err == ""
+    rows = out.splitlines()[2:]
+    assert [r.split()[0] for r in rows] == odt.models.names()
+    mlp = next(r.split() for r in rows if r.startswith("mlp "))
+    # the lab MLP on 8x8 digits: weights and biases of its Linear layers, counted here
+    model = odt.models.create("mlp")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert mlp[1] == "1x8x8"
+    assert int(mlp[2].replace(",", "")) == sum(
+        m.in_features * m.out_features + m.out_features for m in linears)
+    assert mlp[3] == "yes"
+
+
+def test_estimate_json_equals_the_library_estimate(capsys):
+    import json
+
+    import odtkit as odt
+
+    code, out, err = run(capsys, "estimate", "--model", "mbv2-tiny", "--scheme", "bias-only",
+                         "--batch", "8", "--json")
+    assert code == 0 and err == ""
+    shown = json.loads(out)
+    model = odt.models.create("mbv2-tiny")
+    ref = odt.estimate(model, odt.models.example_input(model, batch_size=8),
+                       odt.plan(model, "bias-only"))
+    assert shown["by_category"] == ref.by_category
+    assert (shown["peak_bytes"], shown["allocator_peak_bytes"], shown["total_bytes"]) == (
+        ref.peak_bytes, ref.allocator_peak_bytes, sum(ref.by_category.values()))
+    assert (shown["scheme"], shown["batch_size"], shown["engine"], shown["optimizer"]) == (
+        "bias-only", 8, "pytorch", "sgd")
+    assert "fit" not in shown
+
+
+def test_estimate_table_with_a_device_gives_the_verdict(capsys):
+    import odtkit as odt
+
+    code, out, _ = run(capsys, "estimate", "--model", "mlp", "--scheme", "last:1", "--batch",
+                       "4", "--optimizer", "SGD-M", "--engine", "lean", "--device", "STM32F746")
+    assert code == 0
+    model = odt.models.create("mlp")
+    ref = odt.estimate(model, odt.models.example_input(model, batch_size=4),
+                       odt.plan(model, "last:1"), optimizer="sgd-m", engine="lean")
+    assert out.splitlines()[0] == "estimate (lean, sgd-m, scheme last:1, fp32, batch 4)"
+    assert ["peak", *odt.format_bytes(ref.peak_bytes).split()] in [
+        line.split() for line in out.splitlines()]
+    assert out.splitlines()[-1] == odt.device("stm32f746").fit(ref).verdict
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--model", "mbv3"], "unknown model 'mbv3'. Did you mean 'mbv2-tiny'?"),
+    (["--model", "mlp", "--scheme", "bias"], "unknown scheme 'bias'. Did you mean 'bias-only'?"),
+    (["--model", "mlp", "--batch", "eight"], "--batch must be a whole number >= 1, got 'eight'"),
+    (["--model", "mlp", "--batch", "0"], "--batch must be an integer >= 1"),
+    (["--model", "mlp", "--optimizer", "adamw"], "unknown optimizer 'adamw'. Did you mean 'adam'?"),
+    (["--model", "mlp", "--precision", "int4"], "int4"),
+    (["--model", "mlp", "--device", "esp33"], "esp32"),
+])
+def test_estimate_errors_name_the_bad_value_and_the_choices(capsys, argv, message):
+    code, out, err = run(capsys, "estimate", *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("odtkit: ") and message in err
+
+
+def test_lab_starts_jupyterlab_on_the_lab_book(capsys, monkeypatch):
+    started = []
+    monkeypatch.setattr(cli.os, "execv", lambda path, argv: started.append((path, argv)))
+    monkeypatch.setattr("shutil.which", lambda name, path=None: f"/env/bin/{name}")
+    code, _, err = run(capsys, "lab")
+    assert code == 0 and err == ""
+    [(path, argv)] = started
+    assert path == argv[0] == "/env/bin/jupyter" and argv[1] == "lab"
+    root = Path(next(a for a in argv if a.startswith("--ServerApp.root_dir=")).split("=", 1)[1])
+    assert root == ROOT / "labs" and (root / "00_getting_started.ipynb").is_file()
+
+
+def test_lab_without_jupyterlab_says_how_to_get_it(capsys, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name, path=None: None)
+    code, out, err = run(capsys, "lab")
+    assert code == 2 and out == ""
+    assert "JupyterLab is not installed" in err and "make lab" in err
