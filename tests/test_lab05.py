@@ -49,6 +49,11 @@ def floor_k(grad, residual, density):
     return sent.view_as(p), p - sent.view_as(p)
 
 
+def swapped(grad, residual, density):
+    sent, new_residual = right(grad, residual, density)
+    return new_residual, sent
+
+
 def keeps_old_residual(grad, residual, density):
     sent, _ = right(grad, residual, density)
     return sent, residual
@@ -65,6 +70,7 @@ def test_right_answer_is_accepted(capsys):
     (signed, "magnitudes (abs)"),
     (floor_k, "ceil(0.05 * 133) = 7"),
     (keeps_old_residual, "grad + residual - sent"),
+    (swapped, "swapped: you returned (residual, sent)"),
     (lambda g, r, d: (g, r, d), "failed at step 0"),
     (lambda g, r, d: (g.flatten(), r), "shaped like grad (7, 19)"),
 ])

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 
-from ._memory import check_conv_saved_bytes, conv_saved_bytes
+from ._memory import conv_saved_bytes
 from ._precision import PrecisionRow, format_precision_table, precision_row, step_memory
-from ._quantize import QUANTIZE_CASES, check_quantize
+from ._quantize import QUANTIZE_CASES
 from ._selection import (
     NEQ_MU,
     NEQ_OUTPUTS,
     SELECTION_LR,
     budget_accuracy_figure,
-    check_neq,
     format_selection_table,
     load_selection_results,
     selection_model,
@@ -26,14 +25,27 @@ from ._selection import (
 )
 from ._sparse import (
     LAB_LAST_KS,
-    check_sparse_scheme,
     contribution_figure,
     format_pareto_table,
     load_sparse_results,
     pareto_figure,
     pareto_rows,
 )
-from .checks import CheckResult, check_topk_ef, check_training_state_bytes
+from .checks import (
+    CheckResult,
+    check_channel_sparse_count,
+    check_conv_saved_bytes,
+    check_neq,
+    check_qparams,
+    check_quantize,
+    check_relu_saved_bytes,
+    check_sparse_scheme,
+    check_topk_ef,
+    check_topk_payload_bytes,
+    check_training_state_bytes,
+    check_velocity_step,
+    read_number,
+)
 from .suites import LAB_TASK, LAB_WIDTH, SUITE, lab_model
 
 __all__ = [
@@ -44,7 +56,9 @@ __all__ = [
     "load_selection_results",
     "format_selection_table", "budget_accuracy_figure", "velocity_figure",
     "check_sparse_scheme", "LAB_LAST_KS", "load_sparse_results", "pareto_rows",
-    "format_pareto_table", "pareto_figure", "contribution_figure",
+    "format_pareto_table", "pareto_figure", "contribution_figure", "read_number",
+    "check_relu_saved_bytes", "check_qparams", "check_channel_sparse_count",
+    "check_velocity_step", "check_topk_payload_bytes",
 ]
 
 

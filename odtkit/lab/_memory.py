@@ -1,12 +1,9 @@
-"""Lab 01's exercise check: the student's number against a real measurement."""
+"""What lab 01's exercise checks measure: the bytes autograd really keeps for a layer."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from .._checks import choice_error
-from .checks import CheckResult
 
 
 def conv_saved_bytes(batch_size: int, in_channels: int, out_channels: int, size: int,
@@ -23,7 +20,26 @@ def conv_saved_bytes(batch_size: int, in_channels: int, out_channels: int, size:
         from ..plans import plan
 
         conv = lean(conv, plan(conv, "bias-only"))
-    params = {p.untyped_storage()._cdata for p in conv.parameters()}
+    return _kept(conv, torch.zeros(batch_size, in_channels, size, size))
+
+
+def relu_saved_bytes(batch_size: int, channels: int, size: int, engine: str = "pytorch") -> int:
+    """Bytes autograd keeps for a ReLU after a convolution (frozen weight, trainable bias),
+    measured: the pair's saved bytes minus the convolution's alone."""
+    from ..engine import lean
+    from ..plans import plan
+
+    conv = nn.Conv2d(channels, channels, 3, padding=1)
+    conv.weight.requires_grad_(False)
+    both, alone = nn.Sequential(conv, nn.ReLU()), nn.Sequential(conv)
+    if engine == "lean":
+        both, alone = lean(both, plan(both, "bias-only")), lean(alone, plan(alone, "bias-only"))
+    x = torch.zeros(batch_size, channels, size, size)
+    return _kept(both, x) - _kept(alone, x)
+
+
+def _kept(module: nn.Module, x: torch.Tensor) -> int:
+    params = {p.untyped_storage()._cdata for p in module.parameters()}
     kept: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -32,54 +48,6 @@ def conv_saved_bytes(batch_size: int, in_channels: int, out_channels: int, size:
             kept[storage._cdata] = storage.nbytes()
         return t
 
-    x = torch.zeros(batch_size, in_channels, size, size)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        conv(x)
+        module(x)
     return sum(kept.values())
-
-
-def check_conv_saved_bytes(answer: object, batch_size: int = 8, in_channels: int = 16,
-                           out_channels: int = 32, size: int = 32, kernel_size: int = 3,
-                           engine: str = "pytorch", quiet: bool = False) -> CheckResult:
-    """Is ``answer`` the bytes a Conv2d (frozen weight, trainable bias) keeps for backward?
-
-    The reference is measured, not computed from the formula the student is asked for; a
-    wrong answer gets a hint naming the likely slip. Prints the verdict unless ``quiet``.
-    """
-    if engine not in ("pytorch", "lean"):  # odtkit.memory.ENGINES (which imports this module)
-        raise choice_error("engine", engine, ("pytorch", "lean"))
-    result = _verdict(answer, batch_size, in_channels, out_channels, size, kernel_size, engine)
-    if not quiet:
-        print(result)
-    return result
-
-
-def _verdict(answer: object, batch_size: int, in_channels: int, out_channels: int, size: int,
-             kernel_size: int, engine: str) -> CheckResult:
-    if answer is None or answer is ...:
-        return CheckResult(None, "replace the placeholder with your number of bytes.")
-    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
-        return CheckResult(False, f"give a number of bytes, got {answer!r}.")
-    right = conv_saved_bytes(batch_size, in_channels, out_channels, size, kernel_size, engine)
-    if answer == right:
-        return CheckResult(True, f"{right:,} bytes are kept for backward.")
-    input_values = batch_size * in_channels * size * size
-    hints = {
-        input_values: "that counts values; each float32 value takes 4 bytes.",
-        batch_size * out_channels * size * size * 4:
-            "that is the output; the backward of a convolution needs its input.",
-        input_values * 4 + out_channels * in_channels * kernel_size**2 * 4:
-            "the weight is a parameter: it lives anyway, so it is not activation memory.",
-        input_values * 4 // batch_size: "that is one sample; the whole batch is kept.",
-        input_values * 32: "that looks like bits; divide by 8.",
-    }
-    if engine == "pytorch":
-        hints[0] = ("stock PyTorch keeps the input even though the weight is frozen: one "
-                    "backward formula serves the input, weight and bias gradients.")
-    else:
-        hints[input_values * 4] = ("stock PyTorch would keep the input, but the lean engine "
-                                   "needs it only for the weight gradient, and the weight is "
-                                   "frozen.")
-    default = "which tensor does the backward read to get the input and bias gradients?"
-    hint = hints.get(answer, default) if float(answer).is_integer() else default
-    return CheckResult(False, f"{answer!r} is not it: {hint}")

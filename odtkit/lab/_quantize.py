@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import CheckResult
+from ._checks_core import CheckResult
 
 __all__ = ["check_quantize", "QUANTIZE_CASES"]
 

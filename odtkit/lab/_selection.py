@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks_core import CheckResult
 from ._quantize import _as_array
 from ._results import benchmark_results
-from .checks import CheckResult
 
 __all__ = ["SELECTION_LR", "load_selection_results", "selection_model", "selection_sweep", "format_selection_table",
            "budget_accuracy_figure", "velocity_figure", "NEQ_OUTPUTS", "NEQ_MU", "check_neq"]

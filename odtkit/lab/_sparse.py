@@ -25,8 +25,8 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from ..units import format_bytes
+from ._checks_core import CheckResult
 from ._results import benchmark_results
-from .checks import CheckResult
 
 __all__ = ["SPARSE_RESULTS", "LAB_LAST_KS", "load_sparse_results", "pareto_rows",
            "format_pareto_table", "pareto_figure", "contribution_figure",

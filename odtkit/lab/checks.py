@@ -1,76 +1,45 @@
-"""Checks for the lab book's exercises: a right answer passes, a wrong one is explained.
+"""Every exercise check of the lab book, in one place.
 
 A check never raises on a wrong or missing answer: it returns a `CheckResult`
 (truthy only when right) and prints a message, so a notebook with the exercise
-still open runs from top to bottom.
+still open runs from top to bottom. Number answers are read by one helper
+(`read_number`: int, float, numpy and torch scalars; bool, NaN and text refused with
+a message), and each check names the common slips it recognizes in its docstring.
+
+| lab | checks |
+|---|---|
+| 00 | check_training_state_bytes (last layer, then bias-only with Adam) |
+| 01 | check_conv_saved_bytes, check_relu_saved_bytes |
+| 02 | check_quantize, check_qparams |
+| 03 | check_sparse_scheme, check_channel_sparse_count |
+| 04 | check_neq, check_velocity_step |
+| 05 | check_topk_ef, check_topk_payload_bytes |
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..training.optim import state_copies
+from ._checks_bytes import (
+    check_channel_sparse_count,
+    check_conv_saved_bytes,
+    check_relu_saved_bytes,
+    check_topk_payload_bytes,
+    check_training_state_bytes,
+)
+from ._checks_core import CheckResult, read_number, say
+from ._checks_values import check_qparams, check_velocity_step
+from ._quantize import check_quantize
+from ._selection import check_neq
+from ._sparse import check_sparse_scheme
 
-__all__ = ["CheckResult", "check_training_state_bytes", "check_topk_ef"]
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """Outcome of an exercise check: ``ok`` is None while the answer is still missing."""
-
-    ok: bool | None
-    message: str
-
-    def __bool__(self) -> bool:
-        return bool(self.ok)
-
-    def __str__(self) -> str:
-        mark = {True: "Correct", False: "Not yet", None: "Not done yet"}[self.ok]
-        return f"{mark}: {self.message}"
-
-
-def _say(result: CheckResult, quiet: bool) -> CheckResult:
-    if not quiet:
-        print(result)
-    return result
-
-
-def check_training_state_bytes(answer: object, model: nn.Module, optimizer: str = "sgd-m",
-                               bytes_per_value: int = 4, quiet: bool = False) -> CheckResult:
-    """Lab 00: bytes of trainable weights + their gradients + optimizer state.
-
-    Only parameters with ``requires_grad=True`` count (apply the plan first).
-    """
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    copies = state_copies(optimizer)
-    right = trainable * bytes_per_value * (2 + copies)
-    if answer is None or answer is ...:
-        return _say(CheckResult(None, "replace the placeholder with your number of bytes."), quiet)
-    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
-        return _say(CheckResult(False, f"give a number of bytes, got {answer!r}."), quiet)
-    if answer == right:
-        return _say(CheckResult(True, f"{right:,} bytes = {trainable:,} trainable values x "
-                                      f"{bytes_per_value} bytes x (weights + gradients"
-                                      f"{' + ' + str(copies) + ' optimizer copies' if copies else ''})."),
-                    quiet)
-    hints = {
-        trainable * bytes_per_value: "that is the weights alone; training also keeps a gradient "
-                                     "for each, and the optimizer keeps its own state.",
-        trainable * bytes_per_value * 2: "weights and gradients are there, but "
-                                         f"{optimizer!r} keeps {copies} more copy(ies) of state.",
-        trainable * bytes_per_value * 8 * (2 + copies): "that looks like bits; divide by 8.",
-        trainable * (2 + copies): f"that counts values, not bytes: each takes {bytes_per_value}.",
-        sum(p.numel() for p in model.parameters()) * bytes_per_value * (2 + copies):
-            "that counts every parameter; only those with requires_grad=True train.",
-    }
-    hint = hints.get(answer, "count the trainable values (requires_grad=True), then bytes per "
-                             "value, then how many copies training keeps of each.")
-    return _say(CheckResult(False, f"{answer!r} is not it: {hint}"), quiet)
+__all__ = ["CheckResult", "read_number", "check_training_state_bytes", "check_conv_saved_bytes",
+           "check_relu_saved_bytes", "check_quantize", "check_qparams", "check_sparse_scheme",
+           "check_channel_sparse_count", "check_neq", "check_velocity_step", "check_topk_ef",
+           "check_topk_payload_bytes"]
 
 
 # ------------------------------------------------------------------------- the exercise
@@ -85,7 +54,7 @@ def check_topk_ef(fn: Callable[..., Any] | None, *, density: float = 0.05, steps
     explained, or None for the lab's placeholder that raises NotImplementedError) and
     prints it unless ``quiet``.
     """
-    return _say(_check_topk_ef(fn, density, steps), quiet)
+    return say(_check_topk_ef(fn, density, steps), quiet)
 
 
 def _check_topk_ef(fn: Callable[..., Any] | None, density: float, steps: int) -> CheckResult:
@@ -125,6 +94,11 @@ def _diagnose(grad: torch.Tensor, residual: torch.Tensor, density: float, sent: 
         if not isinstance(value, torch.Tensor) or value.shape != grad.shape:
             return (f"{what} must be a tensor shaped like grad {tuple(grad.shape)}, got "
                     f"{getattr(value, 'shape', type(value).__name__)}")
+    swapped = (torch.allclose(new_residual, want_sent, atol=1e-6)
+               and torch.allclose(sent, want_residual, atol=1e-6))
+    if swapped and not torch.allclose(sent, want_sent, atol=1e-6):
+        return (f"step {step}: the two results are swapped: you returned (residual, sent); "
+                "return (sent, new_residual), what goes on the wire first")
     k = want_sent.ne(0).sum().item()
     nonzero = int(sent.ne(0).sum())
     if nonzero != k:
