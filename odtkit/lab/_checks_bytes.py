@@ -54,7 +54,7 @@ def check_training_state_bytes(answer: Any, model: nn.Module, optimizer: str = "
         (every * bytes_per_value * per, "that counts every parameter; only those with "
                                         "requires_grad=True train."),
     ]
-    extra = f" + {copies} optimizer copies" if copies else ""
+    extra = f" + {copies} optimizer cop{'y' if copies == 1 else 'ies'}" if copies else ""
     result = check_number(
         answer, right, slips=slips,
         right_message=f"{right:,} bytes = {trainable:,} trainable values x {bytes_per_value} "
