@@ -121,7 +121,7 @@ def check_relu_saved_bytes(answer: Any, batch_size: int = 8, channels: int = 32,
                           "packs the mask at 1 bit per value, 8 values a byte.")]
     result = check_number(answer, right, slips=slips,
                           right_message=f"{right:,} bytes: {values:,} values at "
-                                        f"{right * 8 / values:g} bits each.",
+                                        f"{right * 8 / values:g} bit(s) each.",
                           default_hint="what does the ReLU's backward need to know about each "
                                        "output, and how many bits does that take?")
     return say(result, quiet)
