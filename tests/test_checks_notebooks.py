@@ -13,7 +13,7 @@ import pytest
 import odtkit as odt
 
 LABS = Path(__file__).resolve().parents[1] / "labs"
-DONE = ["00_getting_started", "01_memory_anatomy"]
+DONE = ["00_getting_started", "01_memory_anatomy", "02_quantized_training"]
 
 
 def _exercises(name: str) -> list[tuple[str, str]]:
