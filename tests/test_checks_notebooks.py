@@ -13,7 +13,8 @@ import pytest
 import odtkit as odt
 
 LABS = Path(__file__).resolve().parents[1] / "labs"
-DONE = ["00_getting_started", "01_memory_anatomy", "02_quantized_training"]
+DONE = ["00_getting_started", "01_memory_anatomy", "02_quantized_training",
+        "03_sparse_update"]
 
 
 def _exercises(name: str) -> list[tuple[str, str]]:
