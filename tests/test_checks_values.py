@@ -76,6 +76,9 @@ def test_velocity_slips(answer, hint):
 def test_a_negative_velocity_and_its_magnitude():
     # v = 0.5 * 0 - (0.3 - 0.2) = -0.1: |v| = 0.1 is the flipped sign too, named as such
     assert check_velocity_step(-0.1, v_prev=0.0, delta_prev=0.3, delta=0.2, quiet=True).ok
+    assert "NEq keeps updating it" in check_velocity_step(VELOCITY, quiet=True).message
+    settled = check_velocity_step(0.0, v_prev=0.2, delta_prev=0.2, delta=0.1, quiet=True)
+    assert settled.ok and "at equilibrium, NEq stops updating it" in settled.message
     result = check_velocity_step(0.1, v_prev=0.0, delta_prev=0.3, delta=0.2, quiet=True)
     assert result.ok is False and "sign is flipped" in result.message
 

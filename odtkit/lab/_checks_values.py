@@ -78,8 +78,10 @@ def check_velocity_step(answer: Any, v_prev: float = 0.2, delta_prev: float = 0.
         (v_prev - (delta_prev - delta), f"that uses mu = 1; here mu = {mu}."),
         (0.9 * v_prev - (delta_prev - delta), f"that uses mu = 0.9; here mu = {mu}."),
     ]
+    state = ("|v| < 1e-3: at equilibrium, NEq stops updating it" if abs(right) < 1e-3 else
+             "|v| >= 1e-3: not at equilibrium, NEq keeps updating it")
     result = check_number(answer, right, slips=slips, unit="", rel=1e-6,
                           right_message=f"v = {mu} x {v_prev} - ({delta_prev} - {delta}) = "
-                                        f"{right:.6g}.",
+                                        f"{right:.6g}; {state}.",
                           default_hint="v = mu * v_prev - (delta_prev - delta).")
     return say(result, quiet)
