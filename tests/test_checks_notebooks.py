@@ -14,7 +14,7 @@ import odtkit as odt
 
 LABS = Path(__file__).resolve().parents[1] / "labs"
 DONE = ["00_getting_started", "01_memory_anatomy", "02_quantized_training",
-        "03_sparse_update", "04_neuron_selection"]
+        "03_sparse_update", "04_neuron_selection", "05_gradient_compression"]
 
 
 def _exercises(name: str) -> list[tuple[str, str]]:

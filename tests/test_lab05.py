@@ -103,25 +103,21 @@ def test_notebook_is_clean_and_small():
     assert "torch.set_num_threads(1)" in first and "smoke()" in first
 
 
-def test_notebook_exercise_placeholder_and_solution():
+def test_notebook_exercise_solution_and_its_stub():
+    """The master notebook stores the solution between markers and its "Correct"; the same
+    cell with the solution replaced by the student's stub is reported as not done."""
     cell = next(c for c in _cells() if "def topk_ef_step" in "".join(c["source"]))
     source = "".join(cell["source"])
-    assert "raise NotImplementedError" in source  # no solution stored
     stored = "".join("".join(o.get("text", "")) for o in cell["outputs"])
-    assert stored.startswith("Not done yet")
-    body = ("    p = grad + residual\n"
-            "    k = math.ceil(density * p.numel())\n"
-            "    keep = p.flatten().abs().topk(k).indices\n"
-            "    sent = torch.zeros_like(p).flatten()\n"
-            "    sent[keep] = p.flatten()[keep]\n"
-            "    return sent.view_as(p), p - sent.view_as(p)\n")
-    lines = source.splitlines(keepends=True)
-    at = next(i for i, line in enumerate(lines) if "raise NotImplementedError" in line)
-    solved = "".join(lines[:at]) + body + "".join(lines[at + 1:])
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(solved, {"odt": odt, "torch": torch})  # noqa: S102 - the lab's own cell
-    assert out.getvalue().startswith("Correct")
+    assert stored.startswith("Correct")
+    begin, end = source.index("    # BEGIN SOLUTION\n"), source.index("    # END SOLUTION\n")
+    stub = (source[:begin] + '    raise NotImplementedError("your turn")\n'
+            + source[end + len("    # END SOLUTION\n"):])
+    for code, want in ((source, "Correct"), (stub, "Not done yet")):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(code, {"odt": odt, "torch": torch})  # noqa: S102 - the lab's own cell
+        assert out.getvalue().startswith(want)
 
 
 def test_notebook_shows_wire_bytes_beside_payload_bytes():
