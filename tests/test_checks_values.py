@@ -87,3 +87,12 @@ def test_placeholders_are_not_done(capsys):
     assert check_qparams(None, None).ok is None
     assert check_velocity_step(...).ok is None
     assert capsys.readouterr().out.count("Not done yet") == 2
+
+
+def test_vector_checks_refuse_bools_by_name():
+    from odtkit.lab import check_neq
+
+    result = check_neq(True, 0.0, neuron=0, quiet=True)
+    assert result.ok is False and "got bools" in result.message
+    result = check_neq([0.2, 0.04, 0.0], torch.tensor([True, False, True]), quiet=True)
+    assert result.ok is False and "got bools" in result.message

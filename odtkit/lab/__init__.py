@@ -11,10 +11,7 @@ import os
 
 from ._memory import conv_saved_bytes
 from ._precision import PrecisionRow, format_precision_table, precision_row, step_memory
-from ._quantize import QUANTIZE_CASES
 from ._selection import (
-    NEQ_MU,
-    NEQ_OUTPUTS,
     SELECTION_LR,
     budget_accuracy_figure,
     format_selection_table,
@@ -32,6 +29,9 @@ from ._sparse import (
     pareto_rows,
 )
 from .checks import (
+    NEQ_MU,
+    NEQ_OUTPUTS,
+    QUANTIZE_CASES,
     CheckResult,
     check_channel_sparse_count,
     check_conv_saved_bytes,

@@ -31,15 +31,15 @@ from ._checks_bytes import (
     check_training_state_bytes,
 )
 from ._checks_core import CheckResult, read_number, say
+from ._checks_neq import NEQ_MU, NEQ_OUTPUTS, check_neq
+from ._checks_quantize import QUANTIZE_CASES, check_quantize
+from ._checks_sparse import check_sparse_scheme
 from ._checks_values import check_qparams, check_velocity_step
-from ._quantize import check_quantize
-from ._selection import check_neq
-from ._sparse import check_sparse_scheme
 
 __all__ = ["CheckResult", "read_number", "check_training_state_bytes", "check_conv_saved_bytes",
            "check_relu_saved_bytes", "check_quantize", "check_qparams", "check_sparse_scheme",
            "check_channel_sparse_count", "check_neq", "check_velocity_step", "check_topk_ef",
-           "check_topk_payload_bytes"]
+           "check_topk_payload_bytes", "NEQ_OUTPUTS", "NEQ_MU", "QUANTIZE_CASES"]
 
 
 # ------------------------------------------------------------------------- the exercise

@@ -123,6 +123,8 @@ def _slips(x: torch.Tensor, bits: int, lo: float, hi: float) -> list[tuple[torch
 
 def _as_array(value: Any, what: str) -> tuple[np.ndarray | None, str]:
     """``value`` (tensor, array, list, scalar) as a float64 numpy array, or a message."""
+    if isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) in (torch.bool, bool):
+        return None, f"{what} must be numbers, got bools ({value!r}): True and False are not values"
     try:
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu().to(torch.float64).numpy()
