@@ -585,6 +585,12 @@ def test_memory_catalogue_draws_one_bar_per_known_memory():
         expected = sum(1 for n in hw.devices() for m in ("sram", "dram", "flash")
                        if getattr(hw.device(n), f"{m}_bytes"))
         assert len(ax.patches) == expected
+        # every memory whose size no source gives is named in its row, not dropped
+        unknown = sorted(f"{'flash' if m == 'flash' else m.upper()} ? unknown"
+                         for n in hw.devices() for m in ("sram", "dram", "flash")
+                         if getattr(hw.device(n), f"{m}_bytes") is None)
+        assert unknown and sorted(t.get_text() for t in ax.texts
+                                  if t.get_text().endswith("? unknown")) == unknown
         assert ax.get_xscale() == "log"
         assert {t.get_text() for t in ax.get_yticklabels()} == set(hw.devices())
     finally:

@@ -36,8 +36,10 @@ def _byte_axis(ax: Any, low: float, high: float, *, room: float = 2.0) -> None:
 def memory_catalogue(devices: Iterable[str | DeviceProfile] | None = None) -> Figure:
     """Horizontal log-scale bars of SRAM, DRAM and flash per device: the 'KB to GB' picture.
 
-    Unknown or absent memories draw no bar. With ``devices=None`` all bundled
-    devices appear, smallest working memory at the top.
+    A memory the device does not have (0) draws nothing; one whose size is not known
+    (None: no source gives it) is written "? unknown" in its row, so no device silently
+    loses a bar. With ``devices=None`` all bundled devices appear, smallest working memory
+    at the top.
     """
     profiles = [device(d) for d in (devices if devices is not None else hardware.devices())]
     if not profiles:
@@ -47,23 +49,29 @@ def memory_catalogue(devices: Iterable[str | DeviceProfile] | None = None) -> Fi
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(profiles) + 1.5))
     height = 0.26
     values: list[float] = []
+    unknown: list[tuple[int, float, str]] = []
     for offset, memory in zip((-height, 0.0, height), MEMORY_COLOURS, strict=True):
-        rows = [(i, getattr(p, f"{memory}_bytes")) for i, p in enumerate(profiles)]
-        rows = [(i, v) for i, v in rows if v]  # None (unknown) and 0 (none) draw nothing
+        label = memory.upper() if memory != "flash" else "flash"
+        sizes = [(i, getattr(p, f"{memory}_bytes")) for i, p in enumerate(profiles)]
+        unknown += [(i, offset, label) for i, v in sizes if v is None]
+        rows = [(i, v) for i, v in sizes if v]  # 0 (the device has none) draws nothing
         values += [v for _, v in rows]
         ax.barh([i + offset for i, _ in rows], [v for _, v in rows], height=height,
-                color=MEMORY_COLOURS[memory], label=memory.upper() if memory != "flash"
-                else "flash")
+                color=MEMORY_COLOURS[memory], label=label)
         for i, v in rows:
             ax.text(v * 1.15, i + offset, format_bytes(v), va="center", fontsize=7)
     if not values:
         plt.close(fig)
         raise ValueError("none of these devices has a known SRAM, DRAM or flash size")
+    _byte_axis(ax, min(values), max(values), room=16.0)
+    left = ax.get_xlim()[0]
+    for i, offset, label in unknown:  # at the axis' left edge, where a bar would start
+        ax.text(left * 1.15, i + offset, f"{label} ? unknown", va="center", fontsize=7,
+                color="#6c757d", fontstyle="italic")
     ax.set_yticks(range(len(profiles)), [p.name for p in profiles])
     ax.invert_yaxis()
-    _byte_axis(ax, min(values), max(values), room=16.0)
     ax.set_xlabel("bytes (log scale)")
-    ax.set_title("Memory per device: on-chip SRAM, DRAM and flash")
+    ax.set_title("Memory per device: on-chip SRAM, off-chip DRAM, flash (? size not known)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
