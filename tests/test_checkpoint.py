@@ -13,13 +13,7 @@ from torch import nn
 from odtkit.training import load_checkpoint, train
 from odtkit.training.checkpoint import checksum
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

@@ -49,11 +49,7 @@ def one_thread():
         torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models run far faster on one thread (and a busy 2-core CI box stays usable)."""
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
