@@ -211,6 +211,12 @@ def main() -> None:
                         help="keep the neuron-selection section already in sparse.json "
                              "instead of re-running it (benchmarks/sparse_selection.py)")
     args = parser.parse_args()
+    kept = None  # checked before any run: a missing section must not cost a full run
+    if args.skip_selection:
+        kept = json.loads(RESULTS.read_text()).get(SECTION) if RESULTS.is_file() else None
+        if kept is None:
+            raise SystemExit(f"--skip-selection keeps the {SECTION!r} section of {RESULTS}, "
+                             "which has none; run without --skip-selection")
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = args.epochs or (1 if args.quick else EPOCHS)
     import odtkit as odt
@@ -263,10 +269,8 @@ def main() -> None:
         "quick": args.quick, "jobs": args.jobs, "threads_per_job": 1,
         "torch": torch.__version__, "targets": targets, "budget_checks": checks,
         "explorer": timing, "plans": rows, "wall_s": time.perf_counter() - started}
-    if args.skip_selection:
-        kept = json.loads(RESULTS.read_text()).get(SECTION) if RESULTS.is_file() else None
-        if kept is not None:
-            result[SECTION] = kept
+    if kept is not None:
+        result[SECTION] = kept
     else:
         result[SECTION] = selection_table(args.quick, args.seeds, None, args.jobs)
     text = json.dumps(result, indent=1)
