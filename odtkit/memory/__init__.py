@@ -35,6 +35,7 @@ from ..plans import TrainPlan, as_plan
 from ..plans import plan as make_plan
 from ..training.optim import check_optimizer, state_copies
 from ._measure import run_step
+from ._peak import PEAK_COMPONENTS, from_categories
 from ._precision import (
     AUTOCAST,
     FP8,
@@ -54,7 +55,7 @@ from ._trace import DtypeMismatch, UnsupportedOperation, cached_trace
 
 __all__ = [
     "estimate", "measure", "compare", "MemoryReport", "LayerMemory", "CATEGORIES", "ENGINES",
-    "UnsupportedOperation",
+    "PEAK_COMPONENTS", "UnsupportedOperation",
 ]
 
 # ---------------------------------------------------------------- validation
@@ -186,7 +187,9 @@ def _estimate(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan, op
         scheme=plan.scheme, precision=plan.precision,
         allocator_peak_bytes=None if fp8 else sim.allocator_peak_bytes,
         notes=((FP8_NOTE,) if fp8 else ()) + sparse_notes(plan, sim.by_category)
-        + (lean_notes(rows, plan) if engine == "lean" else ()))
+        + (lean_notes(rows, plan) if engine == "lean" else ()),
+        peak_components=from_categories(sim.by_category) if fp8 else sim.peak_components,
+        peak_at="" if fp8 else sim.peak_at)
 
 
 def measure(model: nn.Module, example_input: torch.Tensor, plan: TrainPlan | str,
@@ -278,7 +281,8 @@ def _int8_report(model: nn.Module, x: torch.Tensor, plan: TrainPlan, optimizer: 
         frozen_weight_bytes=frozen, forward_macs=est.forward_macs,
         backward_macs=est.backward_macs, batch_size=int(x.shape[0]), engine="pytorch",
         optimizer=optimizer, method=method, rows=rows, scheme=plan.scheme, precision="int8",
-        notes=(INT8_NOTE,))
+        notes=(INT8_NOTE,),
+        peak_components=from_categories(by_category) if method == "estimate" else {})
 
 
 def _measured_rows(model: nn.Module, x: torch.Tensor, plan: TrainPlan, record) -> tuple:

@@ -17,6 +17,14 @@ def elements(t: Trace, v: int) -> int:
     return n
 
 
+def gradient_bytes(t: Trace, param_grad: dict[int, int], fp8: bool) -> int:
+    """Bytes of the parameters' gradients: their own size, 1 byte per element under fp8
+    for a parameter read only as a conv/linear weight (its gradient arrives through the
+    cast)."""
+    cast = fp8_cast_params(t) if fp8 else set()
+    return sum(elements(t, v) if v in cast else t.value_bytes[v] for v in param_grad)
+
+
 def fp8_cast_params(t: Trace) -> set[int]:
     """Parameter values read only as the weight of an nn.Conv*/nn.Linear call (directly by
     the convolution, or through the transpose a linear makes of it): under fp8_autocast

@@ -9,6 +9,7 @@ from .._checks import check_choice
 from ..models.summary import LayerRow
 from ..training.optim import check_optimizer
 from ..units import format_bytes
+from ._peak import PEAK_COMPONENTS
 from ._precision import ELEMENT_BYTES
 
 CATEGORIES = ("weights", "gradients", "optimizer", "activations")
@@ -47,6 +48,11 @@ class MemoryReport:
     # known (None where neither applies: int8 and fp8 device bytes)
     allocator_peak_bytes: int | None = None
     notes: tuple[str, ...] = field(default=())
+    # what is live at the tensor peak, by component (PEAK_COMPONENTS; they sum to
+    # peak_bytes), and where the peak is ("backward of conv1 (convolution_backward)");
+    # the estimate fills both, a measurement leaves them empty
+    peak_components: dict[str, int] = field(default_factory=dict)
+    peak_at: str = ""
 
     def __post_init__(self) -> None:
         if set(self.by_category) != set(CATEGORIES):
@@ -59,6 +65,8 @@ class MemoryReport:
                             ("backward_macs", self.backward_macs)]:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+        if self.peak_components:
+            _check_components(self.peak_components, self.peak_bytes)
         check_choice("method", self.method, METHODS)
         check_choice("engine", self.engine, ENGINES)
         check_optimizer(self.optimizer)
@@ -119,6 +127,17 @@ class MemoryReport:
                 + (f"<details><summary>{len(self.rows)} layers</summary><table><tr>"
                    "<th>layer</th><th>type</th><th>output</th><th>params</th><th>saved</th>"
                    f"<th>trains</th></tr>{rows}</table></details>" if rows else ""))
+
+
+def _check_components(parts: dict[str, int], peak_bytes: int) -> None:
+    if tuple(parts) != PEAK_COMPONENTS:
+        raise ValueError(f"peak_components needs exactly the keys {PEAK_COMPONENTS} in this "
+                         f"order, got {tuple(parts)}")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in parts.values()):
+        raise ValueError(f"peak_components must be whole numbers >= 0, got {parts}")
+    if sum(parts.values()) != peak_bytes:
+        raise ValueError(f"peak_components sum to {sum(parts.values())} bytes, not the "
+                         f"peak_bytes {peak_bytes}")
 
 
 def compare(est: MemoryReport, meas: MemoryReport) -> dict[str, float]:

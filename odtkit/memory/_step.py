@@ -14,22 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._casts import cached_casts, elements, fp8_cast_params
+from ._casts import cached_casts, gradient_bytes
 from ._fused import fused_calls
 from ._grads import backward_macs_of, input_grads, needs_grad
 from ._measure import StepBytes
+from ._peak import LiveParts, PartsTimeline, at_peak
 from ._rules import rules_of
 from ._scratch import scratch_of
 from ._sparse import hooked_params, sparse_rules
 from ._trace import Trace
-from ._update import (
-    SCALER_STATE_BYTES,
-    optimizer_step,
-    scale_loss,
-    state_bytes,
-    unscale,
-    update_scale,
-)
+from ._update import play_optimizer, scale_loss
 
 
 @dataclass(frozen=True)
@@ -41,6 +35,8 @@ class StepModel(StepBytes):
     row_trainable: tuple[bool, ...]
     checkpoint_rows: tuple[tuple[str, int], ...]  # (block, bytes of inputs it keeps)
     timeline: tuple[tuple[str, int], ...]
+    peak_components: dict[str, int]  # what is live at the peak (``_peak``)
+    peak_at: str  # where the peak is, e.g. "backward of conv1 (convolution_backward)"
 
 
 class _Step:
@@ -73,7 +69,10 @@ class _Step:
         self.activations = 0
         self.counted: set[int] = set()  # storages already counted as activations
         self.live = 0
-        self.timeline: list[tuple[str, int]] = []
+        self.parts = LiveParts(sum(b for b, k in zip(t.storage_bytes, t.storage_kind, strict=True)
+                                   if k in ("param", "buffer")))
+        self.timeline = PartsTimeline(self.parts)
+        self.first_kept: dict[int, list[int]] = {}  # op -> storages it is the first to keep
         self.alloc_peak = 0  # live bytes with each op's scratch (kernel scratch probed)
         self.scratch: dict[int, tuple[int, int]] = {}
 
@@ -87,6 +86,8 @@ class _Step:
             self.activations += self.sbytes[s]  # the loss's own saves are not the model's
             if row >= 0:
                 self.row_saved[row] += self.sbytes[s]
+        if s not in self.saved_by:
+            self.first_kept.setdefault(op_index, []).append(s)
         self.saved_by[s] = self.saved_by.get(s, 0) + 1
 
     # ------------------------------------------------------------ which ops keep what
@@ -139,6 +140,8 @@ class _Step:
                 self.counted.add(s)
                 nbytes += self.sbytes[s]
             if graph:
+                if s not in self.saved_by:
+                    self.first_kept.setdefault(end, []).append(s)
                 self.saved_by[s] = self.saved_by.get(s, 0) + 1
         self.activations += nbytes
         self.checkpoint_rows.append((name, nbytes))
@@ -173,6 +176,10 @@ class _Step:
             skipped_all.update(t.value_storage[op.outs[k]] for k in skipped)
             made = tuple(s for s in made if s not in skipped_all)
             self.live += sum(sbytes[s] for s in made)
+            self.parts.op = i
+            for s in self.first_kept.get(i, ()):  # from now on a backward node holds it
+                if s not in skipped_all:
+                    self.parts.save(s, sbytes[s])
             extra = self.rules[i].fwd_extra(op, node_flags[i], t) if i in node_flags else 0
             scratch = self.scratch.get(i, (0, 0))[0]
             if i in node_flags:
@@ -224,8 +231,15 @@ class _Step:
 
         def release(s: int) -> None:
             self.saved_by[s] -= 1
-            if self.saved_by[s] == 0 and (s not in t.held or s == logits):
-                self.live -= sbytes[s]
+            if self.saved_by[s] == 0:
+                self.parts.unsave(s, sbytes[s])
+                if s not in t.held or s == logits:
+                    self.live -= sbytes[s]
+
+        def keep_grad(v: int, g: int) -> None:  # g becomes the .grad of parameter v
+            param_grad[v] = g
+            kept_grads.add(g)
+            self.parts.grads += grad_bytes[g]
 
         def route(v: int, g: int) -> None:
             if v in self.hooked:  # a lean mask hook: the gradient masked in a clone
@@ -236,21 +250,20 @@ class _Step:
                     # a parameter used more than once (an RNN's weights at every step):
                     # its input buffer sums the first two gradients out of place, the
                     # later ones in place (as torch's measured step does)
-                    old, param_grad[v] = param_grad[v], alloc(vbytes[v])
-                    kept_grads.add(param_grad[v])
+                    old = param_grad[v]
+                    keep_grad(v, alloc(vbytes[v]))
                     self.timeline.append(("backward: add", self.live))
                     kept_grads.discard(old)
+                    self.parts.grads -= grad_bytes[old]
                     drop(old)
                     drop(g)
                 elif v in param_grad:
                     drop(g)
                 elif refs[g] > 1:
-                    param_grad[v] = alloc(vbytes[v])
-                    kept_grads.add(param_grad[v])
+                    keep_grad(v, alloc(vbytes[v]))
                     drop(g)
                 else:
-                    param_grad[v] = g
-                    kept_grads.add(g)
+                    keep_grad(v, g)
                 return
             old = buffers.get(v)
             if old is None:
@@ -266,7 +279,8 @@ class _Step:
         loss_bytes = vbytes[t.loss_value]
         if self.nodes:
             if self.scaler:  # backward starts from the scaled loss, which hands on a fresh one
-                self.live = scale_loss(self.live, self.timeline, loss_bytes)
+                self.live = scale_loss(self.live, self.timeline, loss_bytes,
+                                       self.parts.add_state)
             root = alloc(loss_bytes)
             if self.scaler:  # the scaled loss's backward hands the loss a fresh gradient
                 buffers[t.loss_value] = alloc(loss_bytes)
@@ -281,7 +295,7 @@ class _Step:
                 first_node.setdefault(self.block_of[i], i)
         for i, flags, kept in reversed(self.nodes):
             op, rule = t.ops[i], self.rules[i]
-            block = self.block_of.get(i)
+            block, self.parts.op = self.block_of.get(i), i
             if block is not None and block not in recomputed:
                 recomputed.add(block)
                 self._recompute(block, rec_peak[block])
@@ -310,6 +324,7 @@ class _Step:
             self.live -= loss_bytes * self.scaler  # the scaled loss
         self.live -= sum(sbytes[s] for s, n in self.saved_by.items()
                          if n and (s not in t.held or s == logits))
+        self.parts.clear_saved()  # the graph is freed: nothing is held for backward
         if t.storage_kind[t.value_storage[t.loss_value]] == "act":
             self.live -= vbytes[t.loss_value]  # the caller drops the loss after backward
         if self.nodes:
@@ -323,34 +338,17 @@ class _Step:
         for s, n in self.block_kept[block].items():
             if not self.saved_by.get(s):
                 self.live += self.sbytes[s]
+                self.parts.save(s, self.sbytes[s])
             self.saved_by[s] = self.saved_by.get(s, 0) + n
 
     # ------------------------------------------------------------ optimizer step
     def step(self, param_grad: dict[int, int]) -> int:
-        """The optimizer's step (inside the loss scaler's unscale and update at fp16), as
-        ``_update`` plays it; returns the bytes of the state it leaves."""
-        if not param_grad:
-            return 0
-        t = self.t  # the optimizer goes through the parameters in the model's order, the
-        # channel-sparse ones (make_optimizer's masks) in a group after the others
-        order = [t.param_value[n] for n in t.param_names if t.param_value.get(n) in param_grad]
-        groups = [[t.value_bytes[v] for v in order if (v in self.masked) == m] for m in (0, 1)]
-        if self.scaler:
-            self.live = unscale(self.live, self.timeline)
-        for sizes in filter(None, groups):
-            self.live = optimizer_step(self.live, self.timeline, self.optimizer, sizes)
-        if self.scaler:
-            self.live = update_scale(self.live, self.timeline)
-        self.timeline.append(("step: done", self.live))
-        return state_bytes(self.optimizer, groups[0] + groups[1]) + SCALER_STATE_BYTES * self.scaler
-
-    def _gradient_bytes(self, param_grad: dict[int, int]) -> int:
-        """Bytes of the parameters' gradients: their own size, 1 byte per element under
-        fp8 for a parameter read only as a conv/linear weight (its gradient arrives through
-        the cast)."""
-        cast = fp8_cast_params(self.t) if self.fp8 else set()
-        return sum(elements(self.t, v) if v in cast else self.t.value_bytes[v]
-                   for v in param_grad)
+        """The optimizer's step (``_update.play_optimizer``); returns the state's bytes."""
+        self.parts.op = -1
+        self.live, state = play_optimizer(self.t, param_grad, self.masked, self.optimizer,
+                                          self.scaler, self.live, self.timeline,
+                                          self.parts.add_state)
+        return state
 
     def run(self) -> StepModel:
         t = self.t
@@ -362,17 +360,20 @@ class _Step:
         frozen = sum(t.value_bytes[v] for v, n in self.params.items() if n not in self.trainable)
         frozen += sum(b for s, (b, k) in enumerate(kinds)
                       if k == "buffer" and s not in t.written_buffers)
+        components, peak_at = at_peak(self.timeline, [
+            t.layers[r].name if r >= 0 else "the loss" for r in t.op_layer])
         return StepModel(
             weights_bytes=sum(b for b, k in zip(t.storage_bytes, t.storage_kind, strict=True)
                               if k in ("param", "buffer")),
-            gradients_bytes=self._gradient_bytes(param_grad), optimizer_bytes=state,
+            gradients_bytes=gradient_bytes(t, param_grad, self.fp8), optimizer_bytes=state,
             activations_bytes=self.activations, peak_bytes=max(b for _, b in self.timeline),
             frozen_weight_bytes=frozen, backward_macs=backward_macs_of(t, self.rg, self.trainable),
             row_saved_bytes=tuple(self.row_saved),
             allocator_peak_bytes=max(self.alloc_peak, *(b for _, b in self.timeline)),
             row_trainable=tuple(any(n in self.trainable for n in r.param_names)
                                 for r in t.layers),
-            checkpoint_rows=tuple(self.checkpoint_rows), timeline=tuple(self.timeline))
+            checkpoint_rows=tuple(self.checkpoint_rows), timeline=tuple(self.timeline),
+            peak_components=components, peak_at=peak_at)
 
 
 def play_step(trace: Trace, trainable: frozenset[str], engine: str, optimizer: str,

@@ -22,7 +22,8 @@ tensor (float64 or int64) that lives until the op returns: ``WRAPPED_NUMBER_BYTE
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..training.optim import state_copies
 
@@ -40,9 +41,15 @@ def state_bytes(optimizer: str, param_bytes: Iterable[int]) -> int:
     return sum(state_copies(optimizer) * n + extra for n in sizes)
 
 
-def optimizer_step(live: int, timeline: list, optimizer: str, param_bytes: list[int]) -> int:
+def _nothing(nbytes: int) -> None:
+    pass
+
+
+def optimizer_step(live: int, timeline: list, optimizer: str, param_bytes: list[int],
+                   on_state: Callable[[int], None] = _nothing) -> int:
     """One step of ``optimizer`` over parameters of these sizes (in the optimizer's order),
-    from ``live`` bytes; appends to ``timeline`` and returns the live bytes after it."""
+    from ``live`` bytes; appends to ``timeline`` and returns the live bytes after it.
+    ``on_state(n)`` is told of every n bytes of state made, before the point that shows them."""
     def point(op: str, nbytes: int) -> None:
         timeline.append((f"step: {op}", nbytes))
 
@@ -52,12 +59,14 @@ def optimizer_step(live: int, timeline: list, optimizer: str, param_bytes: list[
     elif optimizer == "sgd-m":
         for n in param_bytes:
             live += n  # the first step's momentum buffer: a clone of the gradient
+            on_state(n)
             point("clone", live)
             point("add_", live)
     else:
         for n in param_bytes:
             for made in (_ADAM_STEP_BYTES, n, n):
                 live += made
+                on_state(made)
                 point("state", live)
         denom = 0  # the last parameter's denominator: alive until the next one is assigned
         for n in param_bytes:
@@ -70,10 +79,14 @@ def optimizer_step(live: int, timeline: list, optimizer: str, param_bytes: list[
     return live
 
 
-def scale_loss(live: int, timeline: list, loss_bytes: int) -> int:
-    """``scaler.scale(loss)``: scale and growth tracker, then the scaled loss."""
-    for made in (_FLAG, SCALER_STATE_BYTES - _FLAG, loss_bytes):
+def scale_loss(live: int, timeline: list, loss_bytes: int,
+               on_state: Callable[[int], None] = _nothing) -> int:
+    """``scaler.scale(loss)``: scale and growth tracker (state, told to ``on_state``),
+    then the scaled loss."""
+    for k, made in enumerate((_FLAG, SCALER_STATE_BYTES - _FLAG, loss_bytes)):
         live += made
+        if k < 2:
+            on_state(made)
         timeline.append(("backward: scale", live))
     return live
 
@@ -94,3 +107,25 @@ def update_scale(live: int, timeline: list) -> int:
     """``scaler.update``: the scale is updated in place, the kept flag let go."""
     timeline.append(("step: _amp_update_scale_", live))
     return live - _FLAG
+
+
+def play_optimizer(t: Any, param_grad: dict[int, int], masked: set, optimizer: str,
+                   scaler: bool, live: int, timeline: list,
+                   on_state: Callable[[int], None] = _nothing) -> tuple[int, int]:
+    """The optimizer's step over the parameters of trace ``t`` that got a gradient (inside
+    the loss scaler's unscale and update when ``scaler``); returns the live bytes after it
+    and the bytes of the state it leaves. The optimizer goes through the parameters in
+    the model's order, the channel-sparse ones (``masked``: make_optimizer's masks) in a
+    group after the others."""
+    if not param_grad:
+        return live, 0
+    order = [t.param_value[n] for n in t.param_names if t.param_value.get(n) in param_grad]
+    groups = [[t.value_bytes[v] for v in order if (v in masked) == m] for m in (0, 1)]
+    if scaler:
+        live = unscale(live, timeline)
+    for sizes in filter(None, groups):
+        live = optimizer_step(live, timeline, optimizer, sizes, on_state)
+    if scaler:
+        live = update_scale(live, timeline)
+    timeline.append(("step: done", live))
+    return live, state_bytes(optimizer, groups[0] + groups[1]) + SCALER_STATE_BYTES * scaler
