@@ -79,6 +79,9 @@ class StandInReport:
     forward_macs: int | None = None
     backward_macs: int | None = None
     precision: str = "fp32"
+    peak_components: dict | None = None
+    peak_at: str = ""
+    allocator_peak_bytes: int | None = None
 
 
 def small_report(**kw) -> StandInReport:
@@ -478,6 +481,65 @@ def test_fit_report_on_an_mcu_puts_frozen_weights_in_flash():
     rep = hw.device("stm32f746").fit(small_report(), weights_in_flash=False)
     assert [c.memory for c in rep.checks] == ["sram"]
     assert rep.headroom_bytes == 327680 - 770 * KIB == -460800
+
+
+def _with_parts(saved_kib: int, **kw) -> StandInReport:
+    # weights 600 KiB (580 frozen), saved activations, 50 KiB transient, 20 KiB gradients
+    parts = {"weights": 600 * KIB, "saved activations": saved_kib * KIB,
+             "transient": 50 * KIB, "gradients": 20 * KIB, "optimizer state": 0}
+    return small_report(peak_bytes=sum(parts.values()), peak_components=parts,
+                        peak_at="backward of conv1 (convolution)", **kw)
+
+
+def test_verdict_names_the_component_that_breaks_the_budget():
+    f746 = hw.device("stm32f746")  # 320 KiB SRAM
+    ok = f746.fit(_with_parts(100))  # SRAM: 20 + 100 + 50 + 20 = 190 KiB of 320
+    assert ok.fits and ok.needed_bytes == 190 * KIB
+    assert ok.peak_components == {"weights": 20 * KIB, "saved activations": 100 * KIB,
+                                  "transient": 50 * KIB, "gradients": 20 * KIB,
+                                  "optimizer state": 0}
+    assert ok.peak_component == "saved activations"
+    assert ("at the peak (backward of conv1 (convolution)) saved activations take 100 KiB "
+            "of the 190 KiB in SRAM") in ok.verdict
+    assert "largest category" not in ok.verdict and "try" not in ok.verdict
+    bad = f746.fit(_with_parts(300))  # SRAM: 20 + 300 + 50 + 20 = 390 KiB > 320
+    assert not bad.fits and sum(bad.peak_components.values()) == bad.needed_bytes == 390 * KIB
+    assert ("saved activations take 300 KiB of the 390 KiB in SRAM; the budget is 320 KiB, "
+            "the rest alone (90 KiB) fits; try train fewer layers") in bad.verdict
+    worse = f746.fit(_with_parts(600))  # the rest (90 KiB) fits, 690 KiB in all does not
+    assert "600 KiB of the 690 KiB" in worse.verdict
+    transient = f746.fit(small_report(  # the transient buffers are the largest part
+        peak_bytes=1000 * KIB, peak_components={
+            "weights": 600 * KIB, "saved activations": 0, "transient": 380 * KIB,
+            "gradients": 20 * KIB, "optimizer state": 0}))
+    assert transient.peak_component == "transient" and not transient.fits
+    assert "transient buffers (the input and output of the op being computed) take 380 KiB" \
+        in transient.verdict and "a smaller batch or input resolution" in transient.verdict
+
+
+def test_components_in_dram_add_the_allocators_kernel_scratch():
+    report = _with_parts(100, allocator_peak_bytes=800 * KIB)  # tensor peak 770 KiB
+    rep = hw.device("raspberry-pi-4").fit(report)
+    assert rep.peak == "allocator" and rep.needed_bytes == 800 * KIB
+    assert rep.peak_components["kernel scratch"] == 30 * KIB
+    assert rep.peak_components["weights"] == 600 * KIB  # all of them in DRAM
+    assert sum(rep.peak_components.values()) == rep.needed_bytes
+    assert "weights take 600 KiB of the 800 KiB in DRAM" in rep.verdict
+    # a report without components (a measurement, a byte count) keeps the category line
+    assert "largest category: weights" in hw.device("raspberry-pi-4").fit(small_report()).verdict
+    assert hw.device("raspberry-pi-4").fit(123).peak_components == {}
+
+
+def test_the_verdict_of_a_real_estimate_names_the_forward_buffers():
+    model = odt.models.create("mbv2-tiny").train()
+    x = odt.models.example_input(model, batch_size=8)
+    est = odt.estimate(model, x, odt.plan(model, "bias-only", norm_stats="frozen"),
+                       engine="lean")
+    fit = hw.device("stm32f746").fit(est)
+    assert not fit.fits and fit.peak_component == "transient"
+    assert sum(fit.peak_components.values()) == fit.needed_bytes
+    assert fit.peak_components["weights"] == est.by_category["weights"] - est.frozen_weight_bytes
+    assert f"at the peak ({est.peak_at}) transient buffers" in fit.verdict
 
 
 def test_fit_report_elsewhere_needs_the_whole_peak_in_dram():

@@ -29,6 +29,21 @@ from ._profiles import DTYPES, UnknownSpecError
 
 MEMORIES = ("sram", "dram", "flash")
 PEAKS = ("tensor", "allocator")  # which peak of a report a fit checks
+_LABELS = {"transient": "transient buffers (the input and output of the op being computed)"}
+# what to try when a component of the peak is what breaks the budget
+REMEDIES = {
+    "weights": "a smaller model, or int8 weights (odt.quant.to_int8)",
+    "saved activations": "train fewer layers (bias-only, last:K) with engine='lean', a "
+                         "smaller batch or resolution, or recompute blocks (the plan's "
+                         "recompute)",
+    "transient": "a smaller batch or input resolution (both shrink every layer's input "
+                 "and output)",
+    "gradients": "train fewer tensors (bias-only, last:K, a channel-sparse plan)",
+    "optimizer state": "an optimizer with less state (sgd keeps none, sgd-m one copy of the "
+                       "trained weights, adam two) or fewer trained tensors",
+    "kernel scratch": "a smaller batch or input resolution (the kernels' scratch grows with "
+                      "their inputs)",
+}
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,12 @@ class FitReport:
     dtype: str | None = None
     notes: tuple[str, ...] = field(default=())
     peak: str | None = None  # "allocator" or "tensor" for a report; None for a byte count
+    # what the working memory (SRAM or DRAM) holds at the peak, by component of the
+    # report's peak_components (weights in flash left out, kernel scratch added where the
+    # allocator peak is checked); they sum to that check's needed bytes. Empty for a byte
+    # count or a report without components (a measurement)
+    peak_components: dict[str, int] = field(default_factory=dict)
+    peak_at: str = ""  # where the peak is, e.g. "backward of conv1 (convolution)"
 
     def __post_init__(self) -> None:
         if self.peak is not None:
@@ -107,13 +128,39 @@ class FitReport:
         text = f"{head} {self.device}: " + ", ".join(c.describe() for c in self.checks)
         if self.peak == "allocator":  # the tensor peak, the usual one, goes unsaid
             text += " (allocator peak, kernel scratch included)"
-        if self.largest_category:
+        if self.peak_components:
+            text += self._at_peak()
+        elif self.largest_category:
             text += f"; largest category: {self.largest_category}"
         if self.step_time_s is not None:
             text += f"; one step ~{format_seconds(self.step_time_s)} ({self.dtype} roofline)"
         for note in self.notes:
             text += f"; {note}"
         return text
+
+    @property
+    def peak_component(self) -> str | None:
+        """The largest component of the working memory at the peak (None without any)."""
+        parts = self.peak_components
+        return max(parts, key=parts.__getitem__) if parts else None
+
+    def _at_peak(self) -> str:
+        """'; at the peak (where) saved activations take A of the B; ...' and, when it does
+        not fit, the budget, whether the rest alone would fit, and what to try."""
+        ram = next(c for c in self.checks if c.memory != "flash")
+        part = self.peak_component
+        nbytes = self.peak_components[part]
+        where = f" ({self.peak_at})" if self.peak_at else ""
+        label = _LABELS.get(part, part)
+        verb = "take" if label.split(" (")[0].endswith("s") else "takes"
+        text = (f"; at the peak{where} {label} {verb} {format_bytes(nbytes)} of the "
+                f"{format_bytes(ram.needed_bytes)} in {ram.memory.upper()}")
+        if ram.fits:
+            return text
+        rest = ram.needed_bytes - nbytes
+        text += (f"; the budget is {format_bytes(ram.available_bytes)}, the rest alone "
+                 f"({format_bytes(rest)}) {'fits' if rest <= ram.available_bytes else 'does not'}")
+        return text + f"; try {REMEDIES.get(part, 'a smaller batch or model')}"
 
     def __str__(self) -> str:
         return self.verdict
@@ -190,7 +237,24 @@ def fit_device(device: Any, need: Any, *, dtype: str | None = None,
     else:
         checks = (MemoryCheck(ram, peak, ram_bytes),)
     step, used = _step_time(device, need, by_category, dtype, notes)
-    return _report(device, checks, largest, step, used, tuple(notes), which)
+    parts = _ram_components(need, checks[0].needed_bytes, frozen if use_flash else 0)
+    return _report(device, checks, largest, step, used, tuple(notes), which,
+                   parts, str(getattr(need, "peak_at", "") or "") if parts else "")
+
+
+def _ram_components(need: Any, ram_bytes: int, in_flash: int) -> dict[str, int]:
+    """The report's peak components as the working memory holds them: the weights read
+    from flash taken out of "weights", the allocator's kernel scratch added; {} where the
+    report has none or they do not add up to what the RAM check needs."""
+    parts = {str(k): _whole(v, f"peak_components[{k!r}]")
+             for k, v in dict(getattr(need, "peak_components", {}) or {}).items()}
+    if not parts or "weights" not in parts or parts["weights"] < in_flash:
+        return {}
+    parts["weights"] -= in_flash
+    scratch = ram_bytes - sum(parts.values())
+    if scratch > 0:
+        parts["kernel scratch"] = scratch
+    return parts if sum(parts.values()) == ram_bytes else {}
 
 
 def _profile_dtype(report: Any, notes: list[str]) -> str:
@@ -226,7 +290,8 @@ def _step_time(device: Any, report: Any, by_category: dict[str, int], dtype: str
 
 def _report(device: Any, checks: tuple[MemoryCheck, ...], largest: str | None,
             step: float | None, used: str | None, notes: tuple[str, ...],
-            peak: str | None = None) -> FitReport:
+            peak: str | None = None, parts: dict[str, int] | None = None,
+            peak_at: str = "") -> FitReport:
     tight = min(checks, key=lambda c: c.headroom_bytes)
     return FitReport(
         device=device.name,
@@ -241,4 +306,6 @@ def _report(device: Any, checks: tuple[MemoryCheck, ...], largest: str | None,
         dtype=used,
         notes=notes,
         peak=peak,
+        peak_components=parts or {},
+        peak_at=peak_at,
     )
