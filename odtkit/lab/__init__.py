@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from ._capstone import FLEET, LINK_BY_KIND, Capstone, ReportCard, round_time_figure
 from ._memory import conv_saved_bytes
 from ._precision import PrecisionRow, format_precision_table, precision_row, step_memory
 from ._selection import (
@@ -39,6 +40,8 @@ from .checks import (
     check_qparams,
     check_quantize,
     check_relu_saved_bytes,
+    check_round_bytes,
+    check_round_time,
     check_sparse_scheme,
     check_topk_ef,
     check_topk_payload_bytes,
@@ -59,6 +62,8 @@ __all__ = [
     "format_pareto_table", "pareto_figure", "contribution_figure", "read_number",
     "check_relu_saved_bytes", "check_qparams", "check_channel_sparse_count",
     "check_velocity_step", "check_topk_payload_bytes",
+    "Capstone", "ReportCard", "FLEET", "LINK_BY_KIND", "round_time_figure",
+    "check_round_bytes", "check_round_time",
 ]
 
 

@@ -14,6 +14,7 @@ a message), and each check names the common slips it recognizes in its docstring
 | 03 | check_sparse_scheme, check_channel_sparse_count |
 | 04 | check_neq, check_velocity_step |
 | 05 | check_topk_ef, check_topk_payload_bytes |
+| 06 | check_round_bytes, check_round_time |
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ._checks_bytes import (
     check_topk_payload_bytes,
     check_training_state_bytes,
 )
+from ._checks_capstone import check_round_bytes, check_round_time  # noqa: F401 (re-exported)
 from ._checks_core import CheckResult, read_number, say
 from ._checks_neq import NEQ_MU, NEQ_OUTPUTS, check_neq
 from ._checks_quantize import QUANTIZE_CASES, check_quantize

@@ -7,4 +7,4 @@ This package is the only place in odtkit that imports ipywidgets.
 from .._lazy import part_lookup
 
 __getattr__, __dir__ = part_lookup(__name__, ("memory", "compression", "quant",
-                                               "sparse"), "explorer")
+                                               "sparse", "capstone"), "explorer")
