@@ -62,3 +62,26 @@ def test_workers_and_compressor_controls(explorer):
 def test_bad_link_is_named():
     with pytest.raises(ValueError, match="Did you mean"):
         odt.widgets.compression_explorer(links=("bel",))
+
+
+def test_axes_stay_fixed_and_dense_reference_is_drawn(explorer):
+    """Moving a control redraws the curve on the same axes (epochs 1..N, 0-100 %), with the
+    dense fp32 run of the same workers as a labelled reference line."""
+    limits = []
+    for compressor, density in (("topk", 0.01), ("topk", 0.001), ("signsgd", 0.001)):
+        explorer.compressor.value, explorer.density.value = compressor, density
+        ax = explorer.figure.axes[0]
+        limits.append((ax.get_xlim(), ax.get_ylim()))
+        hist = explorer._run(compressor, density if compressor == "topk" else 0.0, 0,
+                             explorer.error_feedback.value, explorer.workers.value)
+        assert [line.get_label() for line in ax.lines] == ["dense fp32", hist.compressor]
+        shown = ax.lines[1].get_ydata().tolist()
+        assert shown == pytest.approx([100 * a for a in hist.test_acc])
+    assert limits[0] == limits[1] == limits[2] == ((0.5, 2.5), (0.0, 100.0))
+    dense = simulate(lab_model(explorer.task), explorer.task, workers=explorer.workers.value,
+                     epochs=2)
+    ref = explorer.figure.axes[0].lines[0]
+    assert ref.get_ydata().tolist() == pytest.approx([100 * a for a in dense.test_acc])
+    legend = explorer.figure.axes[0].get_legend()
+    assert "dense fp32" in [t.get_text() for t in legend.get_texts()]
+    assert min(t.get_fontsize() for t in legend.get_texts()) * explorer.figure.dpi / 72 >= 9

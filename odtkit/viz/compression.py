@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 __all__ = ["bytes_vs_accuracy", "compression_curves", "round_time_bars",
            "powersgd_rank_sweep", "accuracy_points", "federated_progress", "run_point",
-           "wire_bytes_bars", "series_style", "PER_PANEL"]
+           "wire_bytes_bars", "accuracy_against_dense"]
 
 PER_PANEL = 7  # series per plot; more are split over panels
 FONT_PT = 9  # legend and value labels
@@ -321,6 +321,29 @@ def federated_progress(runs: Mapping[str, Any], *, title: str = "FedAvg: accurac
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=FONT_PT)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_against_dense(run: Any, dense: Any, *, epochs: int, name: str = "compressed",
+                           title: str = "test accuracy per epoch",
+                           figsize: tuple[float, float] = (5.5, 3.4)) -> Figure:
+    """One run's test accuracy per epoch beside the dense fp32 run's (labelled "dense
+    fp32"), on axes fixed to 1..``epochs`` and 0-100 %, so a figure redrawn for another
+    setting can be compared with the last one by eye."""
+    fig, ax = plt.subplots(figsize=figsize)
+    for i, (label, h) in enumerate((("dense fp32", dense), (name, run))):
+        acc = _curve(h, label)
+        ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], label=label, ms=6,
+                lw=1.3 if i else 1.0, ls="-" if i else "--", **series_style(i))
+    ax.set_xlim(0.5, epochs + 0.5)
+    ax.set_ylim(0, 100)
+    ax.set_xticks(range(1, epochs + 1))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=FONT_PT, loc="lower right")
     ax.set_title(title)
     fig.tight_layout()
     return fig
