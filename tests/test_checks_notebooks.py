@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import odtkit as odt
+from odtkit.lab.student import stub
 
 LABS = Path(__file__).resolve().parents[1] / "labs"
 DONE = ["00_getting_started", "01_memory_anatomy", "02_quantized_training",
@@ -50,22 +51,6 @@ def test_two_solved_and_checked_exercises(name):
         assert text.startswith("Correct") or "\nCorrect: " in text, (name, text)
 
 
-def stub(source: str) -> str:
-    """The student's version of a solved cell: a solution inside a function becomes
-    `raise NotImplementedError`, one at the top level becomes `name = None` for each name it
-    assigns (what the student edition will show)."""
-    begin, end = source.index("# BEGIN SOLUTION\n"), source.index("# END SOLUTION\n")
-    start = source.rfind("\n", 0, begin) + 1
-    indent = source[start:begin]
-    block = source[begin + len("# BEGIN SOLUTION\n"):end - len(indent)]
-    if indent:
-        body = f'{indent}raise NotImplementedError("your turn")\n'
-    else:
-        names = re.findall(r"^([A-Za-z_]\w*) = ", block, flags=re.M)
-        body = "".join(f"{name} = None\n" for name in names)
-    return source[:start] + body + source[end + len("# END SOLUTION\n"):]
-
-
 def _run(code: str, namespace: dict) -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -74,10 +59,16 @@ def _run(code: str, namespace: dict) -> str:
 
 
 def test_the_stub_rule_on_hand_made_cells():
+    """The stub the student edition shows (odtkit.lab.student.stub), on cells written out by
+    hand: the names the check reads become None, a function body raises, both after the
+    `# YOUR CODE HERE` mark; the lines around the solution stay."""
     top = "x = 1\n# BEGIN SOLUTION\na = 2 * 3\nb = [1,\n     2]\n# END SOLUTION\nprint(a, b)\n"
-    assert stub(top) == "x = 1\na = None\nb = None\nprint(a, b)\n"
+    assert stub(top) == "x = 1\n# YOUR CODE HERE\na = None\nb = None\nprint(a, b)\n"
+    helper = "# BEGIN SOLUTION\nn = 3\nanswer = n * 4\n# END SOLUTION\ncheck(answer)\n"
+    assert stub(helper) == "# YOUR CODE HERE\nanswer = None\ncheck(answer)\n"
     inner = "def f(x):\n    # BEGIN SOLUTION\n    return x\n    # END SOLUTION\n\nf(1)\n"
-    assert stub(inner) == 'def f(x):\n    raise NotImplementedError("your turn")\n\nf(1)\n'
+    assert stub(inner) == ('def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError("your turn")'
+                           "\n\nf(1)\n")
 
 
 @pytest.mark.parametrize("name", DONE)
