@@ -1,9 +1,12 @@
 # Two entry points, both working on a fresh machine:
 #   make lab    set everything up, then open the lab book in JupyterLab
-#   make test   set everything up, then lint and run every test (unit tests and notebooks)
+#   make test   set everything up, then lint and run every test (unit tests, notebooks and,
+#               where a chromium binary exists, the real-browser tests)
 #               notebooks run in smoke mode (short training); ODTKIT_SMOKE=0 make test runs them in full
 #               tests run on every core (pytest-xdist; a notebook's cells stay together), one
 #               thread each
+#   make app    set everything up, then serve the budget explorer as a page (odtkit app:
+#               Voila on 127.0.0.1; Ctrl-C stops it)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,21 +15,25 @@ TORCH  := torch==2.13.0
 # Jupyter refuses to run as root without being told; containers often are root.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup lab test lint bench data clean
+.PHONY: setup lab app test lint bench data clean
 
 setup: $(STAMP)
 
 # The pinned CPU build of torch goes in first, so that the package's own
-# torch requirement is already met and never pulls a GPU build.
+# torch requirement is already met and never pulls a GPU build. The app and browser
+# extras (Voila, Playwright) come along, so that `make test` runs the browser tests.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,app,browser]"
 	touch $@
 
 lab: setup
 	$(BIN)/jupyter lab --ServerApp.root_dir=labs $(LAB_FLAGS)
+
+app: setup
+	$(BIN)/odtkit app
 
 test: setup
 	$(BIN)/ruff check odtkit tests benchmarks data

@@ -1,7 +1,7 @@
 """Command line: ``odtkit devices``, ``odtkit links``, ``odtkit device NAME``,
 ``odtkit link NAME``, ``odtkit models``, ``odtkit estimate --model M --scheme S --batch B
-[--precision P] [--optimizer O] [--engine E] [--device D] [--json]``, ``odtkit lab`` and
-``odtkit --version``.
+[--precision P] [--optimizer O] [--engine E] [--device D] [--json]``, ``odtkit lab``,
+``odtkit app [--port N] [--no-browser]`` and ``odtkit --version``.
 
 Unknown names and bad values exit with status 2 and say what is valid on stderr.
 """
@@ -101,7 +101,42 @@ def _parser() -> argparse.ArgumentParser:
     add_estimate_arguments(commands.add_parser(
         "estimate", help="the training memory of one step of a zoo model (odt.estimate)"))
     commands.add_parser("lab", help="open the lab book in JupyterLab")
+    app = commands.add_parser("app", help="serve the budget explorer as a page (Voila, "
+                              "on 127.0.0.1; Ctrl-C stops it)")
+    app.add_argument("--port", default="8866", help="port on 127.0.0.1 (default 8866)")
+    app.add_argument("--no-browser", action="store_true",
+                     help="only print the URL, open no browser")
     return parser
+
+
+def run_app(port_text: str, open_browser: bool) -> int:
+    """``odtkit app``: Voila on the budget explorer at 127.0.0.1:PORT until Ctrl-C or until
+    the server stops; returns the exit status."""
+    import webbrowser
+
+    from . import app
+
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"--port must be a whole number in 1..65535, got {port_text!r}; "
+                         f"e.g. --port {app.DEFAULT_PORT}") from None
+    app.check_port(port, name="--port")
+    try:
+        server, url = app.serve(port)
+    except ModuleNotFoundError as err:  # no Voila: say how to get it
+        raise ValueError(str(err)) from None
+    try:
+        print(f"odtkit app: the budget explorer at {url}\n(Ctrl-C stops the server)",
+              flush=True)
+        if open_browser and app.wait_until_listening(port, server=server):
+            webbrowser.open(url)
+        return server.wait()
+    except KeyboardInterrupt:
+        print("odtkit app: stopping", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        app.stop(server)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             command = lab_command()
             sys.stdout.flush()
             os.execv(command[0], command)
+        elif args.command == "app":
+            return run_app(args.port, open_browser=not args.no_browser)
     except (UnknownNameError, ProfileError, ValueError, FileNotFoundError) as err:
         print(f"odtkit: {err}", file=sys.stderr)
         return 2

@@ -224,3 +224,127 @@ def test_lab_without_jupyterlab_says_how_to_get_it(capsys, monkeypatch):
     code, out, err = run(capsys, "lab")
     assert code == 2 and out == ""
     assert "JupyterLab is not installed" in err and "make lab" in err
+
+
+# ---------------------------------------------------------------- app
+
+
+class _FakeServer:
+    """Stands in for the Voila process: records the command, 'runs' until Ctrl-C."""
+
+    started: list[list[str]] = []
+
+    def __init__(self, command, env=None, **_):
+        self.command, self.env, self.returncode, self.signals = command, env, None, []
+        _FakeServer.started.append(self)
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C while it served
+        return self.returncode
+
+    def terminate(self):
+        self.signals.append("TERM")
+        self.returncode = -15
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_app_serves_the_notebook_on_localhost_and_stops_on_ctrl_c(capsys, monkeypatch):
+    pytest.importorskip("voila")
+    from odtkit import app
+
+    monkeypatch.setattr(app.subprocess, "Popen", _FakeServer)
+    _FakeServer.started.clear()
+    port = _free_port()
+    code, out, err = run(capsys, "app", "--port", str(port), "--no-browser")
+    assert code == 0 and "stopping" in err
+    [server] = _FakeServer.started
+    assert server.signals == ["TERM"]  # stopped, not left running
+    command = server.command
+    assert command[:4] == [sys.executable, "-m", "voila", str(app.notebook_path())]
+    assert "--Voila.ip=127.0.0.1" in command and f"--port={port}" in command
+    token = next(a for a in command if a.startswith("--token=")).split("=", 1)[1]
+    assert len(token) >= 16
+    assert out.splitlines()[0] == (f"odtkit app: the budget explorer at "
+                                   f"http://127.0.0.1:{port}/?token={token}")
+
+
+def test_app_tokens_differ_between_starts(capsys, monkeypatch):
+    pytest.importorskip("voila")
+    from odtkit import app
+
+    monkeypatch.setattr(app.subprocess, "Popen", _FakeServer)
+    _FakeServer.started.clear()
+    for _ in range(2):
+        run(capsys, "app", "--port", str(_free_port()), "--no-browser")
+    tokens = [next(a for a in s.command if a.startswith("--token=")) for s in _FakeServer.started]
+    assert tokens[0] != tokens[1]
+
+
+def test_app_opens_the_browser_on_the_url_with_its_token(capsys, monkeypatch):
+    pytest.importorskip("voila")
+    from odtkit import app
+
+    opened = []
+    monkeypatch.setattr(app.subprocess, "Popen", _FakeServer)
+    monkeypatch.setattr(app, "wait_until_listening", lambda port, server=None: True)
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    port = _free_port()
+    code, out, _ = run(capsys, "app", "--port", str(port))
+    assert code == 0
+    assert opened == [out.splitlines()[0].split(" at ", 1)[1]]
+    assert opened[0].startswith(f"http://127.0.0.1:{port}/?token=")
+
+
+@pytest.mark.parametrize(("port", "message"), [
+    ("http", "--port must be a whole number in 1..65535, got 'http'"),
+    ("0", "--port must be a whole number in 1..65535, got 0"),
+    ("65536", "--port must be a whole number in 1..65535, got 65536"),
+])
+def test_app_bad_port_exits_2_naming_it(capsys, port, message):
+    code, out, err = run(capsys, "app", "--port", port)
+    assert code == 2 and out == ""
+    assert err.startswith("odtkit: ") and message in err
+
+
+def test_app_port_in_use_exits_2_naming_it(capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err = run(capsys, "app", "--port", str(port), "--no-browser")
+    assert code == 2 and out == ""
+    assert f"--port {port} is already in use on 127.0.0.1" in err and "--port=" in err
+
+
+def test_app_without_voila_says_how_to_get_it(capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "voila" else find_spec(name, *a))
+    code, out, err = run(capsys, "app", "--port", str(_free_port()), "--no-browser")
+    assert code == 2 and out == ""
+    assert "Voila is not installed" in err
+    assert 'pip install "odtkit[app]"' in err and "make app" in err
+
+
+def test_app_without_the_contribution_table_names_the_fix(capsys, monkeypatch, tmp_path):
+    pytest.importorskip("voila")
+    monkeypatch.setenv("ODTKIT_DATA_DIR", str(tmp_path))
+    code, out, err = run(capsys, "app", "--port", str(_free_port()), "--no-browser")
+    assert code == 2 and out == ""
+    assert str(tmp_path / "sparse" / "contributions-mcunet-tiny-digits-shift.json") in err
+    assert "build_contributions.py" in err

@@ -72,7 +72,7 @@ def test_readme_opens_with_the_two_commands_and_they_exist():
         assert re.search(rf"^{target}:", makefile, flags=re.M)
     # torch's pinned CPU build goes in before the package
     recipe = makefile[makefile.index("$(STAMP):"):]
-    assert recipe.index("$(TORCH)") < recipe.index('-e ".[dev]"')
+    assert recipe.index("$(TORCH)") < recipe.index('-e ".[dev,app,browser]"')
 
 
 def test_ci_runs_the_readme_test_command():
