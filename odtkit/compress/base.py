@@ -40,6 +40,19 @@ class Ctx:
         return math.prod(self.shape)
 
 
+_new_object = object.__new__
+
+
+def make_ctx(name: str, shape: tuple[int, ...], dtype: torch.dtype, step: int,
+             meta: dict[str, Any]) -> Ctx:
+    """``Ctx(name, shape, dtype, step, meta)`` without the frozen dataclass's ``__init__``
+    (one attribute write per field): the per-call path builds one context per tensor and
+    its fields are already known valid. The result is an ordinary, equal Ctx."""
+    ctx = _new_object(Ctx)
+    ctx.__dict__.update(name=name, shape=shape, dtype=dtype, step=step, meta=meta)
+    return ctx
+
+
 class Compressor:
     """Base class; see the package docstring for the contract."""
 
@@ -79,7 +92,7 @@ class Compressor:
         payload, meta = self._encode(work, name, step)
         if type(payload) is not tuple:
             payload = tuple(payload)
-        ctx = Ctx(name, tuple(tensor.shape), tensor.dtype, step, meta)
+        ctx = make_ctx(name, tuple(tensor.shape), tensor.dtype, step, meta)
         if tensor.dtype is torch.float16 or tensor.dtype is torch.bfloat16:
             check_decodable(self, payload, ctx)
         self._steps[name] = step + 1

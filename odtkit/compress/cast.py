@@ -1,47 +1,111 @@
-"""Dense baselines: send fp32 as is, or cast to a 16-bit float."""
+"""Dense baselines: send the tensor as is (a copy), or cast it to a 16-bit float.
+
+In bare PyTorch a round trip of these is one copy, or one cast and one cast back, so
+every extra pass and every per-call Python step shows. The NaN/inf refusal therefore
+rides on one sum of the payload (inf or NaN whenever an entry is, or the cast rounded a
+value to inf; for a 16-bit payload it reads half the input's bytes), and a float32 tensor
+that needs no grad takes a short path through ``compress``: checks that read no data, the
+payload, its sum, the step and the context, nothing else. Any other input goes through
+``Compressor.compress`` and the same ``_encode``. Only a sum that is not finite leads to
+``_settle``, which tells an overflowed sum from a bad entry or an overflowed cast.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .base import Compressor, Ctx, require_finite
+from .base import Compressor, Ctx, make_ctx, require_finite
 from .wire import Payload
 
+_Tensor = torch.Tensor
+_FP32 = torch.float32
+_HALF = (torch.float16, torch.bfloat16)
+_isfinite = math.isfinite
 
-class NoCompression(Compressor):
+
+class _Dense(Compressor):
+    """Shared by the copy and the casts: ``_payload`` (flat tensor -> the wire tensor) and
+    the refusal of a payload that holds NaN or inf."""
+
+    summable = True  # payloads add up entry by entry (16-bit ones summed in fp32, as
+    # PyTorch's fp16 hook does)
+    folds_finite_check = True  # on the payload's sum
+
+    def _payload(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _fast(self, tensor: torch.Tensor) -> bool:
+        """True for the tensors the short path takes (no data is read)."""
+        return (tensor.__class__ is _Tensor and tensor.dtype is _FP32
+                and not tensor.requires_grad and tensor.numel() > 0)
+
+    def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
+        if not self._fast(tensor):
+            return Compressor.compress(self, tensor, name)
+        sent = self._payload(tensor.reshape(-1))
+        if not _isfinite(sent.sum().item()):
+            self._settle(sent, tensor, name)
+        steps = self._steps
+        step = steps.get(name, 0)
+        steps[name] = step + 1
+        return (sent,), make_ctx(name, tuple(tensor.shape), tensor.dtype, step, {})
+
+    def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
+        # the payload is flat: one reshape (a view), then the caller's dtype
+        out = self._decode(payload, ctx).reshape(ctx.shape)
+        return out if out.dtype is ctx.dtype else out.to(ctx.dtype)
+
+    def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
+        sent = self._payload(x.reshape(-1))
+        if not _isfinite(sent.sum().item()):
+            self._settle(sent, x, name)
+        return (sent,), {}
+
+    def _settle(self, sent: torch.Tensor, x: torch.Tensor, name: str) -> None:
+        """The payload's sum is inf or NaN. Return if every entry is finite (only the sum
+        overflowed: a 16-bit sum above 65504, say); else raise naming the first non-finite
+        entry of ``x`` or, where ``x`` is finite, the value the cast rounded to inf."""
+        if sent.dtype in _HALF and _isfinite(sent.sum(dtype=torch.float32).item()):
+            return  # no inf or NaN survives a float32 sum of 16-bit values
+        require_finite(math.nan, x, name)  # raises on a NaN or inf entry of x
+        if bool(sent.isinf().any()):
+            top = torch.finfo(sent.dtype).max
+            peak = float(x.abs().max())
+            other = "use 'bf16'" if sent.dtype == torch.float16 else "send it as 'none'"
+            raise ValueError(
+                f"tensor {name!r} has |value| {peak:.4g} above the {self.kind} maximum {top:.4g}: "
+                f"the cast would give inf. Scale the gradient down or {other}"
+            )
+
+
+class NoCompression(_Dense):
     """The dense baseline: the tensor travels unchanged (a copy, in its own dtype)."""
 
     kind = "none"
     unbiased = True
     keep_dtype = True
-    summable = True  # fp32 payloads add up entry by entry
 
-    def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
-        return (x.reshape(-1).clone(),), {}
+    def _fast(self, tensor: torch.Tensor) -> bool:
+        # any floating dtype: the payload keeps it, so it always decodes
+        return (tensor.__class__ is _Tensor and tensor.is_floating_point()
+                and not tensor.requires_grad and tensor.numel() > 0)
+
+    def _payload(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat.clone()
 
     def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         return payload[0]
 
 
-class _Cast(Compressor):
-    """Cast, then one sum over the (half-size) result: inf or NaN there means a non-finite
-    input or a value the cast rounded to inf; only then is the input scanned."""
+class _Cast(_Dense):
+    """Cast to ``target``; the receiver casts back to float32 (then the caller's dtype)."""
 
     target: torch.dtype = torch.float16
-    summable = True  # the receiver sums 16-bit payloads (in fp32, as PyTorch's fp16 hook)
-    folds_finite_check = True
 
-    def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
-        half = x.reshape(-1).to(self.target)
-        if not require_finite(half.sum(), x, name) and bool(half.isinf().any()):
-            top = torch.finfo(self.target).max
-            peak = float(x.abs().max())
-            other = "use 'bf16'" if self.target == torch.float16 else "send it as 'none'"
-            raise ValueError(
-                f"tensor {name!r} has |value| {peak:.4g} above the {self.kind} maximum {top:.4g}: "
-                f"the cast would give inf. Scale the gradient down or {other}"
-            )
-        return (half,), {}
+    def _payload(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat.to(self.target)
 
     def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         return payload[0].float()
