@@ -3,6 +3,9 @@ odt.estimate and DeviceProfile.fit give for the new setting."""
 
 from __future__ import annotations
 
+import html
+import re
+
 import matplotlib
 import pytest
 
@@ -86,3 +89,52 @@ def test_a_setting_that_cannot_run_is_explained_not_raised(explorer):
     assert "more than 1 value per channel" in explorer.summary.value
     explorer.controls["batch_size"].value = 2
     assert explorer.report is not None and explorer.report.batch_size == 2
+
+
+def _bar_widths(html_text: str) -> dict[str, float]:
+    """{component: width in % of the bar} from the explorer's stacked bar."""
+    return {m[0]: float(m[1]) for m in re.findall(
+        r"<div title='([a-z ]+) [^']*' style='width:([0-9.]+)%", html_text)}
+
+
+def test_the_bar_stacks_what_is_live_at_the_peak_up_to_the_peak(explorer):
+    report, fit = _expected(explorer)  # mbv2-tiny, bias-only, lean, batch 8: 1.55 MiB
+    parts = explorer.fit.peak_components
+    assert parts == fit.peak_components and sum(parts.values()) == fit.needed_bytes
+    # on the MCU the frozen weights sit in flash: the SRAM bar holds the rest of the peak
+    assert fit.needed_bytes == report.peak_bytes - report.frozen_weight_bytes
+    widths = _bar_widths(explorer.plot.value)
+    top = max(fit.needed_bytes, fit.available_bytes)
+    assert set(widths) == {k for k, v in parts.items() if v}
+    for name, width in widths.items():
+        assert width == pytest.approx(100 * parts[name] / top, abs=1e-3), name
+    assert sum(widths.values()) == pytest.approx(100 * fit.needed_bytes / top, abs=1e-2)
+    budget = re.search(r"left:([0-9.]+)%", explorer.plot.value)
+    assert float(budget[1]) == pytest.approx(100 * fit.available_bytes / top, abs=1e-3)
+    # the shown numbers name the peak's components, not the categories alone
+    for name, nbytes in report.peak_components.items():
+        assert f"{name} {odt.format_bytes(nbytes)}" in explorer.summary.value
+    assert html.escape(report.peak_at) in explorer.summary.value
+
+
+def test_the_verdict_names_the_transient_buffers_and_what_to_try(explorer):
+    assert not explorer.fit.fits and explorer.fit.peak_component == "transient"
+    text = html.unescape(explorer.verdict.value)
+    assert "transient buffers (the input and output of the op being computed) take" in text
+    assert "largest category" not in text and "try a smaller batch" in text
+    explorer.controls["device"].value = "raspberry-pi-4"  # fits; the allocator's scratch shows
+    assert explorer.fit.fits and "kernel scratch" in explorer.fit.peak_components
+    assert "kernel scratch" in explorer.plot.value
+    explorer.controls["device"].value = "stm32f746"
+    explorer.controls["scheme"].value = "full"
+    explorer.controls["engine"].value = "pytorch"  # stock full training: saved activations
+    assert explorer.fit.peak_component == "saved activations"
+    assert "saved activations take" in explorer.verdict.value
+
+
+def test_a_setting_seen_before_is_answered_from_the_cache(explorer):
+    first = explorer.report
+    explorer.controls["batch_size"].value = 4
+    explorer.controls["batch_size"].value = 8
+    assert explorer.report is first  # the same answer, not a new estimate
+    assert explorer.response_s >= 0

@@ -1,4 +1,5 @@
-"""Figures of training memory: categories, bytes kept per layer, live bytes through a step.
+"""Figures of training memory: categories, what is live at the peak, bytes kept per layer,
+live bytes through a step.
 
 Every function takes MemoryReports (odt.estimate / odt.measure) and returns a Figure.
 """
@@ -15,11 +16,19 @@ from matplotlib.figure import Figure
 from .._checks import check_positive_int
 from ..units import format_bytes
 
-__all__ = ["memory_bars", "saved_bytes_per_layer", "memory_timeline"]
+__all__ = ["memory_bars", "peak_bars", "saved_bytes_per_layer", "memory_timeline"]
 
 # one colour per category of a MemoryReport, in its order
 _COLORS = {"weights": "#4C72B0", "gradients": "#DD8452", "optimizer": "#55A868",
            "activations": "#C44E52"}
+# one colour and hatch per component of what is live at the peak (MemoryReport and
+# FitReport peak_components), the categories' colours where they mean the same bytes
+PEAK_COLORS = {"weights": "#4C72B0", "saved activations": "#C44E52", "transient": "#8172B3",
+               "gradients": "#DD8452", "optimizer state": "#55A868",
+               "kernel scratch": "#937860"}
+_PEAK_HATCH = {"weights": "", "saved activations": "//", "transient": "..", "gradients": "\\\\",
+               "optimizer state": "xx", "kernel scratch": "--"}
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 PHASES = ("forward", "loss", "backward", "step")
 _PHASE_WIDTH = {"forward": 0.45, "loss": 0.05, "backward": 0.42, "step": 0.08}
 
@@ -97,6 +106,60 @@ def memory_bars(reports: Any, *, budget_bytes: float | None = None, budget_label
     return fig
 
 
+def _components(item: Any, label: str) -> dict[str, int]:
+    parts = getattr(item, "peak_components", item)
+    if not isinstance(parts, Mapping) or not parts:
+        raise ValueError(f"{label!r} has no peak components: pass what odt.estimate or "
+                         "device.fit returns, or a dict component -> bytes")
+    return {str(k): int(v) for k, v in parts.items()}
+
+
+def peak_bars(items: Mapping[str, Any], *, budget_bytes: float | None = None,
+              budget_label: str = "budget", title: str | None = None,
+              figsize: tuple[float, float] = (6.5, 3.6)) -> Figure:
+    """What is live at the peak, one stacked bar per entry: its components (a report's or a
+    fit's ``peak_components``, or a dict component -> bytes) add up to the black tick.
+
+    ``items``: {label: report, fit or dict}; ``budget_bytes`` draws a dashed line.
+    """
+    if not isinstance(items, Mapping) or not items:
+        raise TypeError("peak_bars takes a non-empty dict label -> MemoryReport, FitReport "
+                        f"or dict of component bytes, got {type(items).__name__}")
+    parts = {label: _components(item, label) for label, item in items.items()}
+    peaks = np.array([sum(p.values()) for p in parts.values()], dtype=float)
+    size, unit = _scale(max(peaks.max(), budget_bytes or 0))
+    fig, ax = plt.subplots(figsize=figsize)
+    x = np.arange(len(parts))
+    bottom = np.zeros(len(parts))
+    names = list(dict.fromkeys(k for p in parts.values() for k in p))
+    for name in names:
+        values = np.array([p.get(name, 0) for p in parts.values()]) / size
+        ax.bar(x, values, 0.55, bottom=bottom, color=PEAK_COLORS.get(name, "0.6"),
+               hatch=_PEAK_HATCH.get(name, ""), edgecolor="white", linewidth=0.5, label=name)
+        bottom += values
+    ax.hlines(peaks / size, x - 0.35, x + 0.35, color="black", linewidth=2, zorder=3,
+              label="peak")
+    for xi, peak in zip(x, peaks, strict=True):
+        ax.annotate(f"peak {format_bytes(peak)}", (xi, peak / size), textcoords="offset points",
+                    xytext=(0, 3), ha="center", fontsize=9)
+    if budget_bytes is not None:
+        ax.axhline(budget_bytes / size, color="black", linestyle="--", linewidth=1,
+                   label=f"{budget_label} {format_bytes(budget_bytes)}")
+    ax.set_xticks(x, list(parts))
+    ax.set_ylabel(f"live at the peak ({unit})")
+    ax.set_ylim(0, max(peaks.max(), budget_bytes or 0) / size * 1.18)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: (labels[i] not in names,
+                                                      -names.index(labels[i])
+                                                      if labels[i] in names else i))
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=9,
+              loc="upper left", bbox_to_anchor=(1.0, 1.0))  # top of the stack first
+    ax.set_title(title if title is not None else "what is live at the peak")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def saved_bytes_per_layer(reports: Any, *, top: int | None = None, title: str | None = None,
                           figsize: tuple[float, float] = (7.5, 3.8)) -> Figure:
     """Bytes each layer keeps for backward: one report, or two side by side (stock vs lean).
@@ -167,10 +230,12 @@ def memory_timeline(reports: Any, *, budget_bytes: float | None = None,
         start += width
     for k, (label, r) in enumerate(items.items()):
         xs, ys = _phase_positions(r.timeline)
+        marker = _MARKERS[k % len(_MARKERS)]
         ax.step(xs, ys / size, where="mid", color=f"C{k}", label=label,
-                linestyle="-" if k == 0 else "--", linewidth=1.2)
+                linestyle="-" if k == 0 else "--", linewidth=1.2, marker=marker,
+                markersize=4, markevery=max(1, len(xs) // 12))
         i = int(np.argmax(ys))
-        ax.plot(xs[i], ys[i] / size, "o", color=f"C{k}", markersize=4)
+        ax.plot(xs[i], ys[i] / size, marker, color=f"C{k}", markersize=6)
         ax.annotate(f"{label} peak {format_bytes(ys[i])}", (xs[i], ys[i] / size),
                     textcoords="offset points", xytext=(8, -4 - 11 * k), fontsize=8,
                     color=f"C{k}")

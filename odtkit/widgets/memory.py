@@ -1,13 +1,18 @@
 """Explorer: pick a model, batch size, resolution, scheme, optimizer, engine and device;
-see the estimated training memory by category and whether one step fits the device.
+see what is live at the peak of one training step and whether it fits the device.
 
     ex = odt.widgets.memory_explorer()
     ex                                   # in a notebook: controls, verdict and bars
     ex.controls["batch_size"].value = 16 # headless: the shown numbers follow
     ex.report, ex.fit, ex.summary.value, ex.verdict.value
 
-Everything shown comes from odt.estimate and DeviceProfile.fit; models are built once per
-(name, resolution) and their traces cached, so moving a slider costs a few milliseconds.
+Everything shown comes from odt.estimate and DeviceProfile.fit: the bar stacks the fit's
+``peak_components`` (what the device's working memory holds at the peak: weights, saved
+activations, transient buffers, gradients, optimizer state) up to the peak, against the
+budget, and the verdict names the component that breaks it. Models are built once per
+(name, resolution), their traces and every answer cached, and the bar is HTML (no
+figure to render), so a setting seen before answers at once and a new one costs one
+estimate.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ import base64
 import functools
 import html
 import io
+import time
 from typing import Any
 
 import ipywidgets as w
-import matplotlib.pyplot as plt
 
 from .._checks import check_choice, check_int
 from ..hardware import device as get_device
@@ -29,7 +34,7 @@ from ..models import create, example_input, names
 from ..plans import plan as make_plan
 from ..training import OPTIMIZERS
 from ..units import format_bytes
-from ..viz.memory import memory_bars
+from ..viz.memory import PEAK_COLORS
 
 __all__ = ["MemoryExplorer", "memory_explorer", "explorer_input_shape"]
 
@@ -71,10 +76,12 @@ class MemoryExplorer(w.VBox):
         }
         self.summary = w.HTML()
         self.verdict = w.HTML()
-        self.plot = w.Output()
+        self.plot = w.HTML()  # the stacked bar of the peak's components, against the budget
         self.report: MemoryReport | None = None
         self.fit: Any = None
         self._models: dict[tuple[str, int], Any] = {}
+        self._answers: dict[tuple, tuple[Any, Any]] = {}  # settings -> (report, error)
+        self.response_s = 0.0  # how long the last update took, estimate to shown HTML
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
         boxes = list(self.controls.values())
@@ -91,44 +98,82 @@ class MemoryExplorer(w.VBox):
     def _on_change(self, change: dict) -> None:
         self.update()
 
+    def _estimate(self, c: dict[str, Any]) -> tuple[MemoryReport | None, str]:
+        """The report for settings ``c`` (or why there is none), cached per setting (the
+        device is not one: it changes the fit, not the estimate)."""
+        key = tuple(v for k, v in c.items() if k != "device")
+        if key not in self._answers:
+            model = self._model(c["model"], c["resolution"])
+            model.train()  # as training runs it; the plan decides the norms' statistics
+            x = example_input(model, batch_size=c["batch_size"])
+            try:
+                plan = make_plan(model, c["scheme"],
+                                 norm_stats="frozen" if c["frozen_statistics"] else "batch")
+                answer = (estimate(model, x, plan, optimizer=c["optimizer"],
+                                   engine=c["engine"]), "")
+            except ValueError as err:  # e.g. batch statistics of a single value per channel
+                answer = (None, str(err))
+            if len(self._answers) >= 512:
+                self._answers.pop(next(iter(self._answers)))
+            self._answers[key] = answer
+        return self._answers[key]
+
     def update(self) -> None:
         """Estimate for the current controls, fit it to the device, refresh what is shown."""
+        started = time.perf_counter()
         c = {k: v.value for k, v in self.controls.items()}
-        model = self._model(c["model"], c["resolution"])
-        model.train()  # as training runs it; the plan decides the norms' statistics
-        x = example_input(model, batch_size=c["batch_size"])
-        try:
-            plan = make_plan(model, c["scheme"],
-                             norm_stats="frozen" if c["frozen_statistics"] else "batch")
-            self.report = estimate(model, x, plan, optimizer=c["optimizer"],
-                                   engine=c["engine"])
-        except ValueError as err:  # e.g. batch statistics of a single value per channel
-            self.report = self.fit = None
-            self.summary.value = f"<b>cannot estimate this setting</b>: {html.escape(str(err))}"
-            self.verdict.value = ""
-            self.plot.outputs = ()
+        self.report, error = self._estimate(c)
+        if self.report is None:
+            self.fit = None
+            self.summary.value = f"<b>cannot estimate this setting</b>: {html.escape(error)}"
+            self.verdict.value = self.plot.value = ""
+            self.response_s = time.perf_counter() - started
             return
         dev = get_device(c["device"])
         self.fit = dev.fit(self.report)
-        r = self.report
-        parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in r.by_category.items())
+        r, fit = self.report, self.fit
+        parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in r.peak_components.items())
+        kept = ", ".join(f"{k} {format_bytes(v)}" for k, v in r.by_category.items())
+        shape = (c["batch_size"], *explorer_input_shape(c["model"], c["resolution"]))
         self.summary.value = (
-            f"<b>{html.escape(c['model'])}</b> input {tuple(x.shape)}: peak "
-            f"<b>{format_bytes(r.peak_bytes)}</b> ({r.peak_bytes:,} B); kept after the step "
-            f"and during it: {parts}; total {format_bytes(r.total_bytes)}")
-        color = "green" if self.fit.fits else "crimson"
-        self.verdict.value = f"<span style='color:{color}'>{html.escape(self.fit.verdict)}</span>"
-        budget = getattr(dev, "sram_bytes" if dev.kind == "mcu" else "dram_bytes", None)
-        fig = memory_bars({f"{c['scheme']} ({c['engine']})": r}, budget_bytes=budget,
-                          budget_label=f"{dev.name} {'SRAM' if dev.kind == 'mcu' else 'RAM'}",
-                          figsize=(5.5, 3.2))
-        # set the Output's content directly: no display messages from the kernel, so the
-        # figure lands in the widget whether or not a frontend (or nbval) is listening
-        self.plot.outputs = (_png_output(fig),)
-        plt.close(fig)
+            f"<b>{html.escape(c['model'])}</b> input {shape}: peak "
+            f"<b>{format_bytes(r.peak_bytes)}</b> ({r.peak_bytes:,} B) at "
+            f"{html.escape(r.peak_at)}: {parts}. Kept by the step (categories): {kept}")
+        color = "green" if fit.fits else "crimson"
+        self.verdict.value = f"<span style='color:{color}'>{html.escape(fit.verdict)}</span>"
+        ram = next(ch for ch in fit.checks if ch.memory != "flash")
+        self.plot.value = peak_bar_html(
+            fit.peak_components or r.peak_components, ram.available_bytes,
+            f"{dev.name} {ram.memory.upper()}")
+        self.response_s = time.perf_counter() - started
+
+
+def peak_bar_html(parts: dict[str, int], budget_bytes: int, budget_label: str,
+                  width_px: int = 560) -> str:
+    """One stacked bar of ``parts`` (bytes by component, summing to the peak) with the
+    budget as a dashed line, and a legend naming each part and its bytes."""
+    peak = sum(parts.values())
+    top = max(peak, budget_bytes, 1)
+    cells = "".join(
+        f"<div title='{html.escape(k)} {format_bytes(v)}' style='width:{100 * v / top:.3f}%;"
+        f"background:{PEAK_COLORS.get(k, '#999999')}'></div>" for k, v in parts.items() if v)
+    budget = (f"<div title='{html.escape(budget_label)}' style='position:absolute;"
+              f"left:{100 * budget_bytes / top:.3f}%;top:-5px;bottom:-5px;"
+              "border-left:2px dashed black'></div>")
+    legend = " &nbsp; ".join(
+        f"<span style='white-space:nowrap'><span style='display:inline-block;width:11px;"
+        f"height:11px;background:{PEAK_COLORS.get(k, '#999999')}'></span> "
+        f"{html.escape(k)} {format_bytes(v)}</span>" for k, v in parts.items())
+    return (f"<div style='font-size:13px;max-width:{width_px}px;margin-top:6px'>"
+            f"<div>live at the peak: <b>{format_bytes(peak)}</b>; dashed line: "
+            f"{html.escape(budget_label)} {format_bytes(budget_bytes)}</div>"
+            "<div style='position:relative;display:flex;height:24px;margin:8px 0;"
+            f"border:1px solid #888;background:#f4f4f4'>{cells}{budget}</div>"
+            f"<div style='line-height:1.6'>{legend}</div></div>")
 
 
 def _png_output(fig: Any) -> dict:
+    """A figure as an Output widget's content (the other explorers' figures)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     png = base64.b64encode(buffer.getvalue()).decode("ascii")
