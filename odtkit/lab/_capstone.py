@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import check_positive_int, check_real, choice_error, lookup
+from .._checks import check_positive_int, check_real, lookup
 from ..units import format_bytes, format_seconds
 
 __all__ = ["Capstone", "ReportCard", "PrecisionChoice", "FleetChoice", "FLEET", "LINK_BY_KIND",
@@ -278,31 +278,29 @@ class Capstone:
         from ..hardware import device, devices
 
         out = {}
-        for name in devices():
-            dev = device(name)
+        for dev in map(device, devices()):
             try:
                 usable_precisions(dev)
+                if dev.bandwidth_bytes_per_s is None:
+                    out[dev.name] = f"{dev.name} has no memory bandwidth in its profile: no roofline"
             except ValueError as err:
-                out[name] = str(err).split("; ")[0] + ": no float training"
-                continue
-            if dev.bandwidth_bytes_per_s is None:
-                out[name] = f"{name} has no memory bandwidth in its profile: no roofline"
+                out[dev.name] = str(err).split("; ")[0] + ": no float training"
         return out
 
     def devices(self) -> list[str]:
         """The catalogue devices the capstone plans for (see ``excluded`` for the rest)."""
         from ..hardware import devices
 
-        skip = self.excluded()
-        return [name for name in devices() if name not in skip]
+        return [name for name in devices() if name not in self.excluded()]
 
     def check_device(self, device: str) -> str:
-        """The catalogue name of ``device``, or a ValueError naming the devices planned for."""
+        """The catalogue name of ``device``; a ValueError saying why the capstone cannot plan
+        for it and naming the devices it can (a typo gets the catalogue's suggestions)."""
         from ..hardware import device as get_device
 
-        name = get_device(device).name
-        if name not in self.devices():
-            raise choice_error("capstone device", device, self.devices())
+        name, why = get_device(device).name, self.excluded()
+        if name in why:
+            raise ValueError(f"{why[name]}. The capstone plans for: {', '.join(self.devices())}.")
         return name
 
     @functools.cache  # noqa: B019 (one Capstone per notebook)
