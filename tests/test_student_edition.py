@@ -75,12 +75,12 @@ def test_each_student_notebook_is_its_master_with_stubbed_exercises(master):
 
 @pytest.fixture
 def copy(tmp_path):
-    """The masters and the committed edition, copied."""
+    """The masters copied, with their edition written beside them."""
     labs = tmp_path / "labs"
-    (labs / "student").mkdir(parents=True)
+    labs.mkdir()
     for master in MASTERS:
         shutil.copy(master, labs / master.name)
-        shutil.copy(LABS / "student" / master.name, labs / "student" / master.name)
+    assert [path.name for path in write(labs)] == [master.name for master in MASTERS]
     return labs
 
 
@@ -271,7 +271,8 @@ def test_the_generator_on_a_hand_written_notebook():
                 [_stream("Correct: 12\n")], count=5)
     split = _code("# BEGIN SOLUTION\nk = 2\n# END SOLUTION\n", [], count=6)
     check = _code("odt.lab.check_k(k)\n", [_stream("Correct: 2\n")], count=7)
-    notebook = {"cells": [intro, normal, function, top, split, check],
+    alone = _code("# BEGIN SOLUTION\nm = 2\n# END SOLUTION\n", [], count=8)
+    notebook = {"cells": [intro, normal, function, top, split, check, alone, normal],
                 "metadata": {"kernelspec": {"name": "python3"}, "extra": [1, "é"]},
                 "nbformat": 4, "nbformat_minor": 5}
     before = json.dumps(notebook)
@@ -286,7 +287,8 @@ def test_the_generator_on_a_hand_written_notebook():
                                       "verdict = odt.lab.check_answer(answer)")
     assert _text(out["cells"][4]) == "# YOUR CODE HERE\nk = None\n"
     assert _text(out["cells"][5]) == "odt.lab.check_k(k)\n"  # the check cell: output cleared
-    for cell in out["cells"][2:]:
+    assert out["cells"][7] == normal  # after a solution with no check: not a check cell
+    for cell in out["cells"][2:7]:
         assert cell["outputs"] == [] and cell["execution_count"] is None
         assert cell["id"] == notebook["cells"][out["cells"].index(cell)]["id"]
     text = render(out)

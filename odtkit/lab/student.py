@@ -143,10 +143,11 @@ def student_notebook(notebook: dict, name: str = "notebook") -> dict:
                                  f"{error}") from None
             cell["source"] = _split(new) if isinstance(cell["source"], list) else new
             clear_next = CHECK_CALL not in new
-        elif not clear_next:
-            continue
+        elif clear_next and CHECK_CALL in source:
+            clear_next = False
         else:
             clear_next = False
+            continue
         cell["outputs"], cell["execution_count"] = [], None
     return {**notebook, "cells": cells}
 
