@@ -2,7 +2,8 @@
 (``budget_explorer.ipynb``, code hidden) on 127.0.0.1 only.
 
     odtkit app [--port 8866] [--no-browser]     # from a shell; Ctrl-C stops it
-    server = odtkit.app.serve(port=8866)         # the same from Python: a subprocess.Popen
+    server, url = odtkit.app.serve(port=8866)    # the same from Python (a subprocess.Popen)
+    odtkit.app.stop(server)
     odtkit.app.budget_app()                      # what the page shows: the explorer itself
 
 The page needs Voila (the ``app`` extra: ``pip install "odtkit[app]"``, or ``make app``)
