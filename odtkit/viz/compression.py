@@ -243,7 +243,7 @@ def wire_bytes_bars(runs: Mapping[str, Any], *, relative: bool = False,
             runs[name].exchange)
         ax.annotate(f" {exchange}", (1, i), xycoords=("axes fraction", "data"),
                     va="center", fontsize=FONT_PT - 1)
-    ax.legend(fontsize=FONT_PT, loc="lower right")
+    ax.legend(fontsize=FONT_PT, loc="upper right")
     ax.set_title(title)
     fig.tight_layout()
     return fig
@@ -270,7 +270,7 @@ def powersgd_rank_sweep(runs: Mapping[int, Any], *, title: str = "PowerSGD rank 
     ax.grid(alpha=0.3)
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     right.legend(handles, [h.get_label() for h in handles], fontsize=FONT_PT,
-                 loc="center right")
+                 loc="lower right")
     ax.set_title(title)
     fig.tight_layout()
     return fig
