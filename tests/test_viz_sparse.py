@@ -74,3 +74,19 @@ def test_accuracy_figure_refuses_what_it_cannot_draw():
         odt.viz.accuracy_vs_memory({"a": (100, 61.0)})
     with pytest.raises(TypeError, match=r"pair \(memory_bytes, accuracy\)"):
         odt.viz.accuracy_vs_memory({"a": 100})
+
+
+def test_figures_are_readable_at_the_notebook_size():
+    from _figures import legend_text_px, smallest_text_px
+
+    model = _model()
+    fig = odt.viz.sparse_plan_layers(odt.sparse.plan(model, biases=2, weights={"3": 0.25}))
+    assert smallest_text_px(fig) >= 9  # 7 pt at the notebook's 100 dpi
+    assert all(ax.get_xscale() == "linear" for ax in fig.axes)  # bar lengths are shares
+    matplotlib.pyplot.close(fig)
+    fig = odt.viz.accuracy_vs_memory({"bias-only": (120 * 1024, 0.61), "last:1": (200 * 1024, 0.58)},
+                                     budget_bytes=160 * 1024, baseline=0.5)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == ax.get_yscale() == "linear"
+    assert smallest_text_px(fig) >= 9 and legend_text_px(ax) >= 9
+    matplotlib.pyplot.close(fig)

@@ -93,7 +93,7 @@ def sparse_plan_layers(plan: Any, *, title: str | None = None,
     if not rows:
         raise ValueError("the plan has no conv or linear weight to draw")
     n = len(rows)
-    height = figsize[1] if figsize else min(7.0, 1.0 + 0.17 * n)
+    height = figsize[1] if figsize else min(7.5, 1.0 + 0.21 * n)
     fig, (left, right) = plt.subplots(1, 2, sharey=True, gridspec_kw={
         "width_ratios": [1, 7], "wspace": 0.04}, figsize=(figsize[0] if figsize else 4.6,
                                                          height))
@@ -103,24 +103,24 @@ def sparse_plan_layers(plan: Any, *, title: str | None = None,
     for yi, r in zip(y, rows, strict=True):
         if r.channels:
             right.text(min(r.weight_share, 1.0) + 0.02, yi, f"{r.channels}/{r.of_channels}",
-                       va="center", fontsize=6)
+                       va="center", fontsize=7)
     for yi, r in zip(y, rows, strict=True):
         if r.bias is not None:
             left.plot(0, yi, "s", markersize=5, color=_TRAINED if r.bias else "white",
                       markeredgecolor=_TRAINED if r.bias else "0.45")
     left.set_xlim(-0.5, 0.5)
     left.set_xticks([0], ["bias"], fontsize=7)
-    left.set_yticks(y, [short_layer_name(r.layer) for r in rows], fontsize=6)
+    left.set_yticks(y, [short_layer_name(r.layer) for r in rows], fontsize=7)
     left.set_ylim(n - 0.5, -0.5)
     right.set_xlim(0, 1.18)
     right.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "¼", "½", "¾", "all"], fontsize=7)
-    right.set_xlabel("share of the weight's channels that train", fontsize=7)
+    right.set_xlabel("share of the weight's channels that train", fontsize=8)
     right.tick_params(axis="y", left=False)
     right.grid(axis="x", alpha=0.3)
     trained = sum(1 for r in rows if r.weight_share > 0)
     biases = sum(1 for r in rows if r.bias)
     fig.suptitle(title if title is not None else
-                 f"weights of {trained}, biases of {biases} of {n} layers train", fontsize=8)
+                 f"weights of {trained}, biases of {biases} of {n} layers train", fontsize=9)
     fig.subplots_adjust(left=0.2, right=0.97, top=1 - 0.35 / height, bottom=0.5 / height)
     return fig
 
