@@ -173,3 +173,13 @@ def test_round_time_figure(cap):
     assert widths == pytest.approx([fleet.options[k][1] for k in FLEET])
     assert len({p.get_facecolor() for p in ax.patches}) == len(FLEET)
     assert [t.get_text() for t in ax.get_yticklabels()] == list(FLEET)
+
+
+def test_a_reduced_precision_plan_is_the_searched_scheme_on_stock_autograd(cap):
+    plan, report, fit = cap.plan("gap9")  # GAP9 computes floats in fp16 only
+    found = cap.search("gap9").plan
+    assert plan.precision == "fp16" and found.precision == "fp32"
+    assert (plan.trainable, plan.channels) == (found.trainable, found.channels)
+    ref = odt.estimate(cap.pretrained, cap.x, plan, optimizer="sgd-m", engine="pytorch")
+    assert report.peak_bytes == ref.peak_bytes and fit.dtype == "fp16" and fit.fits
+    assert fit.step_time_s == pytest.approx(_roofline_by_hand(ref, odt.device("gap9"), "fp16"))
