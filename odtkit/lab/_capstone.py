@@ -362,12 +362,13 @@ class Capstone:
         plan, report, fit = self.plan(device)
         fleet = self.fleet(device, link)
         history = self.train(plan, choice.engine)
+        ram = next(c for c in fit.checks if c.memory != "flash")  # frozen weights: flash
         return ReportCard(
             device=fit.device, precision=choice.precision, engine=choice.engine,
             dtype=fit.dtype, plan=plan, scheme=describe_scheme(self.search(device)),
             peak_bytes=int(report.peak_bytes),
-            need_bytes=fit.checks[0].needed_bytes, ram_bytes=fit.checks[0].available_bytes,
-            memory=fit.checks[0].memory, fits=fit.fits, verdict=fit.verdict,
+            need_bytes=ram.needed_bytes, ram_bytes=ram.available_bytes, memory=ram.memory,
+            fits=fit.fits, verdict=fit.verdict,
             step_s=fit.step_time_s, accuracy=history.test_acc[-1],
             baseline_acc=self.table.baseline_acc, epochs=self.epochs,
             compressor=fleet.label, link=fleet.link, bytes_per_round=fleet.bytes_per_round,
