@@ -89,6 +89,15 @@ def test_placeholders_are_not_done(capsys):
     assert capsys.readouterr().out.count("Not done yet") == 2
 
 
+def test_a_placeholder_hint_never_names_an_empty_unit():
+    from odtkit.lab._checks_core import check_number
+
+    assert "set v to the neuron's new velocity" in check_velocity_step(None, quiet=True).message
+    message = check_number(None, 1.0, unit="").message
+    assert message == "replace the placeholder with your number.", message
+    assert check_number(None, 1.0).message.endswith("your number of bytes.")
+
+
 def test_vector_checks_refuse_bools_by_name():
     from odtkit.lab import check_neq
 

@@ -111,7 +111,8 @@ def check_number(answer: Any, right: float, *, slips: Sequence[tuple[float, str]
     """
     got, problem = read_number(answer)
     if got is None and not problem:
-        return CheckResult(None, todo or f"replace the placeholder with your number of {unit}.")
+        what = f"your number of {unit}" if unit else "your number"
+        return CheckResult(None, todo or f"replace the placeholder with {what}.")
     if got is None:
         return CheckResult(False, problem)
     shown = f"{got:,}" if isinstance(got, int) else f"{got:.6g}"

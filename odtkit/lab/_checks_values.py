@@ -83,5 +83,6 @@ def check_velocity_step(answer: Any, v_prev: float = 0.2, delta_prev: float = 0.
     result = check_number(answer, right, slips=slips, unit="", rel=1e-6,
                           right_message=f"v = {mu} x {v_prev} - ({delta_prev} - {delta}) = "
                                         f"{right:.6g}; {state}.",
-                          default_hint="v = mu * v_prev - (delta_prev - delta).")
+                          default_hint="v = mu * v_prev - (delta_prev - delta).",
+                          todo="set v to the neuron's new velocity, a number.")
     return say(result, quiet)
