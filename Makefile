@@ -15,7 +15,7 @@ TORCH  := torch==2.13.0
 # Jupyter refuses to run as root without being told; containers often are root.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup lab app test lint bench data clean
+.PHONY: setup lab app test lint bench data student clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,10 @@ bench: setup
 	$(BIN)/python benchmarks/federated.py
 	$(BIN)/python benchmarks/quant.py
 	$(BIN)/python benchmarks/sparse.py
+
+# the student edition (labs/student/): every master lab with its solutions as marked stubs
+student: setup
+	$(BIN)/python -m odtkit.lab.student
 
 data: setup
 	$(BIN)/python data/build_digits.py
