@@ -41,12 +41,15 @@ def plain(forward: Callable) -> Callable:
 
     @functools.wraps(forward)
     def run(self, x, *args, **kwargs):
-        if type(x) is torch.Tensor:
+        if type(x) is torch.Tensor and _mode_on():
             with torch._C.DisableTorchFunction():
                 return forward(self, x, *args, **kwargs)
         return forward(self, x, *args, **kwargs)
 
     return run
+
+
+_mode_on = torch._C._is_torch_function_mode_enabled  # a TorchFunctionMode is pushed
 
 
 def wants_graph(*tensors: torch.Tensor | None) -> bool:

@@ -47,15 +47,17 @@ def mask_from(n: int, device: torch.device, nonzero) -> torch.Tensor:
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     """Bool tensor (any shape, read flat) -> (ceil(numel/8),) uint8 in numpy.packbits order."""
-    if mask.device.type != "cpu":
+    if not mask.is_cpu:
         return pack_codes(mask.reshape(-1), 1)
+    if not mask.is_contiguous():
+        mask = mask.reshape(-1)
     out = torch.empty(-(-mask.numel() // 8), dtype=torch.uint8)
-    out.numpy()[:] = np.packbits(mask.reshape(-1).numpy())
+    out.numpy()[:] = np.packbits(mask.numpy())  # packbits reads a contiguous array flat
     return out
 
 
 def unpack_mask(packed: torch.Tensor, shape: torch.Size, n: int) -> torch.Tensor:
     """Inverse of ``pack_mask``: a uint8 0/1 tensor of ``shape`` (``n`` elements)."""
-    if packed.device.type != "cpu":
+    if not packed.is_cpu:
         return unpack_codes(packed, 1, n).view(shape)
-    return torch.from_numpy(np.unpackbits(packed.numpy(), count=n)).view(shape)
+    return torch.from_numpy(np.unpackbits(packed.numpy(), count=n).reshape(shape))
