@@ -639,14 +639,27 @@ def test_link_energy_hand_computed():
 # ---------------------------------------------------------------- figures
 
 
-def test_memory_catalogue_draws_one_bar_per_known_memory():
+def _points(ax) -> int:
+    return sum(len(line.get_xdata()) for line in ax.get_lines())
+
+
+def test_memory_catalogue_draws_one_point_per_known_memory():
     fig = catalogue.memory_catalogue()
     try:
         assert isinstance(fig, Figure)
         ax = fig.axes[0]
         expected = sum(1 for n in hw.devices() for m in ("sram", "dram", "flash")
                        if getattr(hw.device(n), f"{m}_bytes"))
-        assert len(ax.patches) == expected
+        assert _points(ax) == expected and not ax.patches  # points on a log axis, no bars
+        # three series, each its own colour and marker; text readable at 100 dpi
+        looks = [(matplotlib.colors.to_hex(line.get_color()), line.get_marker())
+                 for line in ax.get_lines()]
+        assert len(looks) == 3 and len(set(looks)) == 3
+        assert len({c for c, _ in looks}) == 3 and len({m for _, m in looks}) == 3
+        assert min(t.get_fontsize() for t in fig.findobj(matplotlib.text.Text)
+                   if t.get_text()) * 100 / 72 >= 9
+        sizes = {t.get_text() for t in ax.texts}
+        assert {"320 KiB", "64 GiB", "256 KiB"} <= sizes
         # every memory whose size no source gives is named in its row, not dropped
         unknown = sorted(f"{'flash' if m == 'flash' else m.upper()} ? unknown"
                          for n in hw.devices() for m in ("sram", "dram", "flash")
@@ -659,7 +672,7 @@ def test_memory_catalogue_draws_one_bar_per_known_memory():
         plt.close(fig)
     fig = odt.viz.memory_catalogue(["stm32f746", "jetson-nano"])
     try:
-        assert len(fig.axes[0].patches) == 2 + 2  # SRAM + flash, DRAM + eMMC
+        assert _points(fig.axes[0]) == 2 + 2  # SRAM + flash, DRAM + eMMC
     finally:
         plt.close(fig)
 

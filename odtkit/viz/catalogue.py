@@ -17,7 +17,8 @@ from ..units import format_bytes
 
 __all__ = ["device_comparison", "memory_catalogue"]
 
-MEMORY_COLOURS = {"sram": "#2a6f97", "dram": "#e9c46a", "flash": "#8ab17d"}
+MEMORY_COLOURS = {"sram": "#2a6f97", "dram": "#d4a017", "flash": "#5a8f4e"}
+MEMORY_MARKERS = {"sram": "o", "dram": "s", "flash": "^"}
 FITS_COLOUR, MISSES_COLOUR, AVAILABLE_COLOUR = "#2a9d8f", "#e76f51", "#d9d9d9"
 
 
@@ -34,9 +35,10 @@ def _byte_axis(ax: Any, low: float, high: float, *, room: float = 2.0) -> None:
 
 
 def memory_catalogue(devices: Iterable[str | DeviceProfile] | None = None) -> Figure:
-    """Horizontal log-scale bars of SRAM, DRAM and flash per device: the 'KB to GB' picture.
+    """SRAM, DRAM and flash per device as points on a log axis: the 'KB to GB' picture.
 
-    A memory the device does not have (0) draws nothing; one whose size is not known
+    Points, not bars: on a log axis a bar's length means nothing, a point's position reads
+    as its size. A memory the device does not have (0) draws nothing; one whose size is not known
     (None: no source gives it) is written "? unknown" in its row, so no device silently
     loses a bar. With ``devices=None`` all bundled devices appear, smallest working memory
     at the top.
@@ -56,17 +58,18 @@ def memory_catalogue(devices: Iterable[str | DeviceProfile] | None = None) -> Fi
         unknown += [(i, offset, label) for i, v in sizes if v is None]
         rows = [(i, v) for i, v in sizes if v]  # 0 (the device has none) draws nothing
         values += [v for _, v in rows]
-        ax.barh([i + offset for i, _ in rows], [v for _, v in rows], height=height,
-                color=MEMORY_COLOURS[memory], label=label)
+        ax.plot([v for _, v in rows], [i + offset for i, _ in rows], linestyle="none",
+                marker=MEMORY_MARKERS[memory], markersize=7, color=MEMORY_COLOURS[memory],
+                label=label)
         for i, v in rows:
-            ax.text(v * 1.15, i + offset, format_bytes(v), va="center", fontsize=7)
+            ax.text(v * 1.35, i + offset, format_bytes(v), va="center", fontsize=8)
     if not values:
         plt.close(fig)
         raise ValueError("none of these devices has a known SRAM, DRAM or flash size")
     _byte_axis(ax, min(values), max(values), room=16.0)
     left = ax.get_xlim()[0]
     for i, offset, label in unknown:  # at the axis' left edge, where a bar would start
-        ax.text(left * 1.15, i + offset, f"{label} ? unknown", va="center", fontsize=7,
+        ax.text(left * 1.15, i + offset, f"{label} ? unknown", va="center", fontsize=8,
                 color="#6c757d", fontstyle="italic")
     ax.set_yticks(range(len(profiles)), [p.name for p in profiles])
     ax.invert_yaxis()
