@@ -72,11 +72,12 @@ def test_round_trip_is_pytorchs_cast_in_the_callers_shape_and_dtype(name, kind):
 @pytest.mark.parametrize("name", DENSE)
 def test_compress_runs_the_bare_ops_plus_one_sum(name):
     """The only pass over the data beyond PyTorch's own copy or cast is one sum: the ops
-    and their counts are those of the bare payload followed by ``payload.sum().item()``."""
+    and their counts are those of the bare payload followed by ``payload.sum().item()``
+    (the flat view taken as ``ravel``, a view of a contiguous tensor)."""
     x, c = grad(), odt.compress.get(name)
 
     def bare():
-        flat = x.reshape(-1)
+        flat = x.ravel()
         sent = flat.clone() if CAST[name] is None else flat.to(CAST[name])
         sent.sum().item()
 

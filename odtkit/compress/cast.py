@@ -25,6 +25,12 @@ _HALF = (torch.float16, torch.bfloat16)
 _isfinite = math.isfinite
 
 
+def _shaped(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The flat wire tensor in the caller's shape (a view where the strides allow; sizes
+    passed one by one, which PyTorch parses faster than a tuple)."""
+    return flat.reshape(*shape) if shape else flat.reshape(())
+
+
 class _Dense(Compressor):
     """Shared by the copy and the casts: ``_payload`` (flat tensor -> the wire tensor) and
     the refusal of a payload that holds NaN or inf."""
@@ -33,18 +39,19 @@ class _Dense(Compressor):
     # PyTorch's fp16 hook does)
     folds_finite_check = True  # on the payload's sum
 
+    # input dtypes the short path takes (any other input: Compressor.compress)
+    short_dtypes: frozenset[torch.dtype] = frozenset({_FP32})
+
     def _payload(self, flat: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _fast(self, tensor: torch.Tensor) -> bool:
-        """True for the tensors the short path takes (no data is read)."""
-        return (tensor.__class__ is _Tensor and tensor.dtype is _FP32
-                and not tensor.requires_grad and tensor.numel() > 0)
-
     def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
-        if not self._fast(tensor):
+        # the short path's checks read no data: a plain tensor, of a dtype it takes,
+        # needing no grad (detach), not empty
+        if (tensor.__class__ is not _Tensor or tensor.dtype not in self.short_dtypes
+                or tensor.requires_grad or not tensor.numel()):
             return Compressor.compress(self, tensor, name)
-        sent = self._payload(tensor.reshape(-1))
+        sent = self._payload(tensor.ravel())  # a view of a contiguous tensor
         if not _isfinite(sent.sum().item()):
             self._settle(sent, tensor, name)
         steps = self._steps
@@ -52,13 +59,8 @@ class _Dense(Compressor):
         steps[name] = step + 1
         return (sent,), make_ctx(name, tuple(tensor.shape), tensor.dtype, step, {})
 
-    def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
-        # the payload is flat: one reshape (a view), then the caller's dtype
-        out = self._decode(payload, ctx).reshape(ctx.shape)
-        return out if out.dtype is ctx.dtype else out.to(ctx.dtype)
-
     def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
-        sent = self._payload(x.reshape(-1))
+        sent = self._payload(x.ravel())
         if not _isfinite(sent.sum().item()):
             self._settle(sent, x, name)
         return (sent,), {}
@@ -87,13 +89,15 @@ class NoCompression(_Dense):
     unbiased = True
     keep_dtype = True
 
-    def _fast(self, tensor: torch.Tensor) -> bool:
-        # any floating dtype: the payload keeps it, so it always decodes
-        return (tensor.__class__ is _Tensor and tensor.is_floating_point()
-                and not tensor.requires_grad and tensor.numel() > 0)
+    # the payload keeps the tensor's dtype, so it always decodes
+    short_dtypes = frozenset({_FP32, torch.float64, *_HALF})
 
     def _payload(self, flat: torch.Tensor) -> torch.Tensor:
         return flat.clone()
+
+    def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
+        out = _shaped(payload[0], ctx.shape)
+        return out if out.dtype is ctx.dtype else out.to(ctx.dtype)
 
     def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         return payload[0]
@@ -106,6 +110,10 @@ class _Cast(_Dense):
 
     def _payload(self, flat: torch.Tensor) -> torch.Tensor:
         return flat.to(self.target)
+
+    def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
+        out = _shaped(payload[0].float(), ctx.shape)
+        return out if ctx.dtype is _FP32 else out.to(ctx.dtype)
 
     def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         return payload[0].float()
