@@ -20,7 +20,7 @@ import odtkit as odt
 LAB = Path(__file__).resolve().parents[1] / "labs" / "06_capstone.ipynb"
 # numbers the prose cites; each must be printed by a compared cell (and is asserted there)
 CITED = ("57 us", "64.7 us", "319 KiB", "320 KiB", "22,886", "57,170", "450 KiB", "91,544 B",
-         "517 ms", "262 ms", "17,950", "71,800 B", "9.85 ms", "45,772")
+         "517 ms", "262 ms", "17,950", "71,800 B", "9.85 ms", "45,772", "262 training steps")
 
 
 @pytest.fixture(scope="module")
