@@ -293,7 +293,7 @@ def accuracy_points(runs: Mapping[str, Any], *, dense_bytes: float | None = None
                     fontsize=FONT_PT)
     ax.set_yticks(range(len(names)), names)
     ax.set_ylim(len(names) - 0.5, -0.7)
-    ax.margins(x=0.25)  # room for the labels right of the points
+    ax.margins(x=0.4)  # room for the labels right of the points
     ax.set_xlabel("final test accuracy (%)")
     ax.grid(alpha=0.3, axis="x")
     ax.set_title(title)
