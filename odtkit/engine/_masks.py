@@ -31,17 +31,19 @@ def chunk_of(n: int) -> int:
     return n if n <= SMALL else min(CHUNK, -(-n // 2))
 
 
-def mask_from(n: int, device: torch.device, nonzero) -> torch.Tensor:
-    """(n,) bool mask, True where ``nonzero(i, j)`` (a float tensor for flat elements i:j)
-    is nonzero, built ``chunk_of(n)`` elements at a time so the float temporary stays
-    small. A float test and a cast to bool are vectorized on CPU; a comparison with a bool
-    result is not (several times slower). Busiest moment: n + 4*chunk_of(n) bytes."""
+def mask_from(nonzero, *flats: torch.Tensor) -> torch.Tensor:
+    """(n,) bool mask, True where ``nonzero(*chunks)`` (a float tensor for the same flat
+    elements of each of ``flats``, all (n,)) is nonzero, built ``chunk_of(n)`` elements at
+    a time so the float temporary stays small. A float test and a cast to bool are
+    vectorized on CPU; a comparison with a bool result is not (several times slower).
+    Busiest moment: n + 4*chunk_of(n) bytes. Chunks are views from one ``split`` each."""
+    n = flats[0].numel()
     step = chunk_of(n)
     if step == n:
-        return nonzero(0, n).bool()
-    mask = torch.empty(n, dtype=torch.bool, device=device)
-    for i in range(0, n, step):
-        mask[i:i + step].copy_(nonzero(i, min(i + step, n)))
+        return nonzero(*flats).bool()
+    mask = torch.empty(n, dtype=torch.bool, device=flats[0].device)
+    for out, *chunks in zip(mask.split(step), *(f.split(step) for f in flats), strict=True):
+        out.copy_(nonzero(*chunks))
     return mask
 
 

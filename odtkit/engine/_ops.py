@@ -78,9 +78,8 @@ def _inside(y: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
     grad = y if lo == 0 else y.new_ones(()).expand(y.shape)
     if not y.is_contiguous():
         return torch.ops.aten.hardtanh_backward(grad, y, lo, hi).bool()
-    flat, g = y.view(-1), grad.reshape(-1)
-    return mask_from(flat.numel(), y.device, lambda i, j: torch.ops.aten.hardtanh_backward(
-        g[i:j], flat[i:j], lo, hi))
+    return mask_from(lambda g, v: torch.ops.aten.hardtanh_backward(g, v, lo, hi),
+                     grad.reshape(-1), y.view(-1))
 
 
 class ClampMask(torch.autograd.Function):

@@ -34,8 +34,7 @@ class SignStep(torch.autograd.Function):
     def forward(ctx, x, kind, inplace, approximate):  # type: ignore[override]
         ctx.shape, ctx.n = x.shape, x.numel()
         # (n,) bool 1[x > 0] (NaN too), before an in-place forward overwrites x
-        flat = x.reshape(-1)
-        mask = mask_from(ctx.n, x.device, lambda i, j: torch.relu(flat[i:j]))
+        mask = mask_from(torch.relu, x.reshape(-1))
         inplace = inplace and kind in INPLACE_KINDS
         if inplace:
             ctx.mark_dirty(x)
