@@ -7,7 +7,7 @@ times over BLE and LTE, and the first epoch of each run, which the notebook re-r
 and checks against this file. Settings come from ``odtkit.lab`` (the notebook reads the
 same ones). One thread, so the numbers are those of the notebook.
 
-    python benchmarks/lab05.py            # the full run: about 15 minutes on one core
+    python benchmarks/lab05.py            # the full run: minutes of one core (wall_s in the file)
     python benchmarks/lab05.py --check    # re-run the first epoch of every run and compare
                                           # with the committed file (exit 1 on a difference)
 """

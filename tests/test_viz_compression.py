@@ -149,3 +149,12 @@ def test_ablation_points_have_their_own_style():
 def test_bad_per_panel_is_named(bad):
     with pytest.raises(ValueError, match=f"per_panel must be a positive integer, got {bad!r}"):
         odt.viz.bytes_vs_accuracy({"a": _row(0)}, per_panel=bad)
+
+
+def test_accuracy_against_dense_has_fixed_axes_and_a_labelled_reference():
+    fig = odt.viz.accuracy_against_dense(_row(2), _row(0), epochs=6, name="top-k")
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (0.5, 6.5) and ax.get_ylim() == (0.0, 100.0)
+    assert [line.get_label() for line in ax.lines] == ["dense fp32", "top-k"]
+    assert ax.lines[0].get_ydata().tolist() == [10.0, 30.0, 50.0]
+    assert len(set(_series(ax))) == 2 and min(_legend_px(fig)) >= 9
