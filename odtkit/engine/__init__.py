@@ -47,10 +47,13 @@ as it is). The swap keeps module and parameter names, so plans and state_dicts c
 What each lean layer saves is decided at call time from ``requires_grad``, so changing
 ``requires_grad`` on the lean model later stays correct. In-place activations stay in
 place; an inf/NaN gradient reaching a clamped element gives NaN where torch gives 0.
-Speed: lean layers run their ops with torch-function handling off (the functional mode
-a custom forward pushes would add Python work to each), call their autograd Functions
-without the Python preamble, pack masks in three kernels (``_masks``), and a frozen
-conv's dx is torch's transposed convolution of dy.
+Speed: lean layers run their ops with torch-function handling off while a mode is pushed
+(the functional mode a custom forward pushes would add Python work to each), call their
+autograd Functions without the Python preamble, pack and unpack masks with numpy on the
+tensors' memory (``_masks``), and a frozen conv's dx is torch's transposed convolution
+of dy (a 1x1 conv's: one matmul). Each lean op is still a Python autograd Function: at
+batch 1 their per-call overhead is most of what a lean step costs beyond stock
+(benchmarks/lean.py measures it).
 """
 
 from __future__ import annotations
