@@ -175,7 +175,7 @@ def peak_bar_html(parts: dict[str, int], budget_bytes: int, budget_label: str,
 def _png_output(fig: Any) -> dict:
     """A figure as an Output widget's content (the other explorers' figures)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
+    fig.savefig(buffer, format="png", dpi=100)  # the inline backend's: text as the notebook shows it
     png = base64.b64encode(buffer.getvalue()).decode("ascii")
     return {"output_type": "display_data", "metadata": {},
             "data": {"image/png": png, "text/plain": "<memory bars>"}}
