@@ -145,8 +145,8 @@ class ConvNoInput(torch.autograd.Function):
 
     With the weight frozen, dx is the transposed convolution of dy (torch's own kernel:
     bit-identical to convolution_backward's dx, and faster than running that on a
-    shape-only stand-in input), for a 1x1 conv one matmul, and db the sum of dy over batch
-    and space (rounding-level differences from torch's summation order).
+    shape-only stand-in input; for a 1x1 conv the other way round) and db the sum of dy
+    over batch and space (rounding-level differences from torch's summation order).
     """
 
     @staticmethod
@@ -164,13 +164,14 @@ class ConvNoInput(torch.autograd.Function):
         need = ctx.needs_input_grad[:3]
         if x is None:  # frozen weight: nothing of the input is needed
             gx = gb = None
-            if need[0] and _pointwise(weight, stride, padding, groups) and grad.is_contiguous() \
-                    and weight.is_contiguous():
-                # a 1x1 conv's dx is W^T dy per position: one matmul (bit-identical to torch's
-                # convolution_backward, faster than a transposed conv, no scratch)
-                n, c_out = grad.shape[:2]
-                gx = torch.matmul(weight.view(c_out, -1).t(), grad.view(n, c_out, -1)).view(
-                    ctx.in_shape)
+            if need[0] and _pointwise(weight, stride, padding, groups):
+                # a 1x1 conv: torch's own convolution_backward (faster than a transposed
+                # conv here) on a shape-only stand-in, a stride-0 view of a weight element
+                # (no allocation; its data goes unread)
+                stand_in = weight.as_strided([1], [1]).expand(ctx.in_shape)
+                gx = torch.ops.aten.convolution_backward(
+                    grad, stand_in, weight, None, stride, padding, dilation, False,
+                    [0] * len(stride), groups, [True, False, False])[0]
             elif need[0]:
                 spatial = ctx.in_shape[2:]
                 extra = [n - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for n, o, s, p, d, k in zip(
