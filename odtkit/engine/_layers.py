@@ -52,6 +52,12 @@ def plain(forward: Callable) -> Callable:
 _mode_on = torch._C._is_torch_function_mode_enabled  # a TorchFunctionMode is pushed
 
 
+def _param(module: nn.Module, name: str) -> torch.Tensor | None:
+    """``module.<name>`` read from its parameter dict (a parametrized one: the attribute)."""
+    params = module._parameters
+    return params[name] if name in params else getattr(module, name)
+
+
 def wants_graph(*tensors: torch.Tensor | None) -> bool:
     """True if autograd records a graph through any of ``tensors`` here."""
     if not torch.is_grad_enabled():
@@ -190,7 +196,8 @@ class LeanConv:
 
     @plain
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not wants_graph(x, self.weight, self.bias):
+        weight, bias = _param(self, "weight"), _param(self, "bias")
+        if not wants_graph(x, weight, bias):
             return super().forward(x)  # the stock conv: no graph, nothing saved
         nd = len(self.kernel_size)
         padding = self.padding
@@ -208,8 +215,8 @@ class LeanConv:
                               for v in (lo, t - lo)])
                 padding = (0,) * nd
         unbatched = x.dim() == nd + 1
-        args = (x.unsqueeze(0) if unbatched else x, self.weight, self.bias, self.stride,
-                padding, self.dilation, self.groups)
+        args = (x.unsqueeze(0) if unbatched else x, weight, bias, self.stride, padding,
+                self.dilation, self.groups)
         sel = self.lean_channels
         out = _conv(*args) if sel is None else ConvSelect.apply(*args, sel)
         return out.squeeze(0) if unbatched else out
@@ -237,6 +244,13 @@ class _LeanBatchNorm:
 
     @plain
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:  # frozen statistics, the fine-tuning case, read directly
+            weight, bias = _param(self, "weight"), _param(self, "bias")
+            mean, var = self._buffers.get("running_mean"), self._buffers.get("running_var")
+            if mean is not None and var is not None and (
+                    weight is None or not weight.requires_grad) and wants_graph(x, bias):
+                self._check_input_dim(x)
+                return _bn_frozen(x, weight, bias, mean, var, self.eps)
         self._check_input_dim(x)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
