@@ -70,6 +70,16 @@ def test_round_trip_is_pytorchs_cast_in_the_callers_shape_and_dtype(name, kind):
 
 
 @pytest.mark.parametrize("name", DENSE)
+def test_both_paths_count_the_same_steps(name):
+    """Short path (float32) and the base class's (requires grad, float64) share the per-name
+    step counter: steps 0, 1, 2, 3 in call order, and state_dict counts the calls."""
+    c = odt.compress.get(name)
+    steps = [c.compress(INPUTS[kind](), "w")[1].step
+             for kind in ("float32", "requires_grad", "float32", "float64")]
+    assert steps == [0, 1, 2, 3] and c.state_dict()["steps"] == {"w": 4}
+
+
+@pytest.mark.parametrize("name", DENSE)
 def test_compress_runs_the_bare_ops_plus_one_sum(name):
     """The only pass over the data beyond PyTorch's own copy or cast is one sum: the ops
     and their counts are those of the bare payload followed by ``payload.sum().item()``
