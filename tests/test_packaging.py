@@ -53,9 +53,10 @@ def test_environment_yml_parses_and_names_the_same_dependencies():
         else:
             conda.add(_bare(dep))
     assert "python" in conda
-    assert "-e .[dev]" in pip_lines  # the package itself, with the same extras as make setup
+    assert "-e .[dev,app,browser]" in pip_lines  # the package, with the extras make setup takes
     project = _pyproject()["project"]
-    wanted = [r for r in project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    wanted = [r for r in project["dependencies"] + extras["dev"] + extras["app"] + extras["browser"]
               if "python_version <" not in r]  # back-ports are pip's business
     for requirement in wanted:
         name = _bare(requirement)
