@@ -77,6 +77,7 @@ def report_json(report: Any, fit: Any, model: str) -> dict[str, Any]:
         "method": report.method, "by_category": dict(report.by_category),
         "total_bytes": report.total_bytes, "peak_bytes": report.peak_bytes,
         "allocator_peak_bytes": report.allocator_peak_bytes,
+        "peak_components": dict(report.peak_components), "peak_at": report.peak_at,
         "frozen_weight_bytes": report.frozen_weight_bytes,
         "forward_macs": report.forward_macs, "backward_macs": report.backward_macs,
         "notes": list(report.notes)}
@@ -84,7 +85,8 @@ def report_json(report: Any, fit: Any, model: str) -> dict[str, Any]:
         out["fit"] = {"device": fit.device, "fits": fit.fits, "memory": fit.memory,
                       "needed_bytes": fit.needed_bytes, "available_bytes": fit.available_bytes,
                       "headroom_bytes": fit.headroom_bytes, "peak": fit.peak,
-                      "step_time_s": fit.step_time_s}
+                      "peak_components": dict(fit.peak_components),
+                      "peak_component": fit.peak_component, "step_time_s": fit.step_time_s}
     return out
 
 

@@ -172,9 +172,32 @@ def test_estimate_json_equals_the_library_estimate(capsys):
     assert shown["by_category"] == ref.by_category
     assert (shown["peak_bytes"], shown["allocator_peak_bytes"], shown["total_bytes"]) == (
         ref.peak_bytes, ref.allocator_peak_bytes, sum(ref.by_category.values()))
+    # what is live at the peak, and where: the report's own split, summing to the peak
+    assert shown["peak_components"] == ref.peak_components and shown["peak_at"] == ref.peak_at
+    assert sum(shown["peak_components"].values()) == shown["peak_bytes"]
     assert (shown["scheme"], shown["batch_size"], shown["engine"], shown["optimizer"]) == (
         "bias-only", 8, "pytorch", "sgd")
     assert "fit" not in shown
+
+
+def test_estimate_json_with_a_device_carries_the_fit_and_what_breaks_it(capsys):
+    import json
+
+    import odtkit as odt
+
+    code, out, _ = run(capsys, "estimate", "--model", "mbv2-tiny", "--scheme", "bias-only",
+                       "--batch", "8", "--engine", "lean", "--device", "stm32f746", "--json")
+    assert code == 0
+    shown = json.loads(out)["fit"]
+    model = odt.models.create("mbv2-tiny")
+    ref = odt.device("stm32f746").fit(odt.estimate(
+        model, odt.models.example_input(model, batch_size=8), odt.plan(model, "bias-only"),
+        engine="lean"))
+    assert (shown["fits"], shown["needed_bytes"], shown["available_bytes"]) == (
+        ref.fits, ref.needed_bytes, ref.available_bytes)
+    assert shown["peak_components"] == ref.peak_components
+    assert shown["peak_component"] == ref.peak_component == "transient"
+    assert not shown["fits"]
 
 
 def test_estimate_table_with_a_device_gives_the_verdict(capsys):
