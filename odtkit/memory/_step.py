@@ -363,8 +363,7 @@ class _Step:
         components, peak_at = at_peak(self.timeline, [
             t.layers[r].name if r >= 0 else "the loss" for r in t.op_layer])
         return StepModel(
-            weights_bytes=sum(b for b, k in zip(t.storage_bytes, t.storage_kind, strict=True)
-                              if k in ("param", "buffer")),
+            weights_bytes=self.parts.weights,
             gradients_bytes=gradient_bytes(t, param_grad, self.fp8), optimizer_bytes=state,
             activations_bytes=self.activations, peak_bytes=max(b for _, b in self.timeline),
             frozen_weight_bytes=frozen, backward_macs=backward_macs_of(t, self.rg, self.trainable),

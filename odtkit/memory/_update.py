@@ -23,9 +23,12 @@ tensor (float64 or int64) that lives until the op returns: ``WRAPPED_NUMBER_BYTE
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..training.optim import state_copies
+
+if TYPE_CHECKING:
+    from ._trace import Trace
 
 WRAPPED_NUMBER_BYTES = {bool: 1, int: 8, float: 8, complex: 16}
 _NUMBER = WRAPPED_NUMBER_BYTES[float]
@@ -41,12 +44,8 @@ def state_bytes(optimizer: str, param_bytes: Iterable[int]) -> int:
     return sum(state_copies(optimizer) * n + extra for n in sizes)
 
 
-def _nothing(nbytes: int) -> None:
-    pass
-
-
 def optimizer_step(live: int, timeline: list, optimizer: str, param_bytes: list[int],
-                   on_state: Callable[[int], None] = _nothing) -> int:
+                   on_state: Callable[[int], None]) -> int:
     """One step of ``optimizer`` over parameters of these sizes (in the optimizer's order),
     from ``live`` bytes; appends to ``timeline`` and returns the live bytes after it.
     ``on_state(n)`` is told of every n bytes of state made, before the point that shows them."""
@@ -80,14 +79,15 @@ def optimizer_step(live: int, timeline: list, optimizer: str, param_bytes: list[
 
 
 def scale_loss(live: int, timeline: list, loss_bytes: int,
-               on_state: Callable[[int], None] = _nothing) -> int:
+               on_state: Callable[[int], None]) -> int:
     """``scaler.scale(loss)``: scale and growth tracker (state, told to ``on_state``),
     then the scaled loss."""
-    for k, made in enumerate((_FLAG, SCALER_STATE_BYTES - _FLAG, loss_bytes)):
+    for made in (_FLAG, SCALER_STATE_BYTES - _FLAG):
         live += made
-        if k < 2:
-            on_state(made)
+        on_state(made)
         timeline.append(("backward: scale", live))
+    live += loss_bytes
+    timeline.append(("backward: scale", live))
     return live
 
 
@@ -109,9 +109,9 @@ def update_scale(live: int, timeline: list) -> int:
     return live - _FLAG
 
 
-def play_optimizer(t: Any, param_grad: dict[int, int], masked: set, optimizer: str,
+def play_optimizer(t: Trace, param_grad: dict[int, int], masked: set, optimizer: str,
                    scaler: bool, live: int, timeline: list,
-                   on_state: Callable[[int], None] = _nothing) -> tuple[int, int]:
+                   on_state: Callable[[int], None]) -> tuple[int, int]:
     """The optimizer's step over the parameters of trace ``t`` that got a gradient (inside
     the loss scaler's unscale and update when ``scaler``); returns the live bytes after it
     and the bytes of the state it leaves. The optimizer goes through the parameters in
