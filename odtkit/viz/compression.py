@@ -19,6 +19,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from ..units import format_bytes, format_seconds
+
 __all__ = ["bytes_vs_accuracy", "compression_curves", "round_time_bars",
            "powersgd_rank_sweep", "accuracy_points", "federated_progress", "run_point",
            "wire_bytes_bars", "accuracy_against_dense"]
@@ -183,8 +185,6 @@ def round_time_bars(times: Mapping[str, Mapping[str, Any]], *,
     compute, upload and download seconds stacked, its total written beside it
     (``times[compressor][link]``: a ``RoundTime`` or a mapping with compute_s, upload_s
     and download_s)."""
-    from ..units import format_seconds
-
     _check(times)
     links = list(next(iter(times.values())))
     names = list(times)
@@ -216,8 +216,6 @@ def wire_bytes_bars(runs: Mapping[str, Any], *, relative: bool = False,
     axis with the values written beside the bars. ``relative=False``: payload, wire sent
     and wire received bytes; ``relative=True``: wire sent and received as multiples of
     the payload (1 = the payload alone; the collective is named on the right)."""
-    from ..units import format_bytes
-
     _check(runs)
     names = list(runs)
     keys = (("up_bytes_per_round", "bytes_per_worker_per_round"),
