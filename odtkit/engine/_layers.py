@@ -235,11 +235,11 @@ class LeanConv3d(LeanConv, nn.Conv3d):
 
 
 class _LeanBatchNorm:
-    """Shared forward of the lean BatchNorm1d/2d/3d (same statistics logic as torch's).
+    """Shared forward of the lean BatchNorm1d/2d/3d.
 
     Only eval mode with a frozen weight differs from stock: it saves nothing. Batch
     statistics, or a weight that trains, need an input-sized tensor, so those cases run
-    torch's own batch_norm (which keeps the input, plus mean and invstd in train mode).
+    torch's own forward (which keeps the input, plus mean and invstd in train mode).
     """
 
     @plain
@@ -251,21 +251,7 @@ class _LeanBatchNorm:
                     weight is None or not weight.requires_grad) and wants_graph(x, bias):
                 self._check_input_dim(x)
                 return _bn_frozen(x, weight, bias, mean, var, self.eps)
-        self._check_input_dim(x)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None \
-                else self.momentum
-        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        use_running = not self.training or self.track_running_stats
-        mean = self.running_mean if use_running else None
-        var = self.running_var if use_running else None
-        weight_trains = self.weight is not None and self.weight.requires_grad
-        if batch_stats or weight_trains or not wants_graph(x, self.bias):
-            return F.batch_norm(x, mean, var, self.weight, self.bias, batch_stats, factor,
-                                self.eps)
-        return _bn_frozen(x, self.weight, self.bias, mean, var, self.eps)
+        return super().forward(x)  # batch statistics, a weight that trains or no graph
 
 
 class LeanBatchNorm1d(_LeanBatchNorm, nn.BatchNorm1d):
