@@ -245,6 +245,11 @@ def test_the_nbval_hook_fails_an_exercise_that_does_not_say_not_done():
     "Correct"); master notebooks and other cells are nbval's alone."""
     assert (conftest["STUDENT_DIR"], conftest["CHECK_CALL"]) == (student.STUDENT_DIR,
                                                                  student.CHECK_CALL)
+    import odtkit as odt  # the message a real check prints on a placeholder and on a stub
+
+    for result in (odt.lab.check_relu_saved_bytes(None, quiet=True),
+                   odt.lab.check_quantize(None, quiet=True)):
+        assert result.ok is None and str(result).startswith(conftest["NOT_DONE"] + ":")
     lab = LABS / "student" / "lab.ipynb"
     exercise = _code(f"{MARK}\nx = None\nodt.lab.check_x(x)\n", count=None)
     _hook(lab, exercise, "Not done yet: fill in x\n")
