@@ -20,6 +20,7 @@ from ._cli_memory import (
     models_rows,
     print_estimate,
 )
+from .app import DEFAULT_PORT
 from .hardware import (
     DeviceProfile,
     LinkProfile,
@@ -103,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("lab", help="open the lab book in JupyterLab")
     app = commands.add_parser("app", help="serve the budget explorer as a page (Voila, "
                               "on 127.0.0.1; Ctrl-C stops it)")
-    app.add_argument("--port", default="8866", help="port on 127.0.0.1 (default 8866)")
+    app.add_argument("--port", default=str(DEFAULT_PORT),
+                     help=f"port on 127.0.0.1 (default {DEFAULT_PORT})")
     app.add_argument("--no-browser", action="store_true",
                      help="only print the URL, open no browser")
     return parser
