@@ -167,6 +167,14 @@ def test_int8_and_fp8_peaks_are_their_categories():
     assert est.peak_components == {"weights": c["weights"], "saved activations": c["activations"],
                                    "transient": 0, "gradients": c["gradients"],
                                    "optimizer state": c["optimizer"]}
+    # the int8 graph counted as a device keeps it: its peak is its categories too
+    q = odt.quant.to_int8(model, torch.randn(16, *x.shape[1:]))
+    est = odt.estimate(q, x, odt.plan(q, "full", precision="int8"), optimizer="sgd-m")
+    c = est.by_category
+    assert c["gradients"] > 0 and c["optimizer"] > 0 and c["activations"] > 0
+    assert est.peak_components == {"weights": c["weights"], "saved activations": c["activations"],
+                                   "transient": 0, "gradients": c["gradients"],
+                                   "optimizer state": c["optimizer"]}
 
 
 def test_a_report_refuses_components_that_miss_the_peak():
