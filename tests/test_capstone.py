@@ -84,6 +84,8 @@ def test_card_numbers_equal_independent_computations(cap, device):
     link = odt.link(odt.lab.LINK_BY_KIND[dev.kind])
     assert card.link == link.name
     per_value = {"dense fp32": 4, "fp16": 2}
+    if device == "raspberry-pi-4":  # Wi-Fi: the dense round fits (the H743's top-k: below)
+        assert card.compressor == "dense fp32"
     if card.compressor in per_value:
         assert card.bytes_per_round == per_value[card.compressor] * card.plan.trainable_numel
     bits = 8 * card.bytes_per_round
