@@ -74,6 +74,7 @@ print(json.dumps({"before": before, "after": [explorer.summary.value, explorer.v
 """
 
 
+@pytest.mark.slow  # starts a kernel (nbclient, or Voila's)
 def test_the_notebook_runs_headless_and_its_explorer_reacts(tmp_path):
     """Run the shipped notebook with nbclient (as Voila does), then move the budget to the
     slider's minimum: the shown numbers follow odt.sparse.search at that budget."""
@@ -132,6 +133,7 @@ def _first_line(stream, timeout_s: float) -> str:
     return line[0] if line else ""
 
 
+@pytest.mark.slow  # starts a kernel (nbclient, or Voila's)
 def test_odtkit_app_serves_on_localhost_and_stops_on_ctrl_c(tmp_path):
     pytest.importorskip("voila")
     port = _free_port()
