@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from ._ops import BatchNormFrozen, ClampMask, ConvNoInput, LinearNoInput, fast_apply
+from ._ops import BatchNormFrozen, ClampMask, ConvNoInput, LinearNoInput, _mode_on, fast_apply
 from ._ops_act import (
     DropoutMask,
     MaxPoolIndex,
@@ -47,9 +47,6 @@ def plain(forward: Callable) -> Callable:
         return forward(self, x, *args, **kwargs)
 
     return run
-
-
-_mode_on = torch._C._is_torch_function_mode_enabled  # a TorchFunctionMode is pushed
 
 
 def _param(module: nn.Module, name: str) -> torch.Tensor | None:

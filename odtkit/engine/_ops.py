@@ -98,10 +98,7 @@ class ClampMask(torch.autograd.Function):
         else:
             y = x.clamp(min=lo, max=hi)
         ctx.shape, ctx.n = x.shape, x.numel()
-        mask = None
-        if ctx.needs_input_grad[0]:
-            mask = pack_mask(y.bool() if hi is None and lo == 0 else _inside(y, lo, hi))
-        ctx.save_for_backward(mask)
+        ctx.save_for_backward(pack_mask(_inside(y, lo, hi)) if ctx.needs_input_grad[0] else None)
         return y
 
     @staticmethod
