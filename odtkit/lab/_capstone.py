@@ -97,11 +97,11 @@ def choose_precision(device: Any, model: nn.Module, x: torch.Tensor,
     for precision in usable_precisions(dev):
         full = make_plan(model, "full", norm_stats="frozen", precision=precision)
         report = estimate(model, x, full, optimizer=optimizer, engine=engine_of(precision))
-        step_s = dev.fit(report).step_time_s
-        if step_s is None:
+        fit = dev.fit(report)
+        if fit.step_time_s is None:
             raise ValueError(f"{dev.name} gives no roofline step time at {precision}: "
-                             f"{dev.fit(report).verdict}")
-        options[precision] = (int(report.peak_bytes), step_s)
+                             f"{fit.verdict}")
+        options[precision] = (int(report.peak_bytes), fit.step_time_s)
     fastest = min(s for _, s in options.values())
     chosen = next(p for p in options if options[p][1] <= 1.01 * fastest)
     return PrecisionChoice(dev.name, chosen, options)
