@@ -149,11 +149,11 @@ def peak_bars(items: Mapping[str, Any], *, budget_bytes: float | None = None,
     ax.set_ylabel(f"live at the peak ({unit})")
     ax.set_ylim(0, max(peaks.max(), budget_bytes or 0) / size * 1.18)
     handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: (labels[i] not in names,
-                                                      -names.index(labels[i])
-                                                      if labels[i] in names else i))
+    # the stack's components top first, then the peak and the budget
+    order = ([labels.index(name) for name in reversed(names)]
+             + [i for i, label in enumerate(labels) if label not in names])
     ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=9,
-              loc="upper left", bbox_to_anchor=(1.0, 1.0))  # top of the stack first
+              loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(title if title is not None else "what is live at the peak")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
