@@ -52,6 +52,8 @@ def test_round_bytes_placeholder_bool_and_bad_compressor(plan, capsys):
         check_round_bytes(10, plan, compressor="topk")
     with pytest.raises(TypeError, match="TrainPlan"):
         check_round_bytes(10, "bias-only")
+    with pytest.raises(ValueError, match="plan=-5"):  # a count of entries is never negative
+        check_round_bytes(10, -5)
 
 
 def test_round_time_right_in_any_numeric_type():

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, check_int
 from ._capstone import round_bytes
 from ._checks_core import CheckResult, check_number, say
 
@@ -31,7 +31,7 @@ def check_round_bytes(answer: Any, plan: Any, compressor: str = "fp16", *,
     whole tensors of channel-sparse weights, values instead of bytes, bits, KiB, MiB."""
     check_choice("compressor", compressor, tuple(_PER_VALUE))
     if isinstance(plan, int) and not isinstance(plan, bool):
-        trained, whole = {"trained": plan}, None
+        trained, whole = {"trained": check_int("plan", plan, low=0)}, None
     elif hasattr(plan, "masks") and hasattr(plan, "trainable"):
         shape_of = dict(zip(plan.names, plan.shapes, strict=True))
         masks = plan.masks()
