@@ -147,7 +147,7 @@ def test_ablation_points_have_their_own_style():
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
 def test_bad_per_panel_is_named(bad):
-    with pytest.raises(ValueError, match=f"per_panel must be a positive integer, got {bad!r}"):
+    with pytest.raises(ValueError, match=f"per_panel must be a positive integer, got per_panel={bad!r}"):
         odt.viz.bytes_vs_accuracy({"a": _row(0)}, per_panel=bad)
 
 

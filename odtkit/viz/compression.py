@@ -19,6 +19,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from .._checks import check_positive_int
 from ..units import format_bytes, format_seconds
 
 __all__ = ["bytes_vs_accuracy", "compression_curves", "round_time_bars",
@@ -72,8 +73,7 @@ def _panels(names: list[Any], per_panel: int, figsize: tuple[float, float]
             ) -> tuple[Figure, list[Any], list[list[Any]]]:
     """A figure with one panel per ``per_panel`` names (sharing both axes) and the names
     of each panel."""
-    if isinstance(per_panel, bool) or not isinstance(per_panel, int) or per_panel < 1:
-        raise ValueError(f"per_panel must be a positive integer, got {per_panel!r}")
+    per_panel = check_positive_int("per_panel", per_panel)
     groups = [names[i:i + per_panel] for i in range(0, len(names), per_panel)]
     fig, axes = plt.subplots(1, len(groups), figsize=(figsize[0] * len(groups), figsize[1]),
                              squeeze=False, sharex=True, sharey=True)
