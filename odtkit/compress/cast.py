@@ -100,22 +100,17 @@ class NoCompression(_Dense):
         out = payload[0].reshape(*shape) if shape else payload[0].reshape(())
         return out if out.dtype is ctx.dtype else out.to(ctx.dtype)
 
-    def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
-        return payload[0]
-
 
 class _Cast(_Dense):
-    """Cast to ``target``; the receiver casts back to float32 (then the caller's dtype)."""
+    """Cast to ``target`` (each subclass sets it and its ``_payload``, the cast to it); the
+    receiver casts back to float32 (then the caller's dtype)."""
 
-    target: torch.dtype = torch.float16
+    target: torch.dtype
 
     def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         shape = ctx.shape  # flat on the wire, as NoCompression.decompress
         out = payload[0].float().reshape(*shape) if shape else payload[0].float().reshape(())
         return out if ctx.dtype is _FP32 else out.to(ctx.dtype)
-
-    def _decode(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
-        return payload[0].float()
 
 
 class FP16(_Cast):
@@ -123,7 +118,7 @@ class FP16(_Cast):
 
     kind = "fp16"
     target = torch.float16
-    _payload = methodcaller("to", torch.float16)
+    _payload = methodcaller("to", target)
 
 
 class BF16(_Cast):
@@ -131,4 +126,4 @@ class BF16(_Cast):
 
     kind = "bf16"
     target = torch.bfloat16
-    _payload = methodcaller("to", torch.bfloat16)
+    _payload = methodcaller("to", target)
