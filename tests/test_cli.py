@@ -329,6 +329,16 @@ def test_app_opens_the_browser_on_the_url_with_its_token(capsys, monkeypatch):
     assert opened[0].startswith(f"http://127.0.0.1:{port}/?token=")
 
 
+def test_app_default_port_is_the_apps_and_its_help_says_it(capsys):
+    """The CLI writes the default out (no command's start-up imports odtkit.app): it must stay
+    odtkit.app.DEFAULT_PORT."""
+    from odtkit import app
+
+    code, out, _ = run(capsys, "app", "--help")
+    assert code == 0 and f"(default {app.DEFAULT_PORT})" in " ".join(out.split())
+    assert int(cli._parser().parse_args(["app"]).port) == app.DEFAULT_PORT
+
+
 @pytest.mark.parametrize(("port", "message"), [
     ("http", "--port must be a whole number in 1..65535, got 'http'"),
     ("0", "--port must be a whole number in 1..65535, got 0"),
