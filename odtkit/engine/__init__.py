@@ -51,9 +51,9 @@ Speed: lean layers run their ops with torch-function handling off while a mode i
 (the functional mode a custom forward pushes would add Python work to each), call their
 autograd Functions without the Python preamble, pack and unpack masks with numpy on the
 tensors' memory (``_masks``), and a frozen conv's dx is torch's transposed convolution
-of dy (a 1x1 conv's: torch's convolution_backward on a shape-only stand-in). Each lean op is still a Python autograd Function: at
-batch 1 their per-call overhead is most of what a lean step costs beyond stock
-(benchmarks/lean.py measures it).
+of dy (a 1x1 conv's: torch's convolution_backward on a shape-only stand-in). Each lean
+op is still a Python autograd Function: at batch 1 their per-call overhead is most of
+what a lean step costs beyond stock (benchmarks/lean.py measures it).
 """
 
 from __future__ import annotations
