@@ -158,3 +158,5 @@ def test_accuracy_against_dense_has_fixed_axes_and_a_labelled_reference():
     assert [line.get_label() for line in ax.lines] == ["dense fp32", "top-k"]
     assert ax.lines[0].get_ydata().tolist() == [10.0, 30.0, 50.0]
     assert len(set(_series(ax))) == 2 and min(_legend_px(fig)) >= 9
+    with pytest.raises(ValueError, match="epochs must be a positive integer, got epochs=0"):
+        odt.viz.accuracy_against_dense(_row(2), _row(0), epochs=0)

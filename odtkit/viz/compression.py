@@ -330,6 +330,7 @@ def accuracy_against_dense(run: Any, dense: Any, *, epochs: int, name: str = "co
     """One run's test accuracy per epoch beside the dense fp32 run's (labelled "dense
     fp32"), on axes fixed to 1..``epochs`` and 0-100 %, so a figure redrawn for another
     setting can be compared with the last one by eye."""
+    epochs = check_positive_int("epochs", epochs)
     fig, ax = plt.subplots(figsize=figsize)
     for i, (label, h) in enumerate((("dense fp32", dense), (name, run))):
         acc = _curve(h, label)
