@@ -17,12 +17,11 @@ from operator import methodcaller
 
 import torch
 
-from .base import Compressor, Ctx, require_finite
+from .base import HALF_DTYPES, Compressor, Ctx, require_finite
 from .wire import Payload
 
 _Tensor = torch.Tensor
 _FP32 = torch.float32
-_HALF = (torch.float16, torch.bfloat16)
 _isfinite = math.isfinite
 _new_object = object.__new__
 
@@ -69,7 +68,7 @@ class _Dense(Compressor):
         """The payload's sum is inf or NaN. Return if every entry is finite (only the sum
         overflowed: a 16-bit sum above 65504, say); else raise naming the first non-finite
         entry of ``x`` or, where ``x`` is finite, the value the cast rounded to inf."""
-        if sent.dtype in _HALF and _isfinite(sent.sum(dtype=torch.float32).item()):
+        if sent.dtype in HALF_DTYPES and _isfinite(sent.sum(dtype=torch.float32).item()):
             return  # no inf or NaN survives a float32 sum of 16-bit values
         require_finite(math.nan, x, name)  # raises on a NaN or inf entry of x
         if bool(sent.isinf().any()):
@@ -90,7 +89,7 @@ class NoCompression(_Dense):
     keep_dtype = True
 
     # the payload keeps the tensor's dtype, so it always decodes
-    short_dtypes = frozenset({_FP32, torch.float64, *_HALF})
+    short_dtypes = frozenset({_FP32, torch.float64, *HALF_DTYPES})
 
     _payload = methodcaller("clone")
 
