@@ -138,3 +138,8 @@ def test_a_setting_seen_before_is_answered_from_the_cache(explorer):
     explorer.controls["batch_size"].value = 8
     assert explorer.report is first  # the same answer, not a new estimate
     assert explorer.response_s >= 0
+    # what is shown is refreshed from the cached answer: a fresh estimate's numbers
+    report, fit = _expected(explorer)
+    assert explorer.report.peak_components == report.peak_components
+    assert f"({report.peak_bytes:,} B)" in explorer.summary.value
+    assert html.escape(fit.verdict) in explorer.verdict.value
