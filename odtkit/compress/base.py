@@ -2,7 +2,8 @@
 
 Subclasses implement ``_encode`` (fp32 tensor -> payload, meta) and ``_decode``
 (payload, ctx -> fp32 tensor); the base class validates input, counts steps per
-tensor name, builds the context and casts back to the caller's dtype.
+tensor name, builds the context and casts back to the caller's dtype. (The dense casts,
+``cast``, override ``compress`` and ``decompress`` themselves for a short per-call path.)
 
 Finiteness costs no extra pass where a compressor reduces the tensor anyway: a sum, a
 norm or a largest magnitude is NaN or inf whenever an entry is, so ``_encode`` hands that
