@@ -15,6 +15,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.distributed._tools.mem_tracker import MemTracker
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -189,3 +190,39 @@ def test_a_report_refuses_components_that_miss_the_peak():
             PEAK_COMPONENTS, 2) | {"weights": 4})
     with pytest.raises(ValueError, match="needs exactly the keys"):
         MemoryReport(**kwargs, peak_components={"weights": 10})
+
+
+@pytest.mark.parametrize(("name", "shape", "batch", "scheme", "engine", "optimizer", "train"),
+                         [c for c in CASES if c[3] == "full"])  # MemTracker hooks every param
+def test_weights_and_gradients_at_the_peak_match_memtracker(name, shape, batch, scheme, engine,
+                                                             optimizer, train):
+    """PyTorch's MemTracker at its own peak: parameters and buffers, and the parameters'
+    gradients, are the estimate's weights and gradients there; its total is the peak.
+    (It files what the optimizer step allocates as optimizer state and everything made in
+    forward as activations, so the other components split differently.)"""
+    torch.manual_seed(0)
+    model = odt.models.create(name, input_shape=shape).train(train)
+    x = odt.models.example_input(model, batch_size=batch)
+    plan = odt.plan(model, scheme)
+    est = odt.estimate(model, x, plan, optimizer=optimizer, engine=engine)
+    with plan.norm_mode(model) if model.training else contextlib.nullcontext():
+        work = odt.lean(model, plan) if engine == "lean" else plan.apply_(copy.deepcopy(model))
+        opt = {"sgd": lambda p: torch.optim.SGD(p, lr=0.01),
+               "sgd-m": lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
+               "adam": lambda p: torch.optim.Adam(p, lr=0.01, foreach=False)}[optimizer](
+                   list(work.parameters()))
+        tracker = MemTracker()
+        tracker.track_external(work, opt)
+        with tracker:
+            logits = work(x)
+            loss = F.cross_entropy(logits, torch.arange(logits.shape[0]) % logits.shape[1])
+            del logits
+            loss.backward()
+            del loss
+            opt.step()
+    peak = {getattr(k, "name", k): v
+            for k, v in tracker.get_tracker_snapshot("peak")[torch.device("cpu")].items()}
+    parts = est.peak_components
+    assert parts["weights"] == peak["PARAM"] + peak["BUFFER"]
+    assert parts["gradients"] == peak["GRAD"]
+    assert peak["Total"] == pytest.approx(est.peak_bytes, rel=0.02)
