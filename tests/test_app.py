@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from _net import free_port
 
 from odtkit import app
 
@@ -25,12 +26,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_notebook_is_package_data_with_a_title_and_instructions():
@@ -136,7 +131,7 @@ def _first_line(stream, timeout_s: float) -> str:
 @pytest.mark.slow  # starts a kernel (nbclient, or Voila's)
 def test_odtkit_app_serves_on_localhost_and_stops_on_ctrl_c(tmp_path):
     pytest.importorskip("voila")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "JUPYTER_RUNTIME_DIR": str(tmp_path)}
     log = (tmp_path / "voila.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "odtkit.cli", "app", "--port", str(port),

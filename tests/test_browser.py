@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from _net import free_port
 
 from odtkit import app
 
@@ -101,12 +101,6 @@ def _stop(server: subprocess.Popen) -> None:
             server.wait()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _drag_first_slider(page, scope) -> None:
     """Drag the first ipywidgets slider in ``scope`` far along its track with the mouse
     (towards whichever end is farther from the handle)."""
@@ -160,7 +154,7 @@ def test_lab01_run_all_then_the_memory_explorer_follows_its_slider(browser, tmp_
     (labs / LAB).write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
     cells = len(code)
     args = [a for a in _lab_args() if not a.startswith("--ServerApp.root_dir=")]
-    port, token = _free_port(), "odtkit-browser-test"
+    port, token = free_port(), "odtkit-browser-test"
     log = tmp_path / "lab.log"
     env = {**os.environ, "ODTKIT_SMOKE": "1", "OMP_NUM_THREADS": "1",
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
@@ -233,7 +227,7 @@ def test_the_app_page_follows_its_budget_slider(browser, tmp_path):
     """The page `odtkit app` serves (the same command, on a free port), opened at the URL it
     prints: the explorer renders as real controls without code, and dragging the budget
     changes the shown plan."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "voila.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "JUPYTER_RUNTIME_DIR": str(tmp_path)}
     with log.open("w") as err:

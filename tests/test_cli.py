@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _net import free_port
 
 from odtkit import cli
 from odtkit import hardware as hw
@@ -274,21 +275,13 @@ class _FakeServer:
         self.returncode = -15
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_app_serves_the_notebook_on_localhost_and_stops_on_ctrl_c(capsys, monkeypatch):
     pytest.importorskip("voila")
     from odtkit import app
 
     monkeypatch.setattr(app.subprocess, "Popen", _FakeServer)
     _FakeServer.started.clear()
-    port = _free_port()
+    port = free_port()
     code, out, err = run(capsys, "app", "--port", str(port), "--no-browser")
     assert code == 0 and "stopping" in err
     [server] = _FakeServer.started
@@ -309,7 +302,7 @@ def test_app_tokens_differ_between_starts(capsys, monkeypatch):
     monkeypatch.setattr(app.subprocess, "Popen", _FakeServer)
     _FakeServer.started.clear()
     for _ in range(2):
-        run(capsys, "app", "--port", str(_free_port()), "--no-browser")
+        run(capsys, "app", "--port", str(free_port()), "--no-browser")
     tokens = [next(a for a in s.command if a.startswith("--token=")) for s in _FakeServer.started]
     assert tokens[0] != tokens[1]
 
@@ -322,7 +315,7 @@ def test_app_opens_the_browser_on_the_url_with_its_token(capsys, monkeypatch):
     monkeypatch.setattr(app.subprocess, "Popen", _FakeServer)
     monkeypatch.setattr(app, "wait_until_listening", lambda port, server=None: True)
     monkeypatch.setattr("webbrowser.open", opened.append)
-    port = _free_port()
+    port = free_port()
     code, out, _ = run(capsys, "app", "--port", str(port))
     assert code == 0
     assert opened == [out.splitlines()[0].split(" at ", 1)[1]]
@@ -368,7 +361,7 @@ def test_app_without_voila_says_how_to_get_it(capsys, monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "voila" else find_spec(name, *a))
-    code, out, err = run(capsys, "app", "--port", str(_free_port()), "--no-browser")
+    code, out, err = run(capsys, "app", "--port", str(free_port()), "--no-browser")
     assert code == 2 and out == ""
     assert "Voila is not installed" in err
     assert 'pip install "odtkit[app]"' in err and "make app" in err
@@ -377,7 +370,7 @@ def test_app_without_voila_says_how_to_get_it(capsys, monkeypatch):
 def test_app_without_the_contribution_table_names_the_fix(capsys, monkeypatch, tmp_path):
     pytest.importorskip("voila")
     monkeypatch.setenv("ODTKIT_DATA_DIR", str(tmp_path))
-    code, out, err = run(capsys, "app", "--port", str(_free_port()), "--no-browser")
+    code, out, err = run(capsys, "app", "--port", str(free_port()), "--no-browser")
     assert code == 2 and out == ""
     assert str(tmp_path / "sparse" / "contributions-mcunet-tiny-digits-shift.json") in err
     assert "build_contributions.py" in err

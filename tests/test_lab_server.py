@@ -5,20 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from _net import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _lab_args() -> list[str]:
@@ -31,7 +26,7 @@ def _lab_args() -> list[str]:
 
 
 def test_lab_command_serves_the_lab_book(tmp_path):
-    port, token = _free_port(), "odtkit-test"
+    port, token = free_port(), "odtkit-test"
     cmd = [sys.executable, "-m", "jupyterlab", *_lab_args(), "--no-browser",
            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
            f"--IdentityProvider.token={token}", "--ServerApp.shutdown_no_activity_timeout=60",
