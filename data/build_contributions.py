@@ -20,7 +20,7 @@ import time
 import torch
 
 import odtkit as odt
-from odtkit.sparse._contrib_analysis import cached_path
+from odtkit.sparse import cached_path
 
 MODEL, TASK = "mcunet-tiny", "digits-shift"
 SETTINGS = {"epochs": 2, "lr": 0.05, "seed": 0, "ratios": (1 / 8, 1 / 4, 1 / 2, 1.0),

@@ -46,9 +46,9 @@ def test_the_notebook_is_package_data_with_a_title_and_instructions():
 
 
 def test_the_page_reads_the_table_contributions_caches():
-    from odtkit.sparse._contrib_analysis import cached_path
+    from odtkit.datasets import data_dir
 
-    assert app.table_path() == cached_path(app.MODEL, app.TASK)
+    assert app.table_path() == data_dir() / "sparse" / f"contributions-{app.MODEL}-{app.TASK}.json"
     assert app.table_path().is_file()  # shipped in data/sparse/ of the checkout
 
 

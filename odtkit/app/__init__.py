@@ -41,9 +41,9 @@ def notebook_path() -> Path:
 def table_path() -> Path:
     """Where ``odt.sparse.contributions`` keeps the table the page reads (lab 03's):
     ``<data dir>/sparse/contributions-<model>-<task>.json``."""
-    from ..datasets import data_dir
+    from ..sparse import cached_path
 
-    return data_dir() / "sparse" / f"contributions-{MODEL}-{TASK}.json"
+    return cached_path(MODEL, TASK)
 
 
 def check_ready() -> None:

@@ -26,7 +26,7 @@ _EXPORTS = {
     "plan": "scheme",
     "contributions": "_contrib_analysis", "ContributionTable": "_contrib_analysis",
     "Contribution": "_contrib_analysis", "TableMismatchError": "_contrib_analysis",
-    "model_fingerprint": "_contrib_analysis",
+    "model_fingerprint": "_contrib_analysis", "cached_path": "_contrib_analysis",
     "search": "_search_api", "SearchResult": "_search_api",
     "SELECTION_METHODS": "selection", "SelectionResult": "selection",
     "select_neurons": "selection", "train_selected": "selection",
