@@ -127,3 +127,20 @@ def test_norm_ratio_plot_is_log_scale_with_one_line_per_series():
         odt.viz.norm_ratio_plot({str(i): ratios["fp32"] for i in range(9)})
     with pytest.raises(TypeError, match="per_channel=False"):
         odt.viz.norm_ratio_plot({"x": {"a": {"weight": torch.ones(3), "bias": 1.0}}})
+
+
+def test_explorer_figures_are_pngs_at_the_notebooks_100_dpi():
+    import base64
+    import io
+
+    import matplotlib.image as mpimg
+    from matplotlib.figure import Figure
+
+    from odtkit.widgets._figure import png_output
+
+    fig = Figure(figsize=(4.0, 2.5))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    out = png_output(fig, "a figure")
+    pixels = mpimg.imread(io.BytesIO(base64.b64decode(out["data"]["image/png"])), format="png")
+    assert pixels.shape[:2] == (250, 400)  # 2.5 x 4 inches at 100 dpi
+    assert out["output_type"] == "display_data" and out["data"]["text/plain"] == "<a figure>"

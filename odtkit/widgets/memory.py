@@ -17,10 +17,8 @@ estimate.
 
 from __future__ import annotations
 
-import base64
 import functools
 import html
-import io
 import time
 from typing import Any
 
@@ -170,15 +168,6 @@ def peak_bar_html(parts: dict[str, int], budget_bytes: int, budget_label: str,
             "<div style='position:relative;display:flex;height:24px;margin:8px 0;"
             f"border:1px solid #888;background:#f4f4f4'>{cells}{budget}</div>"
             f"<div style='line-height:1.6'>{legend}</div></div>")
-
-
-def _png_output(fig: Any) -> dict:
-    """A figure as an Output widget's content (the other explorers' figures)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)  # the inline backend's: text as the notebook shows it
-    png = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return {"output_type": "display_data", "metadata": {},
-            "data": {"image/png": png, "text/plain": "<memory bars>"}}
 
 
 def memory_explorer(model: str = "mbv2-tiny", *, batch_size: int = 8, resolution: int = 32,

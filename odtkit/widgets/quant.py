@@ -23,7 +23,7 @@ from torch import nn
 from .._checks import check_choice, check_int
 from ..quant import quantize
 from ..viz.quant import quantization_error, quantization_plot
-from .memory import _png_output
+from ._figure import png_output
 
 __all__ = ["QuantizationExplorer", "quantization_explorer", "GRANULARITIES"]
 
@@ -77,7 +77,7 @@ class QuantizationExplorer(w.VBox):
             f"<b>{self.error['max_abs']:.3e}</b>")
         fig = quantization_plot(self.weights, q, channel=c["channel"] if per_channel else None,
                                 figsize=(8.5, 3.2))
-        self.plot.outputs = (_png_output(fig),)
+        self.plot.outputs = (png_output(fig, "quantization explorer figure"),)
         plt.close(fig)
 
 

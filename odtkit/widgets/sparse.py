@@ -45,7 +45,7 @@ from ..units import format_bytes
 from ..viz.memory import memory_bars
 from ..viz.quant import short_layer_name
 from ..viz.sparse import accuracy_vs_memory, sparse_plan_layers
-from .memory import _png_output
+from ._figure import png_output
 
 __all__ = ["BudgetExplorer", "budget_explorer", "UNITS", "TrainedPoint"]
 
@@ -317,7 +317,7 @@ class BudgetExplorer(w.VBox):
                 baseline=self.table.baseline_acc, figsize=(4.6, 3.0))),
         )
         for out, fig in figures:
-            out.outputs = (_png_output(fig),)
+            out.outputs = (png_output(fig, "budget explorer figure"),)
             plt.close(fig)
         self.draw_s = time.perf_counter() - start
 
