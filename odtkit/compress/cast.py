@@ -46,8 +46,9 @@ class _Dense(Compressor):
                 or tensor.requires_grad or not tensor.numel()):
             return Compressor.compress(self, tensor, name)
         sent = self._payload(tensor.ravel())  # ravel: a view of a contiguous tensor
-        if not _isfinite(sent.sum().item()):
-            self._settle(sent, tensor, name)
+        total = sent.sum().item()
+        if not _isfinite(total):
+            self._settle(total, sent, tensor, name)
         steps = self._steps
         step = steps.get(name, 0)
         steps[name] = step + 1
@@ -55,17 +56,18 @@ class _Dense(Compressor):
 
     def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
         sent = self._payload(x.ravel())
-        if not _isfinite(sent.sum().item()):
-            self._settle(sent, x, name)
+        total = sent.sum().item()
+        if not _isfinite(total):
+            self._settle(total, sent, x, name)
         return (sent,), {}
 
-    def _settle(self, sent: torch.Tensor, x: torch.Tensor, name: str) -> None:
-        """The payload's sum is inf or NaN. Return if every entry is finite (only the sum
+    def _settle(self, total: float, sent: torch.Tensor, x: torch.Tensor, name: str) -> None:
+        """The payload's sum ``total`` is inf or NaN. Return if every entry is finite (only the sum
         overflowed: a 16-bit sum above 65504, say); else raise naming the first non-finite
         entry of ``x`` or, where ``x`` is finite, the value the cast rounded to inf."""
         if sent.dtype in HALF_DTYPES and _isfinite(sent.sum(dtype=torch.float32).item()):
             return  # no inf or NaN survives a float32 sum of 16-bit values
-        require_finite(math.nan, x, name)  # raises on a NaN or inf entry of x
+        require_finite(total, x, name)  # not finite, so x is scanned: raises on a bad entry
         if bool(sent.isinf().any()):
             top = torch.finfo(sent.dtype).max
             peak = float(x.abs().max())
