@@ -185,3 +185,17 @@ def test_a_reduced_precision_plan_is_the_searched_scheme_on_stock_autograd(cap):
     ref = odt.estimate(cap.pretrained, cap.x, plan, optimizer="sgd-m", engine="pytorch")
     assert report.peak_bytes == ref.peak_bytes and fit.dtype == "fp16" and fit.fits
     assert fit.step_time_s == pytest.approx(_roofline_by_hand(ref, odt.device("gap9"), "fp16"))
+
+
+def test_a_card_that_does_not_fit_says_why(cap):
+    import dataclasses
+
+    card = cap.card("stm32f746")
+    assert card.fits and "why" not in dict(card.rows())
+    dev = odt.device("stm32f746")
+    report = odt.estimate(cap.pretrained, odt.models.example_input(cap.pretrained, batch_size=64),
+                          card.plan, optimizer=cap.table.settings_dict["optimizer"], engine="lean")
+    fit = dev.fit(report)  # the same plan at batch 64 overflows the 320 KiB of SRAM
+    assert not fit.fits
+    short = dataclasses.replace(card, fits=False, verdict=fit.verdict)
+    assert dict(short.rows())["why"] == fit.verdict and "DOES NOT FIT" in str(short)

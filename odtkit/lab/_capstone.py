@@ -235,7 +235,7 @@ class ReportCard:
                            f"{format_seconds(self.round_budget_s)} on {self.link})"),
             ("bytes per round", f"{self.bytes_per_round:,} B up per device"),
             ("time per round", f"{format_seconds(self.round_s)} on {self.link}"),
-        ]
+        ] + ([] if self.fits else [("why", self.verdict)])
 
     def __str__(self) -> str:
         rows = self.rows()
