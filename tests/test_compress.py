@@ -207,13 +207,30 @@ def test_ratio_matches_the_encoding(name):
     assert c.state_dict()["steps"] == {}  # measuring did not touch the compressor
 
 
-@pytest.mark.parametrize("name", NAMES)
+DENSE = ("none", "fp16", "bf16")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in DENSE])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_gradient_is_refused_naming_the_tensor(name, bad):
     x = grad((16, 16))
     x[3, 4] = bad
     with pytest.raises(ValueError, match=r"'fc\.weight'.*non-finite.*" + str(bad)):
         make(name).compress(x, "fc.weight")
+
+
+@pytest.mark.parametrize("name", DENSE)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_dense_codecs_send_non_finite_entries_as_pytorch_does(name, bad):
+    """Transparent, as PyTorch's allreduce and fp16/bf16 hooks: the entry arrives as it was
+    (NaN as NaN, +-inf as +-inf) and every other entry as plain PyTorch casts it."""
+    x = grad((16, 16))
+    x[3, 4] = bad
+    y = make(name).decompress(*make(name).compress(x, "fc.weight"))
+    cast = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    want = x.clone() if cast is None else x.to(cast).float()
+    torch.testing.assert_close(y, want, rtol=0, atol=0, equal_nan=True)
+    assert math.isnan(y[3, 4]) if math.isnan(bad) else y[3, 4] == bad
 
 
 @pytest.mark.parametrize("name", ["topk", "randomk", "dgc"])
@@ -266,6 +283,9 @@ def test_fp16_overflow_is_refused_not_sent_as_inf():
     with pytest.raises(ValueError, match="'big'.*above the fp16 maximum"):
         odt.compress.get("fp16").compress(torch.tensor([1e5, 1.0]), "big")
     assert odt.compress.get("bf16").compress(torch.tensor([1e5, 1.0]), "big")[0][0].isfinite().all()
+    # an inf that came with the input does not hide the finite entry the cast overflows
+    with pytest.raises(ValueError, match="'big' has \\|value\\| 1e\\+05 above the fp16 maximum"):
+        odt.compress.get("fp16").compress(torch.tensor([float("inf"), 1e5, float("nan")]), "big")
 
 
 def test_error_feedback_refuses_compressors_with_their_own_residual():

@@ -1,16 +1,18 @@
-"""The dense three (none, fp16, bf16) on their short path: against PyTorch's own casts, one
-pass beyond the bare copy or casts (torch.profiler lists the ops), NaN/inf refused on
-every path with the entry named (numpy finds it independently), a 16-bit sum that
-overflows on finite values still sent, and a cast overflow refused where numpy's float16
-cast gives inf."""
+"""The dense three (none, fp16, bf16): against PyTorch's own casts bit for bit, no pass
+beyond the bare copy and one sum beyond the bare casts (torch.profiler lists the ops), NaN
+and inf of the input sent as PyTorch sends them on every path, a 16-bit sum that overflows
+on finite values still sent, and a cast that turns a finite entry into inf refused (where
+numpy's float16 cast gives inf), with the tensor, the value and the fix named."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 import torch
+from _net import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -80,35 +82,142 @@ def test_both_paths_count_the_same_steps(name):
 
 
 @pytest.mark.parametrize("name", DENSE)
-def test_compress_runs_the_bare_ops_plus_one_sum(name):
-    """The only pass over the data beyond PyTorch's own copy or cast is one sum: the ops
-    and their counts are those of the bare payload followed by ``payload.sum().item()``
-    (the flat view taken as ``ravel``, a view of a contiguous tensor)."""
+def test_compress_runs_the_bare_ops_plus_one_sum_for_a_cast(name):
+    """'none' runs PyTorch's flat view and copy and nothing else; a cast runs the flat view,
+    the cast and one sum of the payload (``payload.sum().item()``), no scan."""
     x, c = grad(), odt.compress.get(name)
 
     def bare():
-        flat = x.ravel()
-        sent = flat.clone() if CAST[name] is None else flat.to(CAST[name])
-        sent.sum().item()
+        flat = x.view(-1)
+        if CAST[name] is None:
+            flat.clone()
+        else:
+            flat.to(CAST[name]).sum().item()
 
     c.compress(x, "w"), bare()  # warm
     ours = ops(lambda: c.compress(x, "w"))
-    assert ours == ops(bare) and ours["aten::sum"] == 1 and not SCANS & set(ours), ours
+    assert ours == ops(bare) and not SCANS & set(ours), ours
+    assert ours.get("aten::sum", 0) == (0 if CAST[name] is None else 1), ours
+
+
+def same_bits(y: torch.Tensor, want: torch.Tensor) -> bool:
+    """Equal dtype, shape and bits, NaN included (``torch.equal`` calls -0.0 == 0.0)."""
+    ints = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+    return (y.dtype == want.dtype and y.shape == want.shape
+            and torch.equal(y.contiguous().view(ints[y.element_size()]),
+                            want.contiguous().view(ints[want.element_size()])))
 
 
 @pytest.mark.parametrize("name", DENSE)
 @pytest.mark.parametrize("kind", INPUTS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_entries_are_refused_on_every_path(name, kind, bad):
+def test_non_finite_entries_travel_as_pytorch_sends_them_on_every_path(name, kind, bad):
+    """No refusal: the payload holds the entry as PyTorch's own copy or cast does (found
+    independently by numpy at its flat index), and the round trip is PyTorch's."""
     x = INPUTS[kind]().detach()
     x[3, 5] = bad
+    x[0, 0] = -x[0, 0]  # more than one value changed: not only the bad entry is checked
     x.requires_grad_(kind == "requires_grad")
-    where = int(np.flatnonzero(~np.isfinite(x.detach().double().numpy()))[0])
+    plain = x.detach()
+    where = int(np.flatnonzero(~np.isfinite(plain.double().numpy()))[0])
     c = odt.compress.get(name)
-    with pytest.raises(ValueError, match=rf"'w' has 1 non-finite entries \(first: "
-                                         rf"{bad} at flat index {where}\).*clip gradients"):
+    payload, ctx = c.compress(x, "w")
+    sent = float(payload[0][where])
+    assert math.isnan(sent) if math.isnan(bad) else sent == bad
+    y = c.decompress(payload, ctx)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    torch.testing.assert_close(y, torch_round_trip(name, plain), rtol=0, atol=0,
+                               equal_nan=True)
+    assert ctx.step == 0 and c.compress(grad(), "w")[1].step == 1
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16"])
+def test_casts_match_pytorchs_own_compress_hooks_on_non_finite_input(name):
+    """PyTorch's fp16/bf16 DDP hooks, on one gloo rank: cast the bucket, all-reduce it, cast
+    back. Ours gives the same bits, NaN and inf included."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    x = grad((8, 16))
+    x[1, 2], x[3, 4], x[5, 6] = float("nan"), float("inf"), -float("inf")
+    hook = {"fp16": default_hooks.fp16_compress_hook,
+            "bf16": default_hooks.bf16_compress_hook}[name]
+    port = free_port()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                            world_size=1)
+    try:
+        bucket = FakeBucket(x.reshape(-1).clone())
+        theirs = hook(None, bucket).wait()
+    finally:
+        dist.destroy_process_group()
+    c = odt.compress.get(name)
+    ours = c.decompress(*c.compress(x, "w")).reshape(-1)
+    assert same_bits(ours, theirs)
+
+
+class FakeBucket:
+    """What PyTorch's default hooks read of a GradBucket: its flat buffer."""
+
+    def __init__(self, buffer: torch.Tensor) -> None:
+        self._buffer = buffer
+
+    def buffer(self) -> torch.Tensor:
+        return self._buffer
+
+
+OVERFLOW_INPUTS = {k: v for k, v in INPUTS.items() if k != "float16"}
+
+
+@pytest.mark.parametrize("kind", OVERFLOW_INPUTS)
+@pytest.mark.parametrize("company", ["finite", "nan", "inf"])
+def test_fp16_refuses_a_finite_entry_its_cast_turns_into_inf_on_every_path(kind, company):
+    """Refused whatever else the tensor holds: the message names the tensor, the value that
+    overflowed (not an inf that came with the input) and the fix; no step is counted."""
+    x = INPUTS[kind]().detach()
+    x[2, 3] = -70000.0  # above 65504: float16 rounds it to -inf
+    if company != "finite":
+        x[4, 1] = float(company)
+    x.requires_grad_(kind == "requires_grad")
+    c = odt.compress.get("fp16")
+    with pytest.raises(ValueError, match=r"tensor 'w' has \|value\| 7e\+04 above the fp16 "
+                                         r"maximum 6\.55e\+04: the cast would give inf\. "
+                                         r"Scale the gradient down or use 'bf16'"):
         c.compress(x, "w")
     assert c.compress(grad(), "w")[1].step == 0  # the refused call left no step behind
+
+
+def test_fp16_overflow_boundary_is_where_pytorchs_cast_gives_inf():
+    """65504 and 65519.99 round to 65504 and are sent; 65520 rounds to inf and is refused."""
+    c = odt.compress.get("fp16")
+    ok = torch.tensor([65504.0, -65519.99, 1.0])
+    assert same_bits(c.decompress(*c.compress(ok, "w")), ok.half().float())
+    assert not bool(ok.half().isinf().any()) and bool(torch.tensor([65520.0]).half().isinf())
+    with pytest.raises(ValueError, match="'w' has \\|value\\| 6.552e\\+04 above the fp16"):
+        c.compress(torch.tensor([65520.0, 1.0]), "w")
+
+
+def test_bf16_refuses_a_finite_float32_it_rounds_to_inf():
+    big = torch.tensor([3.4e38, 1.0, float("inf")])  # 3.4e38 rounds up past float32's maximum
+    assert bool(big[:1].bfloat16().isinf().all())
+    with pytest.raises(ValueError, match="'w' has \\|value\\| 3.4e\\+38 above the bf16 "
+                                         "maximum .*Scale the gradient down or send it as 'none'"):
+        odt.compress.get("bf16").compress(big, "w")
+    with pytest.raises(ValueError, match="'w' has \\|value\\| 1e\\+300 above the bf16"):
+        odt.compress.get("bf16").compress(torch.tensor([1e300, 0.0], dtype=torch.float64), "w")
+
+
+def test_bf16_refuses_a_float16_input_that_would_decode_to_inf():
+    """bfloat16 rounds 65504 up to 65536, above float16's maximum: the round trip into the
+    caller's float16 would give inf, so it is refused; an inf already there is not."""
+    x = torch.tensor([65504.0, 1.0, float("inf")], dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"'w' \(torch.float16\) would decode to inf under "
+                                         r"'bf16': it rounds \|value\| 6.55e\+04 above"):
+        odt.compress.get("bf16").compress(x, "w")
+    fine = torch.tensor([60000.0, float("inf"), float("nan")], dtype=torch.float16)
+    c = odt.compress.get("bf16")
+    y = c.decompress(*c.compress(fine, "w"))
+    torch.testing.assert_close(y, fine.bfloat16().float().half(), rtol=0, atol=0,
+                               equal_nan=True)
 
 
 @pytest.mark.parametrize("name", DENSE)
@@ -138,6 +247,45 @@ def test_fp16_refuses_exactly_where_numpys_cast_gives_inf(values):
         return
     y = c.decompress(*c.compress(x, "g"))
     assert np.array_equal(y.numpy(), values.astype(np.float16).astype(np.float32))
+
+
+@FAST
+@given(values=arrays(np.float32, st.integers(1, 300),
+                     elements=st.floats(width=32, allow_nan=False, allow_infinity=False)))
+def test_a_finite_input_round_trips_bit_for_bit_as_pytorchs_cast(values):
+    """Subnormals, -0.0 and the extremes included: the bits of x, x.half().float() and
+    x.bfloat16().float(), where the cast keeps every entry finite."""
+    x = torch.from_numpy(values.copy())
+    for name in DENSE:
+        want = torch_round_trip(name, x)
+        c = odt.compress.get(name)
+        if name != "none" and bool(want.isinf().any()):
+            with pytest.raises(ValueError, match=f"above the {name} maximum"):
+                c.compress(x, "g")
+            continue
+        assert same_bits(c.decompress(*c.compress(x, "g")), want), name
+
+
+@FAST
+@given(values=arrays(np.float32, st.integers(1, 300),
+                     elements=st.floats(width=32, allow_nan=True, allow_infinity=True)))
+def test_fp16_refuses_exactly_where_a_finite_entry_becomes_inf(values):
+    """Against numpy's float16 cast: refused if and only if some finite entry casts to inf;
+    otherwise NaN and inf are sent and the round trip is numpy's, bit for bit."""
+    x = torch.from_numpy(values.copy())
+    with np.errstate(over="ignore", invalid="ignore"):
+        half = values.astype(np.float16)
+    overflows = bool((np.isinf(half) & np.isfinite(values)).any())
+    c = odt.compress.get("fp16")
+    if overflows:
+        with pytest.raises(ValueError, match="'g' has \\|value\\| .* above the fp16 maximum"):
+            c.compress(x, "g")
+        return
+    y = c.decompress(*c.compress(x, "g")).numpy()
+    want = half.astype(np.float32)
+    assert np.array_equal(np.isnan(y), np.isnan(want))
+    finite = ~np.isnan(want)
+    assert np.array_equal(y[finite].view(np.int32), want[finite].view(np.int32))
 
 
 @FAST

@@ -26,6 +26,11 @@ The contract (every compressor, and ErrorFeedback around any of them):
   (0, 1], a rank outside [1, min(n, m)], levels < 1, a NaN/Inf gradient. The NaN/Inf
   check rides on a reduction the compressor computes anyway (a norm, a largest
   magnitude, the sent values) and scans the tensor only when that result is not finite.
+  The dense three are the exception, transparent as PyTorch's allreduce and fp16/bf16
+  hooks: 'none' sends NaN and inf as they are and the casts map them to NaN and inf of
+  their dtype (ErrorFeedback around them still refuses them: its residual would keep
+  them for ever). What 'fp16' and 'bf16' refuse is a finite entry their cast turns into
+  inf; one sum of the 16-bit payload finds it, exactly (``odtkit.compress.cast``).
 - Names are case- and separator-insensitive everywhere: ``get("DGC")`` is ``get("dgc")``,
   ``canonical_name("EF_SignSGD") == "ef-signsgd"``; an unknown name lists the choices.
 - Range: ``decompress(compress(g))`` is finite for every finite g (norms and means are
@@ -38,6 +43,7 @@ Wire layouts (n entries; idx = uint8 / int16 / int32 / int64 for n <= 2**8 / 2**
 2**32 / more, see ``encode_index``):
 
     none        the tensor in its own dtype          fp16, bf16  2 bytes per entry
+                (NaN/inf sent as they are)                       (NaN/inf cast as they are)
     topk        k fp32 values + k idx                randomk     k fp32 values (seeded
                                                                  positions, O(k) sampler)
     threshold   fp32 values + idx of |g| > t         dgc         <= k fp32 values + idx

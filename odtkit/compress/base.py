@@ -2,13 +2,20 @@
 
 Subclasses implement ``_encode`` (fp32 tensor -> payload, meta) and ``_decode``
 (payload, ctx -> fp32 tensor); the base class validates input, counts steps per
-tensor name, builds the context and casts back to the caller's dtype. (The dense casts,
+tensor name, builds the context and casts back to the caller's dtype. (The dense codecs,
 ``cast``, override ``compress`` and ``decompress`` themselves for a short per-call path.)
 
-Finiteness costs no extra pass where a compressor reduces the tensor anyway: a sum, a
-norm or a largest magnitude is NaN or inf whenever an entry is, so ``_encode`` hands that
-result to ``require_finite``, which scans the tensor (to name the bad entry) only when the
-result is not finite. Compressors that compute no such reduction leave
+NaN and inf. Every compressor here except the dense three refuses a gradient holding
+NaN or +-inf with a ValueError naming the tensor and the first bad entry: in a top-k, a
+quantizer's norm or a low-rank factor one bad entry spoils other entries, so what would
+arrive is not what was given. The dense three ('none', 'fp16', 'bf16') are transparent
+instead, as PyTorch's own allreduce and fp16/bf16 hooks: NaN and inf of the input travel
+as they are, and only a cast that turns a finite entry into inf is refused (see ``cast``).
+
+Where refused, finiteness costs no extra pass if a compressor reduces the tensor anyway: a
+sum, a norm or a largest magnitude is NaN or inf whenever an entry is, so ``_encode`` hands
+that result to ``require_finite``, which scans the tensor (to name the bad entry) only when
+the result is not finite. Compressors that compute no such reduction leave
 ``folds_finite_check`` False and the base class sums the tensor once (a sum reads each
 entry once and is several times cheaper than ``isfinite(x).all()``).
 """
@@ -69,7 +76,8 @@ class Compressor:
     # True for the dense casts and random-k with a shared seed; a data-parallel exchange
     # all-gathers payloads where it is False.
     summable: bool = False
-    # _encode calls require_finite on a reduction it computes anyway (see module docstring)
+    # _encode calls require_finite on a reduction it computes anyway, or (the dense three)
+    # the input is not scanned for NaN/inf at all (see module docstring)
     folds_finite_check: bool = False
 
     def __init__(self, *, seed: int = 0) -> None:

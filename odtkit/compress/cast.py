@@ -1,13 +1,36 @@
-"""Dense baselines: send the tensor as is (a copy), or cast it to a 16-bit float.
+"""Dense baselines: send the tensor as is (one copy), or cast it to a 16-bit float.
 
-In bare PyTorch a round trip of these is one copy, or one cast and one cast back, so
-every extra pass and every per-call Python step shows. The NaN/inf refusal therefore
-rides on one sum of the payload (inf or NaN whenever an entry is, or the cast rounded a
-value to inf; for a 16-bit payload it reads half the input's bytes), and a float32 tensor
-that needs no grad takes a short path through ``compress``: checks that read no data, the
-payload, its sum, the step and the context, nothing else. Any other input goes through
-``Compressor.compress`` and the same ``_encode``. Only a sum that is not finite leads to
-``_settle``, which tells an overflowed sum from a bad entry or an overflowed cast.
+What passes and what is refused. The three are transparent, as PyTorch's allreduce,
+fp16 and bf16 communication hooks are: NaN and +-inf entries of the input travel as
+they are (``none`` sends them, a cast maps them to NaN and +-inf of its dtype), and no
+pass looks for them. What is refused is a cast that turns a *finite* entry into inf,
+since the receiver would get a value nobody sent: float16 above 65504 (|x| >= 65520
+rounds to inf), bfloat16 within half a step of the float32 maximum (|x| >= 3.3961e38),
+anything beyond the target's range from a float64 input, and a float16 input whose
+bfloat16 value, cast back to float16 on decoding, passes 65504. The ValueError names the
+tensor, the largest |value| that overflowed and the fix ('bf16', 'none' or scaling down).
+
+Cost. In bare PyTorch a round trip is one copy, or one cast and one cast back, so every
+extra pass and every per-call Python step shows. ``none`` makes no pass beyond its copy.
+A cast makes one: the sum of the 16-bit payload, read right after the cast wrote it
+(half the input's bytes). The sum is finite unless an entry is inf or NaN (or a 16-bit
+sum of finite entries overflowed); only then does ``_settle`` compare payload and input
+entry by entry. An inf in the payload where the input is finite is an overflow, refused;
+everything else was in the input and passes. The check is exact (every entry counts, no
+sampling) and an input with inf or NaN costs that second look on every call. The
+decoded tensor and the all-reduced buffer cannot carry the check instead: there an inf
+from the input and an overflowed one look the same, and only ``compress`` holds the input.
+
+A contiguous, plain tensor of a dtype the codec takes that needs no grad takes a short
+path through ``compress`` (checks that read no data, the payload, the step and the
+context); any other goes through ``_compress_any``, with the same payload and checks.
+
+Why ``none`` copies: its payload is what was sent, and the caller's tensor changes after
+``compress`` returns (the next backward accumulates into ``.grad`` in place, the DDP hook
+divides its payloads in place before the all-reduce, ErrorFeedback hands the input itself
+to the inner codec when there is no residual yet, a caller may frame a payload later). A
+view would let those rewrite a payload already sent, so ``none`` keeps exactly one copy,
+as bare PyTorch's ``x.clone()`` does.
 """
 
 from __future__ import annotations
@@ -17,78 +40,65 @@ from operator import methodcaller
 
 import torch
 
-from .base import HALF_DTYPES, Compressor, Ctx, make_ctx, require_finite
+from .base import HALF_DTYPES, Compressor, Ctx, check_kind, make_ctx
 from .wire import Payload
 
 _Tensor = torch.Tensor
 _FP32 = torch.float32
+_FP64 = torch.float64
+_CONTIGUOUS = torch.contiguous_format
 _isfinite = math.isfinite
 
 
 class _Dense(Compressor):
-    """Shared by the copy and the casts: ``_payload`` (flat tensor -> the wire tensor) and
-    the refusal of a payload that holds NaN or inf."""
+    """Shared by the copy and the casts: the step counter and the context of both paths."""
 
     summable = True  # payloads add up entry by entry (16-bit ones summed in fp32, as
     # PyTorch's fp16 hook does)
-    folds_finite_check = True  # on the payload's sum
+    folds_finite_check = True  # no NaN/inf scan of the input at all (module docstring)
 
-    # input dtypes the short path takes (any other input: Compressor.compress)
+    # input dtypes the short path takes (any other input: _compress_any)
     short_dtypes: frozenset[torch.dtype] = frozenset({_FP32})
 
-    # flat tensor -> the wire tensor, called without a Python frame (methodcaller)
-    _payload: methodcaller
-
-    def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
-        # the short path's checks read no data: a plain tensor, of a dtype it takes,
-        # needing no grad (detach), not empty
-        if (tensor.__class__ is not _Tensor or tensor.dtype not in self.short_dtypes
-                or tensor.requires_grad or not tensor.numel()):
-            return Compressor.compress(self, tensor, name)
-        sent = self._payload(tensor.ravel())  # ravel: a view of a contiguous tensor
-        total = sent.sum().item()
-        if not _isfinite(total):
-            self._settle(total, sent, tensor, name)
-        steps = self._steps
-        step = steps.get(name, 0)
-        steps[name] = step + 1
+    def _compress_any(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
+        """Any floating input (a subclass, needing grad, strided, another dtype): one flat,
+        contiguous payload of its own, checked as on the short path."""
+        x = check_kind(tensor, name).detach()
+        sent = self._send(x, name)
+        step = self._steps.get(name, 0)
+        self._steps[name] = step + 1
         return (sent,), make_ctx(name, tuple(tensor.shape), tensor.dtype, step, {})
 
-    def _encode(self, x: torch.Tensor, name: str, step: int) -> tuple[Payload, dict]:
-        sent = self._payload(x.ravel())
-        total = sent.sum().item()
-        if not _isfinite(total):
-            self._settle(total, sent, x, name)
-        return (sent,), {}
-
-    def _settle(self, total: float, sent: torch.Tensor, x: torch.Tensor, name: str) -> None:
-        """The payload's sum ``total`` is inf or NaN. Return if every entry is finite (only the sum
-        overflowed: a 16-bit sum above 65504, say); else raise naming the first non-finite
-        entry of ``x`` or, where ``x`` is finite, the value the cast rounded to inf."""
-        if sent.dtype in HALF_DTYPES and _isfinite(sent.sum(dtype=torch.float32).item()):
-            return  # no inf or NaN survives a float32 sum of 16-bit values
-        require_finite(total, x, name)  # not finite, so x is scanned: raises on a bad entry
-        if bool(sent.isinf().any()):
-            top = torch.finfo(sent.dtype).max
-            peak = float(x.abs().max())
-            other = "use 'bf16'" if sent.dtype == torch.float16 else "send it as 'none'"
-            raise ValueError(
-                f"tensor {name!r} has |value| {peak:.4g} above the {self.kind} maximum {top:.4g}: "
-                f"the cast would give inf. Scale the gradient down or {other}"
-            )
+    def _send(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class NoCompression(_Dense):
-    """The dense baseline: the tensor travels unchanged (a copy, in its own dtype)."""
+    """The dense baseline: the tensor travels unchanged (one copy, in its own dtype, NaN and
+    inf included)."""
 
     kind = "none"
     unbiased = True
     keep_dtype = True
 
     # the payload keeps the tensor's dtype, so it always decodes
-    short_dtypes = frozenset({_FP32, torch.float64, *HALF_DTYPES})
+    short_dtypes = frozenset({_FP32, _FP64, *HALF_DTYPES})
 
-    _payload = methodcaller("clone")
+    def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
+        # the short path's checks read no data: a plain tensor, of a dtype it takes, needing
+        # no grad (detach), contiguous (a flat view), not empty
+        if (tensor.__class__ is not _Tensor or tensor.dtype not in self.short_dtypes
+                or tensor.requires_grad or not tensor.is_contiguous() or not tensor.numel()):
+            return self._compress_any(tensor, name)
+        sent = tensor.view(-1).clone()  # the one copy (module docstring: why not a view)
+        steps = self._steps
+        step = steps.get(name, 0)
+        steps[name] = step + 1
+        return (sent,), make_ctx(name, tuple(tensor.shape), tensor.dtype, step, {})
+
+    def _send(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        # one copy, contiguous whatever x's strides, so the flat view never copies again
+        return x.clone(memory_format=_CONTIGUOUS).view(-1)
 
     def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         # flat on the wire; sizes passed one by one, which PyTorch parses faster than a tuple
@@ -99,9 +109,65 @@ class NoCompression(_Dense):
 
 class _Cast(_Dense):
     """Cast to ``target`` (each subclass sets it and its ``_payload``, the cast to it); the
-    receiver casts back to float32 (then the caller's dtype)."""
+    receiver casts back to float32 (then the caller's dtype). Refuses a finite entry the
+    cast turns into inf; NaN and inf of the input pass (module docstring)."""
 
     target: torch.dtype
+    short_dtypes = frozenset({_FP32, _FP64})  # inputs the payload check alone covers
+
+    # flat tensor -> the wire tensor, called without a Python frame (methodcaller)
+    _payload: methodcaller
+
+    def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
+        # the short path's checks read no data, as NoCompression.compress
+        if (tensor.__class__ is not _Tensor or tensor.dtype not in self.short_dtypes
+                or tensor.requires_grad or not tensor.is_contiguous() or not tensor.numel()):
+            return self._compress_any(tensor, name)
+        sent = self._payload(tensor.view(-1))
+        if not _isfinite(sent.sum().item()):  # the one pass: finite unless an entry is not
+            self._settle(sent, tensor, name)
+        steps = self._steps
+        step = steps.get(name, 0)
+        steps[name] = step + 1
+        return (sent,), make_ctx(name, tuple(tensor.shape), tensor.dtype, step, {})
+
+    def _send(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        # straight to the target (a float64 input is rounded once, as x.to(target) does),
+        # a copy of its own even where x already has the target dtype
+        sent = x.to(self.target, copy=True, memory_format=_CONTIGUOUS).view(-1)
+        if not _isfinite(sent.sum().item()):
+            self._settle(sent, x, name)
+        if x.dtype in HALF_DTYPES and x.dtype is not self.target:
+            back = sent.to(x.dtype)  # what decompress gives back in the caller's dtype
+            if not _isfinite(back.sum().item()):
+                self._settle(back, x, name, decoded=True)
+        return sent
+
+    def _settle(self, sent: torch.Tensor, x: torch.Tensor, name: str, *,
+                decoded: bool = False) -> None:
+        """``sent`` (the payload, or with ``decoded`` the payload in the caller's float16 or
+        bfloat16) has a sum that is inf or NaN. Return if no entry is inf where ``x`` is
+        finite: only the 16-bit sum overflowed, or the inf and NaN entries came with ``x``
+        and travel as they are. Else raise, naming the largest |value| that became inf."""
+        if _isfinite(sent.sum(dtype=_FP64).item()):
+            return  # a float64 sum of 16-bit values is finite exactly when every entry is
+        flat = x.reshape(-1)
+        over = sent.isinf() & flat.isfinite()  # a cast never makes NaN of a non-NaN
+        if not bool(over.any()):
+            return
+        peak = float(flat[over].abs().max())
+        if decoded:
+            top = torch.finfo(x.dtype).max
+            raise ValueError(
+                f"tensor {name!r} ({x.dtype}) would decode to inf under {self.kind!r}: it rounds "
+                f"|value| {peak:.4g} above the {x.dtype} maximum {top:g}; compress a float32 "
+                "copy (tensor.float()), send it as 'none', or scale the gradient down")
+        top = torch.finfo(self.target).max
+        other = "use 'bf16'" if self.target == torch.float16 else "send it as 'none'"
+        raise ValueError(
+            f"tensor {name!r} has |value| {peak:.4g} above the {self.kind} maximum {top:.4g}: "
+            f"the cast would give inf. Scale the gradient down or {other}"
+        )
 
     def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         shape = ctx.shape  # flat on the wire, as NoCompression.decompress
