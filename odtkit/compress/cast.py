@@ -21,9 +21,10 @@ sampling) and an input with inf or NaN costs that second look on every call. The
 decoded tensor and the all-reduced buffer cannot carry the check instead: there an inf
 from the input and an overflowed one look the same, and only ``compress`` holds the input.
 
-A contiguous, plain tensor of a dtype the codec takes that needs no grad takes a short
-path through ``compress`` (checks that read no data, the payload, the step and the
-context); any other goes through ``_compress_any``, with the same payload and checks.
+A plain tensor of a dtype the codec takes that needs no grad (and, for ``none``, is
+contiguous) takes a short path through ``compress`` (checks that read no data, the
+payload, the step and the context); any other goes through ``_compress_any``, with the
+same payload and checks.
 
 Why ``none`` copies: its payload is what was sent, and the caller's tensor changes after
 ``compress`` returns (the next backward accumulates into ``.grad`` in place, the DDP hook
@@ -90,7 +91,7 @@ class NoCompression(_Dense):
         if (tensor.__class__ is not _Tensor or tensor.dtype not in self.short_dtypes
                 or tensor.requires_grad or not tensor.is_contiguous() or not tensor.numel()):
             return self._compress_any(tensor, name)
-        sent = tensor.view(-1).clone()  # the one copy (module docstring: why not a view)
+        sent = tensor.ravel().clone()  # ravel: a view here; the one copy (module docstring)
         steps = self._steps
         step = steps.get(name, 0)
         steps[name] = step + 1
@@ -119,11 +120,12 @@ class _Cast(_Dense):
     _payload: methodcaller
 
     def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
-        # the short path's checks read no data, as NoCompression.compress
+        # the short path's checks read no data, as NoCompression.compress (a strided tensor
+        # may take it: ravel copies it, then the cast)
         if (tensor.__class__ is not _Tensor or tensor.dtype not in self.short_dtypes
-                or tensor.requires_grad or not tensor.is_contiguous() or not tensor.numel()):
+                or tensor.requires_grad or not tensor.numel()):
             return self._compress_any(tensor, name)
-        sent = self._payload(tensor.view(-1))
+        sent = self._payload(tensor.ravel())
         if not _isfinite(sent.sum().item()):  # the one pass: finite unless an entry is not
             self._settle(sent, tensor, name)
         steps = self._steps
