@@ -72,6 +72,19 @@ def test_round_trip_is_pytorchs_cast_in_the_callers_shape_and_dtype(name, kind):
 
 
 @pytest.mark.parametrize("name", DENSE)
+@pytest.mark.parametrize(("bad", "error", "message"), [
+    ([1.0, 2.0], TypeError, "'w' must be a torch.Tensor, got list"),
+    (torch.zeros(3, 0), ValueError, r"'w' is empty \(shape \(3, 0\)\); nothing to send"),
+    (torch.ones(3, dtype=torch.int32), ValueError, "'w' has dtype torch.int32"),
+])
+def test_bad_input_is_refused_before_anything_is_sent(name, bad, error, message):
+    c = odt.compress.get(name)
+    with pytest.raises(error, match=message):
+        c.compress(bad, "w")
+    assert c.state_dict()["steps"] == {}
+
+
+@pytest.mark.parametrize("name", DENSE)
 def test_both_paths_count_the_same_steps(name):
     """Short path (float32) and the base class's (requires grad, float64) share the per-name
     step counter: steps 0, 1, 2, 3 in call order, and state_dict counts the calls."""

@@ -87,15 +87,18 @@ class NoCompression(_Dense):
 
     def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
         # the short path's checks read no data: a plain tensor, of a dtype it takes, needing
-        # no grad (detach), contiguous (a flat view), not empty
-        if (tensor.__class__ is not _Tensor or tensor.dtype not in self.short_dtypes
-                or tensor.requires_grad or not tensor.is_contiguous() or not tensor.numel()):
+        # no grad (detach), not empty, contiguous (a flat view)
+        if tensor.__class__ is not _Tensor:
+            return self._compress_any(tensor, name)
+        shape = tuple(tensor.shape)
+        if (tensor.dtype not in self.short_dtypes or tensor.requires_grad or 0 in shape
+                or not tensor.is_contiguous()):
             return self._compress_any(tensor, name)
         sent = tensor.ravel().clone()  # ravel: a view here; the one copy (module docstring)
         steps = self._steps
         step = steps.get(name, 0)
         steps[name] = step + 1
-        return (sent,), make_ctx(name, tuple(tensor.shape), tensor.dtype, step, {})
+        return (sent,), make_ctx(name, shape, tensor.dtype, step, {})
 
     def _send(self, x: torch.Tensor, name: str) -> torch.Tensor:
         # one copy, contiguous whatever x's strides, so the flat view never copies again
@@ -122,8 +125,10 @@ class _Cast(_Dense):
     def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
         # the short path's checks read no data, as NoCompression.compress (a strided tensor
         # may take it: ravel copies it, then the cast)
-        if (tensor.__class__ is not _Tensor or tensor.dtype not in self.short_dtypes
-                or tensor.requires_grad or not tensor.numel()):
+        if tensor.__class__ is not _Tensor:
+            return self._compress_any(tensor, name)
+        shape = tuple(tensor.shape)
+        if tensor.dtype not in self.short_dtypes or tensor.requires_grad or 0 in shape:
             return self._compress_any(tensor, name)
         sent = self._payload(tensor.ravel())
         if not _isfinite(sent.sum().item()):  # the one pass: finite unless an entry is not
@@ -131,7 +136,7 @@ class _Cast(_Dense):
         steps = self._steps
         step = steps.get(name, 0)
         steps[name] = step + 1
-        return (sent,), make_ctx(name, tuple(tensor.shape), tensor.dtype, step, {})
+        return (sent,), make_ctx(name, shape, tensor.dtype, step, {})
 
     def _send(self, x: torch.Tensor, name: str) -> torch.Tensor:
         # straight to the target (a float64 input is rounded once, as x.to(target) does),
