@@ -47,13 +47,16 @@ as it is). The swap keeps module and parameter names, so plans and state_dicts c
 What each lean layer saves is decided at call time from ``requires_grad``, so changing
 ``requires_grad`` on the lean model later stays correct. In-place activations stay in
 place; an inf/NaN gradient reaching a clamped element gives NaN where torch gives 0.
-Speed: lean layers run their ops with torch-function handling off while a mode is pushed
-(the functional mode a custom forward pushes would add Python work to each), call their
-autograd Functions without the Python preamble, pack and unpack masks with numpy on the
-tensors' memory (``_masks``), and a frozen conv's dx is torch's transposed convolution
-of dy (a 1x1 conv's: torch's convolution_backward on a shape-only stand-in). Each lean
-op is still a Python autograd Function: at batch 1 their per-call overhead is most of
-what a lean step costs beyond stock (benchmarks/lean.py measures it).
+Speed: each lean op is an autograd Function, compiled (``csrc/lean_ops.cpp``, built once by
+``odtkit native`` or the first ``lean()`` and loaded from the cache after; ``native``) or,
+where no compiler is at hand or ``ODTKIT_NATIVE=0``, in Python (``_ops``): the same ATen
+calls, kept tensors, allocations and gradients either way, but the Python ones cost a
+Python frame per call and per backward, most of a lean step's excess over stock at batch 1.
+Lean layers run their ops with torch-function handling off while a mode is pushed (the
+functional mode a custom forward pushes would add Python work to each); a clamp mask is
+written from the output straight into its packed bytes (the compiled loop, or numpy), and
+a frozen conv's dx is torch's transposed convolution of dy (a 1x1 conv's: torch's
+convolution_backward on a shape-only stand-in). benchmarks/lean.py measures step time.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .._plan_norms import check_norms, mismatched, mode_error, set_norm_mode_, stat_norms
 from ..plans import TrainPlan, as_plan
+from . import _layers, native
 from ._functional import LeanFunctions, functions_active, lean_functions
 from ._layers import (
     LEAN_TYPES,
@@ -91,6 +95,18 @@ from ._layers import (
 )
 from ._ops import pack_bits, unpack_bits
 from ._sparse import attach
+
+
+def _use_native(build_missing: bool) -> None:
+    """Swap the compiled lean ops in where they are (or, with ``build_missing``, can be) built."""
+    if _layers.backend != "native" and native.available(build_missing=build_missing):
+        _layers.use_ops("native")
+
+
+try:  # a build already made is used from the start; a bad ODTKIT_NATIVE is named by lean()
+    _use_native(build_missing=False)
+except (ValueError, RuntimeError):
+    pass
 
 __all__ = ["lean", "is_lean", "LEAN_TYPES", "pack_bits", "unpack_bits", "lean_functions",
            "LeanReLU", "LeanReLU6", "LeanHardtanh", "LeanHardswish", "LeanSiLU", "LeanGELU",
@@ -182,6 +198,7 @@ def lean(model: nn.Module, plan: TrainPlan | str) -> nn.Module:
     mode, the copy's norms are in the plan's mode (``plan.norm_stats``).
     """
     plan = as_plan(model, plan)
+    _use_native(build_missing=True)
     modules = dict(model.named_modules())
     for name in plan.recompute:
         if name not in modules or name == "":

@@ -22,16 +22,59 @@ from ._ops_act import (
     SignStep,
     dropout_applies,
     max_pool_fits,
+    pool_out,
+    window_starts,
 )
 from ._sparse import ConvSelect, LinearSelect, Selection
 
+# the ops the layers call, rebound by ``use_ops``: the Python autograd Functions of _ops,
+# or their compiled twins (csrc/lean_ops.cpp, loaded by ``native``)
 _clamp_mask = fast_apply(ClampMask)
 _conv = fast_apply(ConvNoInput)
 _linear = fast_apply(LinearNoInput)
 _bn_frozen = fast_apply(BatchNormFrozen)
+_max_pool = fast_apply(MaxPoolIndex)
+_PYTHON_OPS = {"_clamp_mask": _clamp_mask, "_conv": _conv, "_linear": _linear,
+               "_bn_frozen": _bn_frozen, "_max_pool": _max_pool}
+BACKENDS = ("python", "native")
+backend = "python"  # which set the layers call now
+
+
+def _native_ops() -> dict[str, Callable]:
+    from . import native
+
+    ops = native.ops()
+    clamp, clamp_ = ops.clamp_mask, ops.clamp_mask_
+
+    def clamp_mask(x: torch.Tensor, lo: float, hi: float | None, inplace: bool) -> torch.Tensor:
+        return clamp_(x, lo, hi) if inplace else clamp(x, lo, hi)
+
+    def max_pool(x: torch.Tensor, kernel: tuple, stride: tuple, padding: tuple,
+                 ceil_mode: bool) -> torch.Tensor:
+        out_hw = tuple(pool_out(n, k, s, p, ceil_mode) for n, k, s, p in zip(
+            x.shape[-2:], kernel, stride, padding, strict=True))
+        corner, base = window_starts(out_hw, x.shape[-1], kernel, stride, padding)
+        return ops.max_pool_index(x, kernel, stride, padding, ceil_mode, corner, base)
+
+    return {"_clamp_mask": clamp_mask, "_conv": ops.conv, "_linear": ops.linear,
+            "_bn_frozen": ops.batch_norm_frozen, "_max_pool": max_pool}
+
+
+def use_ops(which: str) -> str:
+    """Make the lean layers call the "python" or the "native" (compiled, loaded by
+    ``odtkit.engine.native``) ops; returns the set used before. Both keep the same
+    tensors and give the same gradients."""
+    global backend
+    if which not in BACKENDS:
+        raise ValueError(f"lean ops {which!r}: choose 'python' or 'native'")
+    table = _native_ops() if which == "native" else _PYTHON_OPS
+    globals().update(table)
+    before, backend = backend, which
+    return before
+
+
 sign_step = fast_apply(SignStep)
 _dropout = fast_apply(DropoutMask)
-_max_pool = fast_apply(MaxPoolIndex)
 
 
 def plain(forward: Callable) -> Callable:

@@ -1,6 +1,12 @@
 """The lean engine's mask packer: the package's bit order (``odtkit._bits``, numpy.packbits
 order), in as few dispatches as a CPU step allows.
 
+Clamp masks (``pack_pass`` / ``apply_mask``) are the Python twins of the compiled ops'
+(``csrc/lean_ops.cpp``): the mask is computed by numpy outside torch's allocator and
+packed straight into a torch tensor, and backward multiplies the gradient by the unpacked
+bits into a torch tensor, so torch's allocator sees the same tensors either way: the
+packed bytes in forward, the input gradient in backward, nothing else.
+
 A lean layer packs one mask per call in forward and unpacks it once in backward, so at
 batch 1 the per-op cost is what shows up in step time. On the CPU, numpy's packbits and
 unpackbits do each in one vectorized call on the tensor's own memory (``Tensor.numpy()``
@@ -56,6 +62,65 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     out = torch.empty(-(-mask.numel() // 8), dtype=torch.uint8)
     out.numpy()[:] = np.packbits(mask.numpy())  # packbits reads a contiguous array flat
     return out
+
+
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    """``value`` as a tensor of ``dtype`` holds it (what a clamp to it writes), by numpy."""
+    if dtype == torch.float64:
+        return float(value)
+    if dtype == torch.float16:
+        return float(np.float16(value))
+    bits = int(np.array(value, dtype=np.float32).view(np.uint32))
+    if dtype == torch.bfloat16:  # round to nearest even on the upper 16 bits
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return float(np.array(bits, dtype=np.uint32).view(np.float32))
+
+
+def _values(y: torch.Tensor) -> np.ndarray | None:
+    """A numpy view (or, for bfloat16, a float32 copy outside torch) of contiguous CPU ``y``."""
+    if y.dtype in (torch.float32, torch.float64, torch.float16):
+        return y.numpy()
+    if y.dtype == torch.bfloat16:
+        return (y.view(torch.int16).numpy().astype(np.int32) << 16).view(np.float32)
+    return None
+
+
+def pack_pass(y: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor | None:
+    """(ceil(n/8),) uint8 bits of ``lo < y < hi`` (a NaN blocked, as in the vectorized body
+    of torch's hardtanh_backward; its scalar tail passes one) or, without ``hi``, of
+    ``not y <= lo`` (a NaN passes, as in threshold_backward), read flat in logical order;
+    None where numpy cannot read ``y`` (other devices and dtypes). ``lo``/``hi`` are
+    compared as ``y``'s dtype rounds them, since that is what the clamp wrote."""
+    if not y.is_cpu or y.requires_grad:
+        return None
+    if not y.is_contiguous():
+        y = y.contiguous()
+    vals = _values(y)
+    if vals is None:
+        return None
+    flat = vals.reshape(-1)
+    if hi is None:
+        passes = flat <= _rounded(lo, y.dtype)
+        np.logical_not(passes, out=passes)
+    else:
+        passes = flat > _rounded(lo, y.dtype)
+        passes &= flat < _rounded(hi, y.dtype)
+    out = torch.empty(-(-y.numel() // 8), dtype=torch.uint8)
+    out.numpy()[:] = np.packbits(passes)
+    return out
+
+
+def apply_mask(grad: torch.Tensor, packed: torch.Tensor, shape: torch.Size,
+               n: int) -> torch.Tensor:
+    """``grad`` times the 0/1 bits of ``packed`` (``shape``, n elements): numpy multiplies
+    into a tensor from torch's allocator where it can read ``grad``; else torch does."""
+    if (grad.is_cpu and not grad.requires_grad and packed.is_cpu
+            and grad.dtype in (torch.float32, torch.float64, torch.float16)):
+        out = torch.empty_like(grad)
+        bits = np.unpackbits(packed.numpy(), count=n).reshape(shape)
+        np.multiply(grad.numpy(), bits, out=out.numpy())
+        return out
+    return grad * unpack_mask(packed, shape, n)
 
 
 def unpack_mask(packed: torch.Tensor, shape: torch.Size, n: int) -> torch.Tensor:

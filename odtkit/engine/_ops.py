@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .._bits import pack_bits as pack_codes
 from .._bits import unpack_bits as unpack_codes
-from ._masks import mask_from, pack_mask, unpack_mask
+from ._masks import apply_mask, mask_from, pack_mask, pack_pass
 
 
 def _internal(forward: Callable) -> Callable:
@@ -85,8 +85,11 @@ def _inside(y: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
 class ClampMask(torch.autograd.Function):
     """y = clamp(x, lo, hi) (hi None: ReLU); saves the bit-packed mask of lo < x < hi.
 
-    Backward multiplies the gradient by the 0/1 mask, so an inf/NaN gradient arriving
-    at a clamped element gives NaN there where torch gives 0.
+    The mask is read from y (``_masks.pack_pass``: lo < y < hi, a NaN blocked as in the
+    vectorized body of torch's hardtanh_backward; a ReLU's not y <= 0, a NaN passing as
+    in threshold_backward). Backward multiplies the gradient by the 0/1 mask,
+    so an inf/NaN gradient arriving at a clamped element gives NaN there where torch
+    gives 0. The compiled twin (csrc/lean_ops.cpp) keeps and allocates the same.
     """
 
     @staticmethod
@@ -98,13 +101,16 @@ class ClampMask(torch.autograd.Function):
         else:
             y = x.clamp(min=lo, max=hi)
         ctx.shape, ctx.n = x.shape, x.numel()
-        ctx.save_for_backward(pack_mask(_inside(y, lo, hi)) if ctx.needs_input_grad[0] else None)
+        packed = pack_pass(y, lo, hi)
+        if packed is None:  # numpy cannot read y (another device or dtype): torch's ops
+            packed = pack_mask(_inside(y, lo, hi))
+        ctx.save_for_backward(packed)
         return y
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (packed,) = ctx.saved_tensors
-        return grad * unpack_mask(packed, ctx.shape, ctx.n), None, None, None
+        return apply_mask(grad, packed, ctx.shape, ctx.n), None, None, None
 
 
 class LinearNoInput(torch.autograd.Function):

@@ -80,7 +80,7 @@ class DropoutMask(torch.autograd.Function):
 _WINDOWS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _window_starts(out_hw: tuple[int, int], width: int, kernel: tuple[int, int],
+def window_starts(out_hw: tuple[int, int], width: int, kernel: tuple[int, int],
                    stride: tuple[int, int], padding: tuple[int, int]
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(C, B), each (OH, OW) int64: C = h0*kw + w0 and B = h0*W + w0, where (h0, w0) is the
@@ -94,6 +94,15 @@ def _window_starts(out_hw: tuple[int, int], width: int, kernel: tuple[int, int],
     return hit
 
 
+def pool_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """Output length of max pooling (dilation 1) along one dimension, as torch sizes it."""
+    span = size + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1  # the last window would start in the right padding
+    return out
+
+
 class MaxPoolIndex(torch.autograd.Function):
     """2-d max pooling (dilation 1, at most 256 positions a window) keeping, per output
     element, the argmax's position within its window as uint8 (kh*kw positions), not
@@ -101,7 +110,7 @@ class MaxPoolIndex(torch.autograd.Function):
     and runs torch's own max_pool2d_with_indices_backward: gradients bit-identical.
 
     Within-window position: i = (ih - h0)*kw + (iw - w0) = idx - (idx // W)*(W - kw) - C;
-    back: idx = i + (i // kw)*(W - kw) + B (see ``_window_starts``).
+    back: idx = i + (i // kw)*(W - kw) + B (see ``window_starts``).
     """
 
     @staticmethod
@@ -110,7 +119,7 @@ class MaxPoolIndex(torch.autograd.Function):
         out, idx = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding, (1, 1),
                                                           ceil_mode)
         width = x.shape[-1]
-        corner, base = _window_starts(tuple(out.shape[-2:]), width, kernel, stride, padding)
+        corner, base = window_starts(tuple(out.shape[-2:]), width, kernel, stride, padding)
         rows = torch.div(idx, width, rounding_mode="floor")  # (..., OH, OW) int64
         rows.mul_(width - kernel[1])
         idx.sub_(rows)
@@ -146,4 +155,5 @@ def dropout_applies(x: torch.Tensor, p: float, training: bool) -> bool:
     return training and 0.0 < p < 1.0 and x.is_floating_point() and x.numel() > 0
 
 
-__all__ = ["SignStep", "DropoutMask", "MaxPoolIndex", "max_pool_fits", "dropout_applies"]
+__all__ = ["SignStep", "DropoutMask", "MaxPoolIndex", "max_pool_fits", "dropout_applies",
+           "pool_out", "window_starts"]

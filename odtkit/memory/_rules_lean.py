@@ -8,10 +8,10 @@ any caller; its rule); ``MOBILETL_BY_OP`` adds the smooth activations under a pl
 
 Transients follow the engine's code op by op (a measured step reads live bytes as each
 top-level op ends; n elements, k = ceil(n/8) packed bytes, see odtkit.engine._masks):
-- ReLU mask: the bool mask (n) beside the output while numpy packs it into the kept
-  bytes. Hardtanh/ReLU6 mask: torch's hardtanh_backward as a float 0/nonzero tensor,
-  chunk by chunk (``_float_test``), cast into the bool mask, then packing. Backward:
-  numpy unpacks the mask outside torch's allocator (like a kernel's scratch).
+- ReLU / ReLU6 / Hardtanh mask: written from the output straight into the kept bytes (the
+  compiled op's loop, or numpy outside torch's allocator in the Python op): nothing beside
+  them. Backward multiplies the gradient by the unpacked bits into the input gradient
+  (the loop, or numpy): nothing beside it either.
 - MobileTL sign mask: relu(x) chunk by chunk into a bool mask, before an in-place kernel
   overwrites x (``_float_test``), then packing. Backward as a ReLU's.
 - Dropout: the float noise comes from stock's own ops (empty_like, bernoulli_, div_);
@@ -77,14 +77,6 @@ def _float_test(n: int) -> int:
     return n + 4 * chunk
 
 
-def _mask_fwd(op: Op, rg: Flags, t: Trace) -> int:
-    n = numel(t, op.ins[0])
-    if op.name.startswith("hardtanh"):  # hardtanh_backward chunks (ones when lo != 0)
-        ones = 4 if len(op.args) > 1 and op.args[1] not in (0, 0.0) else 0
-        return max(_float_test(n) + ones - _packed(n), _pack_extra(n))
-    return _pack_extra(n)  # ReLU: y.bool(), then packing
-
-
 def _sign_fwd(op: Op, rg: Flags, t: Trace) -> int:
     # the sign mask is built before the activation's output exists
     n = numel(t, op.ins[0])
@@ -93,7 +85,7 @@ def _sign_fwd(op: Op, rg: Flags, t: Trace) -> int:
 
 
 def _mask_bwd(op: Op, rg: Flags, t: Trace) -> int:
-    return 0  # numpy unpacks the mask outside torch's allocator (kernel scratch)
+    return 0  # the mask is unpacked outside torch's allocator (or not at all: the loop)
 
 
 def _dropout_saves(op: Op, rg: Flags, t: Trace) -> tuple:
@@ -145,8 +137,9 @@ def _pool_bwd(op: Op, rg: Flags, t: Trace) -> int:
     return max(8 * m + STAND_IN_BYTES, 16 * m - 4 * n_in)
 
 
-_LEAN_CLAMP = Rule(saves=_mask_saves, grads=("alloc",), fwd_extra=_mask_fwd,
-                   bwd_extra=_mask_bwd, bwd_scratch=lambda op, rg, t: 5 * numel(t, op.ins[0]))
+# the clamp mask is written from the output (compiled op) or by numpy into the kept bytes:
+# nothing beside them, and backward writes the input gradient alone
+_LEAN_CLAMP = Rule(saves=_mask_saves, grads=("alloc",), bwd_extra=_mask_bwd)
 _SIGN_STEP = Rule(saves=_mask_saves, grads=("alloc",), fwd_extra=_sign_fwd,
                   bwd_extra=_mask_bwd)
 _DROPOUT = Rule(saves=_dropout_saves, grads=("alloc", "alloc"), fwd_extra=_dropout_fwd,

@@ -1,0 +1,154 @@
+"""The lean engine's compiled ops (``csrc/lean_ops.cpp``): built once, loaded, swapped in.
+
+At batch 1 a lean step's cost beyond a stock one is mostly the Python frame of each lean
+op's autograd Function (its forward, and autograd calling back into Python for its
+backward). The compiled ops are the same Functions in C++ (torch::autograd::Function,
+bound with pybind11): the same ATen calls, the same kept tensors,
+the same allocations in torch's allocator, the same gradients; no Python frame.
+
+    odtkit native            # build now (make setup does), then say which ops run
+
+Built with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja; about 40 s on two
+cores) into ``$ODTKIT_CACHE`` (default ``~/.cache/odtkit``)/native/<torch version>-<source
+hash>, so a changed source or torch gets a fresh build. ``ODTKIT_NATIVE`` picks:
+``auto`` (default: use the build if there is one; ``odt.lean`` builds it when missing,
+and falls back to the Python ops with a warning if it cannot), ``0`` (the Python ops
+always), ``1`` (the compiled ops or an error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "lean_ops.cpp"
+NAME = "odtkit_lean_ops"
+MODES = ("auto", "0", "1")
+
+_state: dict[str, object] = {"module": None, "failed": None}
+
+
+def mode() -> str:
+    """``ODTKIT_NATIVE``: "auto" (default), "0" or "1"; anything else raises naming it."""
+    value = os.environ.get("ODTKIT_NATIVE", "auto").strip().lower() or "auto"
+    if value not in MODES:
+        raise ValueError(f"ODTKIT_NATIVE={value!r} is not one of {', '.join(MODES)}: set it to "
+                         f"'auto' (compiled lean ops where built), '1' (required) or '0' (Python)")
+    return value
+
+
+def build_dir() -> Path:
+    """Where this source, for this torch, is built."""
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    root = Path(os.environ.get("ODTKIT_CACHE", Path.home() / ".cache" / "odtkit"))
+    return root / "native" / f"torch-{torch.__version__}-{digest}"
+
+
+def library() -> Path:
+    """The shared library a build leaves (it may not exist yet)."""
+    return build_dir() / f"{NAME}.so"
+
+
+def _load_built() -> bool:
+    """Import a build made before (a Python extension module), if there is one."""
+    path = library()
+    if not path.exists():
+        return False
+    spec = importlib.util.spec_from_file_location(NAME, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _state["module"] = module
+    return True
+
+
+def ops() -> ModuleType:
+    """The loaded extension module (clamp_mask, clamp_mask_, conv, linear, batch_norm_frozen);
+    build() or available() first."""
+    module = _state["module"]
+    if module is None:
+        raise RuntimeError("the lean engine's compiled ops are not loaded: call "
+                           "odtkit.engine.native.available() first")
+    return module
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile ``csrc/lean_ops.cpp`` (if not built yet) and load it; the library's path.
+    Raises RuntimeError naming what is missing (a compiler, ninja) and how to get it."""
+    if _state["module"] is not None or _load_built():
+        return library()
+    from torch.utils import cpp_extension
+
+    env_bin = str(Path(sys.executable).parent)  # ninja from pip lives beside python
+    if env_bin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = env_bin + os.pathsep + os.environ.get("PATH", "")
+    missing = [tool for tool in ("ninja", os.environ.get("CXX", "c++")) if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeError(f"building the lean engine's compiled ops needs {' and '.join(missing)}: "
+                           f"install a C++ compiler (apt-get install g++) and ninja "
+                           f"(pip install ninja), or set ODTKIT_NATIVE=0 to use the Python ops")
+    target = build_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    print(f"odtkit: compiling the lean engine's ops once (about 40 s) into {target}",
+          file=sys.stderr, flush=True)
+    try:
+        _state["module"] = cpp_extension.load(
+            name=NAME, sources=[str(SOURCE)], build_directory=str(target), extra_cflags=["-O3"],
+            verbose=verbose)
+    except Exception as err:  # the compiler's own message is in err
+        raise RuntimeError(f"building the lean engine's compiled ops failed: {err}. Set "
+                           f"ODTKIT_NATIVE=0 to use the Python ops") from err
+    return library()
+
+
+def available(build_missing: bool = False) -> bool:
+    """True if the compiled ops are loaded (loading a build; with ``build_missing``, building
+    one first where ``ODTKIT_NATIVE`` allows). ``ODTKIT_NATIVE=1`` raises instead of False;
+    "auto" warns once when a build fails."""
+    chosen = mode()
+    if chosen == "0":
+        return False
+    if _state["module"] is not None:
+        return True
+    if _state["failed"] is None and (build_missing or chosen == "1"):
+        try:
+            build()
+            return True
+        except RuntimeError as err:
+            _state["failed"] = str(err)
+            if chosen == "1":
+                raise
+            warnings.warn(f"{err}; the lean engine runs its Python ops (same results, slower "
+                          f"per call)", RuntimeWarning, stacklevel=3)
+            return False
+    if _state["failed"] is None and _load_built():
+        return True
+    if chosen == "1":
+        raise RuntimeError(f"ODTKIT_NATIVE=1 but the compiled lean ops are unavailable: "
+                           f"{_state['failed']}")
+    return False
+
+
+def main() -> int:
+    """``odtkit native``: build (if needed), load, and say which ops run; the exit status."""
+    chosen = mode()
+    if chosen == "0":
+        print("ODTKIT_NATIVE=0: the lean engine runs its Python ops; nothing to build")
+        return 0
+    try:
+        path = build()
+    except RuntimeError as err:
+        print(f"odtkit: {err}", file=sys.stderr)
+        return 1
+    print(f"the lean engine's compiled ops are built and load: {path}")
+    return 0
+
+
+__all__ = ["SOURCE", "NAME", "MODES", "mode", "build_dir", "library", "build", "available", "ops"]
