@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     add_estimate_arguments(commands.add_parser(
         "estimate", help="the training memory of one step of a zoo model (odt.estimate)"))
     commands.add_parser("lab", help="open the lab book in JupyterLab")
+    commands.add_parser("native", help="build the lean engine's compiled ops (once, about "
+                        "40 s; needs a C++ compiler and ninja) and say which ops run")
     app = commands.add_parser("app", help="serve the budget explorer as a page (Voila, "
                               "on 127.0.0.1; Ctrl-C stops it)")
     # odtkit.app.DEFAULT_PORT written out, so that no command's start-up imports the app
@@ -166,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.execv(command[0], command)
         elif args.command == "app":
             return run_app(args.port, open_browser=not args.no_browser)
+        elif args.command == "native":
+            from .engine import native
+
+            return native.main()
     except (UnknownNameError, ProfileError, ValueError, FileNotFoundError) as err:
         print(f"odtkit: {err}", file=sys.stderr)
         return 2
