@@ -9,7 +9,8 @@
    only, at batch 1 and 8, on the zoo's mbv2-tiny and the ResNet-18-like net: stock and
    lean steps alternate in one process (one thread), the ratio of their medians, by the
    wall clock and by the thread's CPU time (on a shared machine the wall clock also
-   counts waiting for a core).
+   counts waiting for a core). The lean model runs the compiled ops (``odtkit native``)
+   and, alternating with them, the Python ops (``python_ops_*``) they stand in for.
 3. MobileTL's accuracy effect on a transfer task: a MobileNetV3-like net (in-place
    hardswish, squeeze-excitation) pretrained on digits-shift's source domain, then
    fine-tuned bias-only on the target domain with exact and with MobileTL gradients
@@ -105,9 +106,12 @@ def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: list
 
 def step_times(repeats: int = 60) -> dict[str, Any]:
     """Median step time of lean over stock, bias-only (frozen BN), stock and lean steps
-    alternating (which goes first alternates too) after a warm-up."""
+    alternating (the order rotating) after a warm-up: the lean model on the compiled ops
+    (``odtkit native``) and, side by side, on the Python ops they stand in for."""
     import odtkit as odt
+    from odtkit.engine import _layers, native
 
+    sets = ["native", "python"] if native.available(build_missing=True) else ["python"]
     out: dict[str, Any] = {}
     for name in SPEED_NETS:
         for batch_size in (1, 8):
@@ -117,21 +121,28 @@ def step_times(repeats: int = 60) -> dict[str, Any]:
             plan.norm_mode_(stock)
             lean = odt.lean(model, plan)
             y = torch.arange(batch_size) % 10
-            pairs = [(m, [p for p in m.parameters() if p.requires_grad]) for m in (stock, lean)]
-            for _ in range(5):
-                for m, params in pairs:
-                    _step(m, x, y, params)
-            times: list[list[tuple[float, float]]] = [[], []]
-            for i in range(repeats):
-                for k in ((0, 1) if i % 2 else (1, 0)):
-                    times[k].append(_step(pairs[k][0], x, y, pairs[k][1]))
-            row = {}
+            runs = [("stock", stock, None)] + [(ops, lean, ops) for ops in sets]
+            params = {id(m): [p for p in m.parameters() if p.requires_grad] for m in (stock, lean)}
+            times: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in runs}
+
+            for i in range(-5, repeats):  # 5 warm-up rounds
+                for k in range(len(runs)):
+                    label, m, ops = runs[(i + k) % len(runs)]
+                    if ops is not None:
+                        _layers.use_ops(ops)
+                    t = _step(m, x, y, params[id(m)])
+                    if i >= 0:
+                        times[label].append(t)
+            _layers.use_ops(sets[0])
+            row: dict[str, Any] = {"lean_ops": sets[0]}
             for j, clock in enumerate(("wall", "cpu")):
-                s = statistics.median(t[j] for t in times[0])
-                le = statistics.median(t[j] for t in times[1])
-                row.update({f"stock_{clock}_ms": round(s * 1e3, 3),
-                            f"lean_{clock}_ms": round(le * 1e3, 3),
-                            f"{clock}_ratio": round(le / s, 3)})
+                s = statistics.median(t[j] for t in times["stock"])
+                row[f"stock_{clock}_ms"] = round(s * 1e3, 3)
+                for ops in sets:
+                    le = statistics.median(t[j] for t in times[ops])
+                    prefix = "" if ops == sets[0] else f"{ops}_ops_"
+                    row[f"{prefix}lean_{clock}_ms"] = round(le * 1e3, 3)
+                    row[f"{prefix}{clock}_ratio"] = round(le / s, 3)
             out[f"{name.removeprefix('zoo:')}@{batch_size}"] = row
     return out
 
@@ -206,6 +217,7 @@ def lean_section() -> dict[str, Any]:
             for e in m["lean_estimate_error"].values()),
         "step_time_at_most_1.2x": {k: v["cpu_ratio"] <= 1.2 and v["wall_ratio"] <= 1.2
                                    for k, v in times.items()},
+        "step_time_lean_ops": sorted({v["lean_ops"] for v in times.values()}),
     }
     return {"torch": torch.__version__, "threads": 1, "targets": targets,
             "activation_bytes_bias_only_batch_8": rat, "step_time_bias_only": times,

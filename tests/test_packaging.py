@@ -53,11 +53,11 @@ def test_environment_yml_parses_and_names_the_same_dependencies():
         else:
             conda.add(_bare(dep))
     assert "python" in conda
-    assert "-e .[dev,app,browser]" in pip_lines  # the package, with the extras make setup takes
+    assert "-e .[dev,app,browser,native]" in pip_lines  # the package, with the extras make setup takes
     project = _pyproject()["project"]
     extras = project["optional-dependencies"]
     wanted = [r for r in project["dependencies"] + extras["dev"] + extras["app"] + extras["browser"]
-              if "python_version <" not in r]  # back-ports are pip's business
+              + extras["native"] if "python_version <" not in r]  # back-ports are pip's business
     for requirement in wanted:
         name = _bare(requirement)
         assert CONDA_NAME.get(name, name) in conda | pip, f"{name} missing from environment.yml"
@@ -73,7 +73,9 @@ def test_readme_opens_with_the_two_commands_and_they_exist():
         assert re.search(rf"^{target}:", makefile, flags=re.M)
     # torch's pinned CPU build goes in before the package
     recipe = makefile[makefile.index("$(STAMP):"):]
-    assert recipe.index("$(TORCH)") < recipe.index('-e ".[dev,app,browser]"')
+    assert recipe.index("$(TORCH)") < recipe.index('-e ".[dev,app,browser,native]"')
+    # then the lean engine's compiled ops are built (a failure there is not fatal)
+    assert recipe.index('-e ".[dev,app,browser,native]"') < recipe.index("-$(BIN)/odtkit native")
 
 
 def test_ci_runs_the_readme_test_command():
