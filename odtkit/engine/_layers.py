@@ -44,10 +44,6 @@ def _native_ops() -> dict[str, Callable]:
     from . import native
 
     ops = native.ops()
-    clamp, clamp_ = ops.clamp_mask, ops.clamp_mask_
-
-    def clamp_mask(x: torch.Tensor, lo: float, hi: float | None, inplace: bool) -> torch.Tensor:
-        return clamp_(x, lo, hi) if inplace else clamp(x, lo, hi)
 
     def max_pool(x: torch.Tensor, kernel: tuple, stride: tuple, padding: tuple,
                  ceil_mode: bool) -> torch.Tensor:
@@ -56,7 +52,7 @@ def _native_ops() -> dict[str, Callable]:
         corner, base = window_starts(out_hw, x.shape[-1], kernel, stride, padding)
         return ops.max_pool_index(x, kernel, stride, padding, ceil_mode, corner, base)
 
-    return {"_clamp_mask": clamp_mask, "_conv": ops.conv, "_linear": ops.linear,
+    return {"_clamp_mask": ops.clamp_mask, "_conv": ops.conv, "_linear": ops.linear,
             "_bn_frozen": ops.batch_norm_frozen, "_max_pool": max_pool}
 
 

@@ -70,8 +70,8 @@ def _load_built() -> bool:
 
 
 def ops() -> ModuleType:
-    """The loaded extension module (clamp_mask, clamp_mask_, conv, linear, batch_norm_frozen);
-    build() or available() first."""
+    """The loaded extension module (clamp_mask, conv, linear, batch_norm_frozen,
+    max_pool_index); build() or available() first."""
     module = _state["module"]
     if module is None:
         raise RuntimeError("the lean engine's compiled ops are not loaded: call "

@@ -101,7 +101,6 @@ struct ClampMask : public torch::autograd::Function<ClampMask> {
     } else {
       y = hi.has_value() ? x.clamp(lo, *hi) : x.clamp(lo);
     }
-    ctx->saved_data["shape"] = x.sizes().vec();
     ctx->save_for_backward({pack_clamp_mask(y, lo, hi)});
     return y;
   }
@@ -109,7 +108,6 @@ struct ClampMask : public torch::autograd::Function<ClampMask> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const at::Tensor packed = ctx->get_saved_variables()[0];
     const at::Tensor& grad = grads[0];
-    const auto shape = ctx->saved_data["shape"].toIntVector();
     at::Tensor gx;
     if (grad.is_contiguous() && grad.device().is_cpu()) {
       gx = at::empty_like(grad, at::MemoryFormat::Contiguous);
@@ -121,19 +119,15 @@ struct ClampMask : public torch::autograd::Function<ClampMask> {
       const int64_t n = grad.numel();
       at::Tensor bits = at::arange(7, -1, -1, packed.options());
       at::Tensor mask = packed.unsqueeze(1).bitwise_right_shift(bits).bitwise_and_(1)
-                            .reshape({-1}).narrow(0, 0, n).view(shape);
+                            .reshape({-1}).narrow(0, 0, n).view(grad.sizes());
       gx = grad * mask.to(grad.scalar_type());
     }
     return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor clamp_mask(const at::Tensor& x, double lo, std::optional<double> hi) {
-  return ClampMask::apply(x, lo, hi, false);
-}
-
-at::Tensor clamp_mask_(at::Tensor x, double lo, std::optional<double> hi) {
-  return ClampMask::apply(x, lo, hi, true);
+at::Tensor clamp_mask(const at::Tensor& x, double lo, std::optional<double> hi, bool inplace) {
+  return ClampMask::apply(x, lo, hi, inplace);
 }
 
 // ------------------------------------------------------------------ convolution
@@ -166,12 +160,13 @@ struct ConvNoInput : public torch::autograd::Function<ConvNoInput> {
                             std::optional<at::Tensor> bias, std::vector<int64_t> stride,
                             std::vector<int64_t> padding, std::vector<int64_t> dilation,
                             int64_t groups) {
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["groups"] = groups;
-    ctx->saved_data["in_shape"] = x.sizes().vec();
-    ctx->saved_data["has_bias"] = bias.has_value();
+    // one list for backward: has_bias, groups, stride, padding, dilation, the input's shape
+    std::vector<int64_t> conf = {bias.has_value() ? 1 : 0, groups};
+    conf.insert(conf.end(), stride.begin(), stride.end());
+    conf.insert(conf.end(), padding.begin(), padding.end());
+    conf.insert(conf.end(), dilation.begin(), dilation.end());
+    conf.insert(conf.end(), x.sizes().begin(), x.sizes().end());
+    ctx->saved_data["conf"] = std::move(conf);
     ctx->save_for_backward({ctx->needs_input_grad(1) ? x : at::Tensor(), weight});
     return conv_nd(x, weight, bias.value_or(at::Tensor()), stride, padding, dilation, groups);
   }
@@ -181,18 +176,20 @@ struct ConvNoInput : public torch::autograd::Function<ConvNoInput> {
     const at::Tensor& x = saved[0];
     const at::Tensor& weight = saved[1];
     const at::Tensor& grad = grads[0];
-    const auto stride = ctx->saved_data["stride"].toIntVector();
-    const auto padding = ctx->saved_data["padding"].toIntVector();
-    const auto dilation = ctx->saved_data["dilation"].toIntVector();
-    const int64_t groups = ctx->saved_data["groups"].toInt();
+    const auto conf = ctx->saved_data["conf"].toIntVector();
+    const size_t nd = static_cast<size_t>(weight.dim() - 2);
+    const std::vector<int64_t> stride(conf.begin() + 2, conf.begin() + 2 + nd);
+    const std::vector<int64_t> padding(conf.begin() + 2 + nd, conf.begin() + 2 + 2 * nd);
+    const std::vector<int64_t> dilation(conf.begin() + 2 + 2 * nd, conf.begin() + 2 + 3 * nd);
+    const std::vector<int64_t> in_shape(conf.begin() + 2 + 3 * nd, conf.end());
+    const int64_t groups = conf[1];
     // an absent bias is no input of the Function's node: it has no edge to ask about
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const bool has_bias = conf[0] != 0;
     const std::array<bool, 3> need = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       has_bias && ctx->needs_input_grad(2)};
     const std::vector<int64_t> zeros(stride.size(), 0);
     at::Tensor gx, gw, gb;
     if (!x.defined()) {  // frozen weight: nothing of the input is needed
-      const auto in_shape = ctx->saved_data["in_shape"].toIntVector();
       if (need[0] && pointwise(weight, stride, padding, groups)) {
         // torch's convolution_backward on a shape-only stand-in (a stride-0 view of one
         // weight element; its data goes unread)
@@ -332,11 +329,11 @@ struct MaxPoolIndex : public torch::autograd::Function<MaxPoolIndex> {
     idx.sub_(rows);
     rows.reset();
     idx.sub_(corner);
-    ctx->saved_data["kernel"] = kernel;
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["ceil_mode"] = ceil_mode;
-    ctx->saved_data["in_shape"] = x.sizes().vec();
+    // one list for backward: ceil_mode, kernel, stride, padding (2 each), the input's shape
+    std::vector<int64_t> conf = {ceil_mode ? 1 : 0, kernel[0], kernel[1], stride[0], stride[1],
+                                 padding[0], padding[1]};
+    conf.insert(conf.end(), x.sizes().begin(), x.sizes().end());
+    ctx->saved_data["conf"] = std::move(conf);
     ctx->saved_data["base"] = base;
     ctx->save_for_backward({idx.to(at::kByte)});
     return out;
@@ -345,8 +342,11 @@ struct MaxPoolIndex : public torch::autograd::Function<MaxPoolIndex> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const at::Tensor local = ctx->get_saved_variables()[0];
     const at::Tensor& grad = grads[0];
-    const auto kernel = ctx->saved_data["kernel"].toIntVector();
-    const auto in_shape = ctx->saved_data["in_shape"].toIntVector();
+    const auto conf = ctx->saved_data["conf"].toIntVector();
+    const std::vector<int64_t> kernel(conf.begin() + 1, conf.begin() + 3);
+    const std::vector<int64_t> stride(conf.begin() + 3, conf.begin() + 5);
+    const std::vector<int64_t> padding(conf.begin() + 5, conf.begin() + 7);
+    const std::vector<int64_t> in_shape(conf.begin() + 7, conf.end());
     const int64_t width = in_shape.back();
     at::Tensor pos = local.to(at::kLong);
     at::Tensor idx = at::div(pos, kernel[1], "floor");
@@ -356,9 +356,7 @@ struct MaxPoolIndex : public torch::autograd::Function<MaxPoolIndex> {
     idx.add_(ctx->saved_data["base"].toTensor());
     const at::Tensor stand_in = grad.new_empty({1}).expand(in_shape);  // its data goes unread
     at::Tensor gx = at::max_pool2d_with_indices_backward(
-        grad, stand_in, kernel, ctx->saved_data["stride"].toIntVector(),
-        ctx->saved_data["padding"].toIntVector(), {1, 1}, ctx->saved_data["ceil_mode"].toBool(),
-        idx);
+        grad, stand_in, kernel, stride, padding, {1, 1}, conf[0] != 0, idx);
     return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor()};
   }
@@ -372,8 +370,7 @@ at::Tensor max_pool_index(const at::Tensor& x, std::vector<int64_t> kernel,
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("clamp_mask", &clamp_mask, "clamp keeping a bit mask (out of place)");
-  m.def("clamp_mask_", &clamp_mask_, "clamp keeping a bit mask (in place)");
+  m.def("clamp_mask", &clamp_mask, "clamp keeping a bit mask (in place or not)");
   m.def("conv", &conv, "convolution keeping its input only when the weight trains");
   m.def("linear", &linear, "linear keeping its input only when the weight trains");
   m.def("batch_norm_frozen", &batch_norm_frozen, "eval-mode batch norm, frozen weight");
