@@ -172,9 +172,27 @@ def _root_forward(module: nn.Module, inner: Any, *args: Any, **kwargs: Any) -> A
     return _lean_forward(module, inner, *args, **kwargs)
 
 
+def _quiet_forward(module: nn.Module, inner: Any, *args: Any, **kwargs: Any) -> Any:
+    """A stock torch leaf's own forward with torch-function handling off while the lean
+    functional mode is pushed: no torch leaf outside LEAN_TYPES calls a routed activation,
+    and the mode would add Python work to each of its tensor calls."""
+    if _layers._mode_on():
+        with torch._C.DisableTorchFunction():
+            return type(module).forward(module, *args, **kwargs)
+    return type(module).forward(module, *args, **kwargs)
+
+
+def _is_quiet_leaf(module: nn.Module) -> bool:
+    """A module of one of torch's own classes (torch.nn.modules), with no children, that the
+    engine does not replace: its forward calls no ReLU/Hardtanh/smooth activation."""
+    cls = type(module)
+    return (cls.__module__.startswith("torch.nn.modules.") and cls not in LEAN_TYPES
+            and cls not in LEAN_TYPES.values() and not module._modules)
+
+
 def _is_ours(forward: object) -> bool:
     return isinstance(forward, functools.partial) and forward.func in (
-        _lean_forward, _recompute_forward, _root_forward)
+        _lean_forward, _recompute_forward, _root_forward, _quiet_forward)
 
 
 def _has_own_forward(module: nn.Module) -> bool:
@@ -223,11 +241,15 @@ def lean(model: nn.Module, plan: TrainPlan | str) -> nn.Module:
             module.forward = functools.partial(_root_forward, module, inner)
         elif _has_own_forward(module):
             module.forward = functools.partial(_lean_forward, module, inner)
+        elif inner is None and _is_quiet_leaf(module):
+            module.forward = functools.partial(_quiet_forward, module, None)
         elif inner is None:
             module.__dict__.pop("forward", None)
         else:
             module.forward = inner
-        if isinstance(module, SMOOTH_TYPES) or _is_ours(module.__dict__.get("forward")):
+        forward = module.__dict__.get("forward")
+        if isinstance(module, SMOOTH_TYPES) or (_is_ours(forward)
+                                                and forward.func is not _quiet_forward):
             module.lean_activation_grad = plan.activation_grad
     attach(out, plan, (LeanLinear, LeanConv))
     out.lean_plan = plan
