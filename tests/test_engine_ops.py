@@ -169,15 +169,16 @@ def test_lean_estimate_matches_a_measured_lean_step(name, scheme, activation_gra
     assert all(abs(e) <= 0.02 for e in errors.values()), errors
 
 
-def test_lean_peak_at_the_max_pool_is_estimated() -> None:
-    """At batch 8 the ResNet-18-like net's lean peak is its max pooling turning torch's
-    int64 indices into window positions."""
+def test_lean_peak_with_the_max_pool_is_estimated() -> None:
+    """At batch 8 the ResNet-18-like net's lean peak is estimated within 0.5%; its max
+    pooling, which writes the window positions straight from torch's int64 indices (no
+    int64 temporary), stays below that peak."""
     model, x = build_arch("resnet18"), example("resnet18", 8)
     plan = odt.plan(model, "bias-only")
     est = odt.estimate(model, x, plan, engine="lean")
     meas = odt.measure(model, x, plan, engine="lean", rss=False)
     assert abs(compare(est, meas)["peak"]) <= 0.005
-    assert max(est.timeline, key=lambda e: e[1])[0] == "forward: max_pool2d_with_indices"
+    assert dict(est.timeline)["forward: max_pool2d_with_indices"] < est.peak_bytes
 
 
 def test_lean_ratios_and_what_limits_them() -> None:

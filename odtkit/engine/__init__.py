@@ -23,7 +23,7 @@ What each layer saves (shared contract with odtkit.memory):
   ceil(numel/8) uint8 bytes.
 - BatchNorm1d/2d/3d in eval mode with a frozen (or no) weight: nothing. Otherwise as
   above (input, + mean and invstd with batch statistics), running statistics as torch's.
-- MaxPool2d (dilation 1, at most 256 positions a window, no return_indices): the argmax's
+- MaxPool2d (CPU, dilation 1, at most 256 positions a window, no return_indices): the argmax's
   position within its window, one uint8 per output (torch keeps the input and int64
   indices); gradients bit-identical.
 - Dropout (module, train mode): a bit mask of the kept elements (torch keeps the float

@@ -22,8 +22,6 @@ from ._ops_act import (
     SignStep,
     dropout_applies,
     max_pool_fits,
-    pool_out,
-    window_starts,
 )
 from ._sparse import ConvSelect, LinearSelect, Selection
 
@@ -45,15 +43,8 @@ def _native_ops() -> dict[str, Callable]:
 
     ops = native.ops()
 
-    def max_pool(x: torch.Tensor, kernel: tuple, stride: tuple, padding: tuple,
-                 ceil_mode: bool) -> torch.Tensor:
-        out_hw = tuple(pool_out(n, k, s, p, ceil_mode) for n, k, s, p in zip(
-            x.shape[-2:], kernel, stride, padding, strict=True))
-        corner, base = window_starts(out_hw, x.shape[-1], kernel, stride, padding)
-        return ops.max_pool_index(x, kernel, stride, padding, ceil_mode, corner, base)
-
     return {"_clamp_mask": ops.clamp_mask, "_conv": ops.conv, "_linear": ops.linear,
-            "_bn_frozen": ops.batch_norm_frozen, "_max_pool": max_pool}
+            "_bn_frozen": ops.batch_norm_frozen, "_max_pool": ops.max_pool_index}
 
 
 def use_ops(which: str) -> str:
@@ -201,7 +192,7 @@ class LeanMaxPool2d(nn.MaxPool2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel, dilation = _pair(self.kernel_size), _pair(self.dilation)
         if (self.return_indices or not max_pool_fits(kernel, dilation) or not wants_graph(x)
-                or not x.is_floating_point()):
+                or not x.is_floating_point() or not x.is_cpu):
             return super().forward(x)
         stride = _pair(self.stride if self.stride is not None else self.kernel_size)
         return _max_pool(x, kernel, stride, _pair(self.padding), self.ceil_mode)

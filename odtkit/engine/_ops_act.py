@@ -8,6 +8,7 @@ order the memory rules (odtkit.memory._rules_lean) follow op by op.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -77,30 +78,13 @@ class DropoutMask(torch.autograd.Function):
         return grad * noise, None, None
 
 
-_WINDOWS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def window_starts(out_hw: tuple[int, int], width: int, kernel: tuple[int, int],
-                   stride: tuple[int, int], padding: tuple[int, int]
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C, B), each (OH, OW) int64: C = h0*kw + w0 and B = h0*W + w0, where (h0, w0) is the
-    top-left corner of each output position's window (padding included)."""
-    key = (out_hw, width, kernel, stride, padding)
-    hit = _WINDOWS.get(key)
-    if hit is None:
-        h0 = torch.arange(out_hw[0]).mul_(stride[0]).sub_(padding[0]).view(-1, 1)
-        w0 = torch.arange(out_hw[1]).mul_(stride[1]).sub_(padding[1]).view(1, -1)
-        hit = _WINDOWS[key] = (h0 * kernel[1] + w0, h0 * width + w0)
-    return hit
-
-
-def pool_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
-    """Output length of max pooling (dilation 1) along one dimension, as torch sizes it."""
-    span = size + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)
-    out = span // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1  # the last window would start in the right padding
-    return out
+def _corners(out_hw: tuple[int, int], stride: tuple[int, int],
+             padding: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(h0, w0): the top-left corner of each output position's window, padding included,
+    as (OH, 1) and (1, OW) int64 numpy arrays."""
+    h0 = np.arange(out_hw[0], dtype=np.int64)[:, None] * stride[0] - padding[0]
+    w0 = np.arange(out_hw[1], dtype=np.int64)[None, :] * stride[1] - padding[1]
+    return h0, w0
 
 
 class MaxPoolIndex(torch.autograd.Function):
@@ -109,8 +93,10 @@ class MaxPoolIndex(torch.autograd.Function):
     torch's int64 index into the input plane. Backward turns it back into torch's index
     and runs torch's own max_pool2d_with_indices_backward: gradients bit-identical.
 
-    Within-window position: i = (ih - h0)*kw + (iw - w0) = idx - (idx // W)*(W - kw) - C;
-    back: idx = i + (i // kw)*(W - kw) + B (see ``window_starts``).
+    With (h0, w0) the window's top-left corner, index i = ih*W + iw and position
+    (ih - h0)*kw + (iw - w0) map into each other; numpy does the arithmetic outside
+    torch's allocator, writing straight into the kept uint8 (forward) and into the int64
+    index the kernel takes (backward), as the compiled twin's loops do.
     """
 
     @staticmethod
@@ -118,27 +104,26 @@ class MaxPoolIndex(torch.autograd.Function):
     def forward(ctx, x, kernel, stride, padding, ceil_mode):  # type: ignore[override]
         out, idx = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding, (1, 1),
                                                           ceil_mode)
+        idx = idx.contiguous()
         width = x.shape[-1]
-        corner, base = window_starts(tuple(out.shape[-2:]), width, kernel, stride, padding)
-        rows = torch.div(idx, width, rounding_mode="floor")  # (..., OH, OW) int64
-        rows.mul_(width - kernel[1])
-        idx.sub_(rows)
-        del rows
-        idx.sub_(corner)
-        ctx.conf = (kernel, stride, padding, ceil_mode, x.shape, width, base)
-        ctx.save_for_backward(idx.to(torch.uint8))
+        h0, w0 = _corners(tuple(idx.shape[-2:]), stride, padding)
+        local = torch.empty(idx.shape, dtype=torch.uint8)
+        flat = idx.numpy()
+        rows = flat // width
+        local.numpy()[...] = (rows - h0) * kernel[1] + (flat - rows * width - w0)
+        ctx.conf = (kernel, stride, padding, ceil_mode, x.shape)
+        ctx.save_for_backward(local)
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (local,) = ctx.saved_tensors
-        kernel, stride, padding, ceil_mode, in_shape, width, base = ctx.conf
-        pos = local.long()
-        idx = torch.div(pos, kernel[1], rounding_mode="floor")
-        idx.mul_(width - kernel[1])
-        idx += pos
-        del pos
-        idx += base
+        kernel, stride, padding, ceil_mode, in_shape = ctx.conf
+        h0, w0 = _corners(tuple(local.shape[-2:]), stride, padding)
+        idx = torch.empty(local.shape, dtype=torch.int64)
+        pos = local.numpy().astype(np.int64)
+        rows = pos // kernel[1]
+        idx.numpy()[...] = (h0 + rows) * in_shape[-1] + w0 + pos - rows * kernel[1]
         stand_in = grad.new_empty(1).expand(in_shape)  # its data goes unread
         gx = torch.ops.aten.max_pool2d_with_indices_backward(
             grad, stand_in, kernel, stride, padding, (1, 1), ceil_mode, idx)
@@ -155,5 +140,4 @@ def dropout_applies(x: torch.Tensor, p: float, training: bool) -> bool:
     return training and 0.0 < p < 1.0 and x.is_floating_point() and x.numel() > 0
 
 
-__all__ = ["SignStep", "DropoutMask", "MaxPoolIndex", "max_pool_fits", "dropout_applies",
-           "pool_out", "window_starts"]
+__all__ = ["SignStep", "DropoutMask", "MaxPoolIndex", "max_pool_fits", "dropout_applies"]

@@ -17,10 +17,10 @@ top-level op ends; n elements, k = ceil(n/8) packed bytes, see odtkit.engine._ma
 - Dropout: the float noise comes from stock's own ops (empty_like, bernoulli_, div_);
   after the multiply, its bool (n) while it is packed; backward rebuilds the float noise
   (4n) beside the input gradient.
-- Max pooling: torch's int64 indices (8m for m outputs) are turned in place into the
-  position within each window, with one int64 temporary (8m), then cast to uint8 (m,
-  kept). Backward rebuilds the int64 index (8m, briefly with the int64 copy of the
-  positions: 16m) beside the input gradient.
+- Max pooling: the position within each window is written as uint8 (m for m outputs,
+  kept) from torch's int64 indices (8m) while they live (the compiled loop, or numpy
+  outside torch's allocator). Backward writes the int64 index (8m) back from it, beside a
+  one-element stand-in input, while the kernel allocates the input gradient.
 """
 
 from __future__ import annotations
@@ -125,20 +125,17 @@ def _pool_saves(op: Op, rg: Flags, t: Trace) -> tuple:
 
 
 def _pool_fwd(op: Op, rg: Flags, t: Trace) -> int:
-    # an int64 temporary beside the indices, less the kept m; stock F.max_pool2d runs this
-    # op inside aten::max_pool2d (the trace frees unkept indices as that op ends), the
-    # lean one at top level, so the indices are alive while they are converted
+    # the kept uint8 positions are written while torch's int64 indices live: stock
+    # F.max_pool2d runs this op inside aten::max_pool2d (the trace frees unkept indices as
+    # that op ends), the lean one at top level, so the indices count here
     idx = t.value_storage[op.outs[1]]
-    return 7 * numel(t, op.outs[0]) + (t.storage_bytes[idx] if idx in t.freed_within else 0)
+    return t.storage_bytes[idx] if idx in t.freed_within else 0
 
 
 def _pool_bwd(op: Op, rg: Flags, t: Trace) -> int:
-    m, n_in = numel(t, op.outs[0]), numel(t, op.ins[0])
-    return max(8 * m + STAND_IN_BYTES, 16 * m - 4 * n_in)
+    return 8 * numel(t, op.outs[0]) + STAND_IN_BYTES  # the int64 index and the stand-in
 
 
-# the clamp mask is written from the output (compiled op) or by numpy into the kept bytes:
-# nothing beside them, and backward writes the input gradient alone
 _LEAN_CLAMP = Rule(saves=_mask_saves, grads=("alloc",), bwd_extra=_mask_bwd)
 _SIGN_STEP = Rule(saves=_mask_saves, grads=("alloc",), fwd_extra=_sign_fwd,
                   bwd_extra=_mask_bwd)

@@ -316,26 +316,40 @@ at::Tensor batch_norm_frozen(const at::Tensor& x, const std::optional<at::Tensor
 
 // ------------------------------------------------------------------ max pooling
 
-// 2-d max pooling keeping the argmax's position within its window as uint8 (see
-// MaxPoolIndex in _ops_act.py for the arithmetic; corner and base come from its cache)
+// 2-d max pooling (dilation 1) keeping, per output, the argmax's position within its window
+// as uint8 (kh*kw <= 256 positions) where torch keeps an int64 index into the input plane.
+// Output (oh, ow) has its window's top-left corner at (h0, w0) = (oh*sh - ph, ow*sw - pw);
+// index i = ih*W + iw <-> position (ih - h0)*kw + (iw - w0). One loop each way, no
+// temporary but the index torch's kernels take: the same tensors as MaxPoolIndex in
+// _ops_act.py, which does the arithmetic with numpy.
 struct MaxPoolIndex : public torch::autograd::Function<MaxPoolIndex> {
   static at::Tensor forward(AutogradContext* ctx, at::Tensor x, std::vector<int64_t> kernel,
                             std::vector<int64_t> stride, std::vector<int64_t> padding,
-                            bool ceil_mode, at::Tensor corner, at::Tensor base) {
-    auto [out, idx] = at::max_pool2d_with_indices(x, kernel, stride, padding, {1, 1}, ceil_mode);
-    const int64_t width = x.size(-1);
-    at::Tensor rows = at::div(idx, width, "floor");
-    rows.mul_(width - kernel[1]);
-    idx.sub_(rows);
-    rows.reset();
-    idx.sub_(corner);
+                            bool ceil_mode) {
+    auto [out, idx_any] = at::max_pool2d_with_indices(x, kernel, stride, padding, {1, 1},
+                                                      ceil_mode);
+    const at::Tensor idx = idx_any.contiguous();
+    const int64_t width = x.size(-1), oh_n = idx.size(-2), ow_n = idx.size(-1);
+    at::Tensor local = at::empty(idx.sizes(), idx.options().dtype(at::kByte));
+    const int64_t* src = idx.const_data_ptr<int64_t>();
+    uint8_t* dst = local.mutable_data_ptr<uint8_t>();
+    const int64_t planes = oh_n * ow_n == 0 ? 0 : idx.numel() / (oh_n * ow_n);
+    for (int64_t p = 0; p < planes; ++p) {
+      for (int64_t oh = 0; oh < oh_n; ++oh) {
+        const int64_t h0 = oh * stride[0] - padding[0];
+        for (int64_t ow = 0; ow < ow_n; ++ow) {
+          const int64_t k = (p * oh_n + oh) * ow_n + ow;
+          const int64_t ih = src[k] / width, iw = src[k] - ih * width;
+          dst[k] = static_cast<uint8_t>((ih - h0) * kernel[1] + iw - (ow * stride[1] - padding[1]));
+        }
+      }
+    }
     // one list for backward: ceil_mode, kernel, stride, padding (2 each), the input's shape
     std::vector<int64_t> conf = {ceil_mode ? 1 : 0, kernel[0], kernel[1], stride[0], stride[1],
                                  padding[0], padding[1]};
     conf.insert(conf.end(), x.sizes().begin(), x.sizes().end());
     ctx->saved_data["conf"] = std::move(conf);
-    ctx->saved_data["base"] = base;
-    ctx->save_for_backward({idx.to(at::kByte)});
+    ctx->save_for_backward({local});
     return out;
   }
 
@@ -347,26 +361,33 @@ struct MaxPoolIndex : public torch::autograd::Function<MaxPoolIndex> {
     const std::vector<int64_t> stride(conf.begin() + 3, conf.begin() + 5);
     const std::vector<int64_t> padding(conf.begin() + 5, conf.begin() + 7);
     const std::vector<int64_t> in_shape(conf.begin() + 7, conf.end());
-    const int64_t width = in_shape.back();
-    at::Tensor pos = local.to(at::kLong);
-    at::Tensor idx = at::div(pos, kernel[1], "floor");
-    idx.mul_(width - kernel[1]);
-    idx.add_(pos);
-    pos.reset();
-    idx.add_(ctx->saved_data["base"].toTensor());
+    const int64_t width = in_shape.back(), oh_n = local.size(-2), ow_n = local.size(-1);
+    at::Tensor idx = at::empty(local.sizes(), local.options().dtype(at::kLong));
+    const uint8_t* src = local.const_data_ptr<uint8_t>();
+    int64_t* dst = idx.mutable_data_ptr<int64_t>();
+    const int64_t planes = oh_n * ow_n == 0 ? 0 : local.numel() / (oh_n * ow_n);
+    for (int64_t p = 0; p < planes; ++p) {
+      for (int64_t oh = 0; oh < oh_n; ++oh) {
+        const int64_t h0 = oh * stride[0] - padding[0];
+        for (int64_t ow = 0; ow < ow_n; ++ow) {
+          const int64_t k = (p * oh_n + oh) * ow_n + ow;
+          const int64_t pos = src[k], r = pos / kernel[1];
+          dst[k] = (h0 + r) * width + ow * stride[1] - padding[1] + pos - r * kernel[1];
+        }
+      }
+    }
     const at::Tensor stand_in = grad.new_empty({1}).expand(in_shape);  // its data goes unread
     at::Tensor gx = at::max_pool2d_with_indices_backward(
         grad, stand_in, kernel, stride, padding, {1, 1}, conf[0] != 0, idx);
-    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 at::Tensor max_pool_index(const at::Tensor& x, std::vector<int64_t> kernel,
                           std::vector<int64_t> stride, std::vector<int64_t> padding,
-                          bool ceil_mode, const at::Tensor& corner, const at::Tensor& base) {
+                          bool ceil_mode) {
   return MaxPoolIndex::apply(x, std::move(kernel), std::move(stride), std::move(padding),
-                             ceil_mode, corner, base);
+                             ceil_mode);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
