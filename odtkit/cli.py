@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         "estimate", help="the training memory of one step of a zoo model (odt.estimate)"))
     commands.add_parser("lab", help="open the lab book in JupyterLab")
     commands.add_parser("native", help="build the lean engine's compiled ops (once, about "
-                        "40 s; needs a C++ compiler and ninja) and say which ops run")
+                        "a minute; needs a C++ compiler and ninja) and say which ops run")
     app = commands.add_parser("app", help="serve the budget explorer as a page (Voila, "
                               "on 127.0.0.1; Ctrl-C stops it)")
     # odtkit.app.DEFAULT_PORT written out, so that no command's start-up imports the app

@@ -8,7 +8,7 @@ the same allocations in torch's allocator, the same gradients; no Python frame.
 
     odtkit native            # build now (make setup does), then say which ops run
 
-Built with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja; about 40 s on two
+Built with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja; about a minute on two
 cores) into ``$ODTKIT_CACHE`` (default ``~/.cache/odtkit``)/native/<torch version>-<source
 hash>, so a changed source or torch gets a fresh build. ``ODTKIT_NATIVE`` picks:
 ``auto`` (default: use the build if there is one; ``odt.lean`` builds it when missing,
@@ -96,7 +96,7 @@ def build(verbose: bool = False) -> Path:
                            f"(pip install ninja), or set ODTKIT_NATIVE=0 to use the Python ops")
     target = build_dir()
     target.mkdir(parents=True, exist_ok=True)
-    print(f"odtkit: compiling the lean engine's ops once (about 40 s) into {target}",
+    print(f"odtkit: compiling the lean engine's ops once (about a minute) into {target}",
           file=sys.stderr, flush=True)
     try:
         _state["module"] = cpp_extension.load(
