@@ -42,7 +42,6 @@ def _native_ops() -> dict[str, Callable]:
     from . import native
 
     ops = native.ops()
-
     return {"_clamp_mask": ops.clamp_mask, "_conv": ops.conv, "_linear": ops.linear,
             "_bn_frozen": ops.batch_norm_frozen, "_max_pool": ops.max_pool_index}
 
