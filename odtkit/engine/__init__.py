@@ -52,8 +52,10 @@ Speed: each lean op is an autograd Function, compiled (``csrc/lean_ops.cpp``, bu
 where no compiler is at hand or ``ODTKIT_NATIVE=0``, in Python (``_ops``): the same ATen
 calls, kept tensors, allocations and gradients either way, but the Python ones cost a
 Python frame per call and per backward, most of a lean step's excess over stock at batch 1.
-Lean layers run their ops with torch-function handling off while a mode is pushed (the
-functional mode a custom forward pushes would add Python work to each); a clamp mask is
+A custom forward pushes the functional mode only where it may call a routed activation
+itself (``_calls``: a conservative read of its code; the mode costs a Python round trip on
+every torch call under it), and lean layers and torch's own leaves run with torch-function
+handling off while the mode is pushed; a clamp mask is
 written from the output straight into its packed bytes (the compiled loop, or numpy), and
 a frozen conv's dx is torch's transposed convolution of dy (a 1x1 conv's: torch's
 convolution_backward on a shape-only stand-in). benchmarks/lean.py measures step time.
@@ -72,6 +74,7 @@ from torch.utils.checkpoint import checkpoint
 from .._plan_norms import check_norms, mismatched, mode_error, set_norm_mode_, stat_norms
 from ..plans import TrainPlan, as_plan
 from . import _layers, native
+from ._calls import needs_mode
 from ._functional import LeanFunctions, functions_active, lean_functions
 from ._layers import (
     LEAN_TYPES,
@@ -120,7 +123,7 @@ def _lean_forward(module: nn.Module, inner: Any, *args: Any, **kwargs: Any) -> A
     """The module's forward (``inner`` if it had one set on the instance, else its class's)
     with functional activations routed to lean ops (the outermost call pushes the mode)."""
     forward = inner if inner is not None else functools.partial(type(module).forward, module)
-    if functions_active():
+    if functions_active() or not module.__dict__.get("lean_needs_mode", True):
         return forward(*args, **kwargs)
     with LeanFunctions(module.__dict__.get("lean_activation_grad") == "mobiletl"):
         return forward(*args, **kwargs)
@@ -251,6 +254,9 @@ def lean(model: nn.Module, plan: TrainPlan | str) -> nn.Module:
         if isinstance(module, SMOOTH_TYPES) or (_is_ours(forward)
                                                 and forward.func is not _quiet_forward):
             module.lean_activation_grad = plan.activation_grad
+        if _is_ours(forward) and forward.func in (_lean_forward, _root_forward):
+            # skip the functional mode where the forward provably calls no routed function
+            module.lean_needs_mode = inner is not None or needs_mode(module, type(module).forward)
     attach(out, plan, (LeanLinear, LeanConv))
     out.lean_plan = plan
     out.lean_norms = [m for _, m in stat_norms(out)]
