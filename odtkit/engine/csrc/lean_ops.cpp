@@ -204,19 +204,9 @@ struct ConvNoInput : public torch::autograd::Function<ConvNoInput> {
           extra.push_back(in_shape[d + 2] -
                           ((o - 1) * stride[d] - 2 * padding[d] + dilation[d] * (k - 1) + 1));
         }
-        switch (grad.dim()) {
-          case 3:
-            gx = at::conv_transpose1d(grad, weight, std::nullopt, stride, padding, extra, groups,
-                                      dilation);
-            break;
-          case 4:
-            gx = at::conv_transpose2d(grad, weight, std::nullopt, stride, padding, extra, groups,
-                                      dilation);
-            break;
-          default:
-            gx = at::conv_transpose3d(grad, weight, std::nullopt, stride, padding, extra, groups,
-                                      dilation);
-        }
+        // the transposed convolution of dy (what conv_transpose1d/2d/3d call)
+        gx = at::convolution(grad, weight, std::nullopt, stride, padding, dilation, true, extra,
+                             groups);
       }
       if (need[2]) {
         std::vector<int64_t> dims = {0};
