@@ -9,8 +9,9 @@
    only, at batch 1 and 8, on the zoo's mbv2-tiny and the ResNet-18-like net: stock and
    lean steps alternate in one process (one thread), the ratio of their medians, by the
    wall clock and by the thread's CPU time (on a shared machine the wall clock also
-   counts waiting for a core). The lean model runs the compiled ops (``odtkit native``)
-   and, alternating with them, the Python ops (``python_ops_*``) they stand in for.
+   counts waiting for a core), over 200 rounds, and per block of 50 rounds. The lean
+   model runs the compiled ops (``odtkit native``) and, alternating with them, the Python
+   ops (``python_ops_*``) they stand in for.
 3. MobileTL's accuracy effect on a transfer task: a MobileNetV3-like net (in-place
    hardswish, squeeze-excitation) pretrained on digits-shift's source domain, then
    fine-tuned bias-only on the target domain with exact and with MobileTL gradients
@@ -104,10 +105,12 @@ def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: list
     return time.perf_counter() - wall, time.thread_time() - cpu
 
 
-def step_times(repeats: int = 60) -> dict[str, Any]:
+def step_times(repeats: int = 200, blocks: int = 4) -> dict[str, Any]:
     """Median step time of lean over stock, bias-only (frozen BN), stock and lean steps
     alternating (the order rotating) after a warm-up: the lean model on the compiled ops
-    (``odtkit native``) and, side by side, on the Python ops they stand in for."""
+    (``odtkit native``) and, side by side, on the Python ops they stand in for. Beside the
+    ratio of the medians over all ``repeats`` rounds, the ratio in each of ``blocks``
+    consecutive blocks of rounds (``cpu_ratio_blocks``): the spread a shared machine gives."""
     import odtkit as odt
     from odtkit.engine import _layers, native
 
@@ -143,6 +146,11 @@ def step_times(repeats: int = 60) -> dict[str, Any]:
                     prefix = "" if ops == sets[0] else f"{ops}_ops_"
                     row[f"{prefix}lean_{clock}_ms"] = round(le * 1e3, 3)
                     row[f"{prefix}{clock}_ratio"] = round(le / s, 3)
+            size = repeats // blocks
+            row["cpu_ratio_blocks"] = [round(
+                statistics.median(t[1] for t in times[sets[0]][b * size:(b + 1) * size])
+                / statistics.median(t[1] for t in times["stock"][b * size:(b + 1) * size]), 3)
+                for b in range(blocks)]
             out[f"{name.removeprefix('zoo:')}@{batch_size}"] = row
     return out
 
