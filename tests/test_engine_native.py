@@ -236,3 +236,39 @@ def test_the_compiled_ops_are_in_use_where_built() -> None:
     odt.lean(nn.ReLU(), "none")
     assert _layers.backend == "native"
     assert native.library().exists()
+
+
+def test_a_failed_build_is_remembered_and_tried_again_on_request(tmp_path) -> None:
+    """A compiler that fails (CXX=false): the first process tries, warns and runs the Python
+    ops; the next one does not try again but warns the same; ``odtkit native`` tries again
+    and exits 1 naming the failure."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ninja") is None and not (Path(sys.executable).parent / "ninja").exists():
+        pytest.skip("ninja is not installed (the native extra brings it)")
+    env = dict(os.environ, ODTKIT_CACHE=str(tmp_path), CXX="false", ODTKIT_NATIVE="auto")
+    probe = ("import warnings\nfrom odtkit.engine import native\n"
+             "with warnings.catch_warnings(record=True) as caught:\n"
+             "    warnings.simplefilter('always')\n"
+             "    print(native.available(build_missing=True))\n"
+             "print(' | '.join(str(w.message) for w in caught))\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    first = run("-c", probe)
+    assert first.stdout.splitlines()[0] == "False", first.stderr
+    assert "compiling the lean engine's ops" in first.stderr
+    assert "failed" in first.stdout and "odtkit native" in first.stdout
+    assert "Python ops" in first.stdout
+    marks = list(tmp_path.glob("native/*/FAILED"))
+    assert len(marks) == 1
+    second = run("-c", probe)
+    assert second.stdout.splitlines()[0] == "False"
+    assert "compiling" not in second.stderr  # remembered, not tried again
+    assert "failed" in second.stdout and "Python ops" in second.stdout
+    again = run("-c", "from odtkit.cli import main; raise SystemExit(main(['native']))")
+    assert again.returncode == 1
+    assert "compiling the lean engine's ops" in again.stderr and "failed" in again.stderr

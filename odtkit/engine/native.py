@@ -79,9 +79,16 @@ def ops() -> ModuleType:
     return module
 
 
+def failure() -> Path:
+    """Where a failed build of this source leaves its error (so that later processes do
+    not try again on their own; ``odtkit native`` does)."""
+    return build_dir() / "FAILED"
+
+
 def build(verbose: bool = False) -> Path:
     """Compile ``csrc/lean_ops.cpp`` (if not built yet) and load it; the library's path.
-    Raises RuntimeError naming what is missing (a compiler, ninja) and how to get it."""
+    Raises RuntimeError naming what is missing (a compiler, ninja) and how to get it; a
+    compiler's failure is also written to ``failure()``."""
     if _state["module"] is not None or _load_built():
         return library()
     from torch.utils import cpp_extension
@@ -103,36 +110,42 @@ def build(verbose: bool = False) -> Path:
             name=NAME, sources=[str(SOURCE)], build_directory=str(target), extra_cflags=["-O3"],
             verbose=verbose)
     except Exception as err:  # the compiler's own message is in err
-        raise RuntimeError(f"building the lean engine's compiled ops failed: {err}. Set "
-                           f"ODTKIT_NATIVE=0 to use the Python ops") from err
+        message = (f"building the lean engine's compiled ops failed: {str(err).rstrip('.')}. "
+                   f"Run `odtkit native` "
+                   f"to try again, or set ODTKIT_NATIVE=0 to use the Python ops")
+        failure().write_text(message + "\n")
+        raise RuntimeError(message) from err
+    failure().unlink(missing_ok=True)
     return library()
 
 
 def available(build_missing: bool = False) -> bool:
     """True if the compiled ops are loaded (loading a build; with ``build_missing``, building
-    one first where ``ODTKIT_NATIVE`` allows). ``ODTKIT_NATIVE=1`` raises instead of False;
-    "auto" warns once when a build fails."""
+    one first where ``ODTKIT_NATIVE`` allows and no build of this source failed before).
+    ``ODTKIT_NATIVE=1`` raises instead of False; "auto" warns once, when asked to build,
+    that the Python ops run and why."""
     chosen = mode()
     if chosen == "0":
         return False
     if _state["module"] is not None:
         return True
-    if _state["failed"] is None and (build_missing or chosen == "1"):
+    if _state["failed"] is None and failure().exists():  # a build of this source failed
+        _state["failed"] = failure().read_text().strip()
+    if _state["failed"] is None:
+        if not (build_missing or chosen == "1"):
+            return _load_built()
         try:
             build()
             return True
         except RuntimeError as err:
             _state["failed"] = str(err)
-            if chosen == "1":
-                raise
-            warnings.warn(f"{err}; the lean engine runs its Python ops (same results, slower "
-                          f"per call)", RuntimeWarning, stacklevel=3)
-            return False
-    if _state["failed"] is None and _load_built():
-        return True
     if chosen == "1":
         raise RuntimeError(f"ODTKIT_NATIVE=1 but the compiled lean ops are unavailable: "
                            f"{_state['failed']}")
+    if build_missing and not _state.get("warned"):
+        _state["warned"] = True
+        warnings.warn(f"{_state['failed']}; the lean engine runs its Python ops (same results, "
+                      f"slower per call)", RuntimeWarning, stacklevel=3)
     return False
 
 
@@ -142,6 +155,7 @@ def main() -> int:
     if chosen == "0":
         print("ODTKIT_NATIVE=0: the lean engine runs its Python ops; nothing to build")
         return 0
+    failure().unlink(missing_ok=True)  # asked for: try again
     try:
         path = build()
     except RuntimeError as err:
@@ -151,4 +165,5 @@ def main() -> int:
     return 0
 
 
-__all__ = ["SOURCE", "NAME", "MODES", "mode", "build_dir", "library", "build", "available", "ops"]
+__all__ = ["SOURCE", "NAME", "MODES", "mode", "build_dir", "library", "failure", "build",
+           "available", "ops", "main"]
