@@ -189,8 +189,8 @@ def _is_quiet_leaf(module: nn.Module) -> bool:
     """A module of one of torch's own classes (torch.nn.modules), with no children, that the
     engine does not replace: its forward calls no ReLU/Hardtanh/smooth activation."""
     cls = type(module)
-    return (cls.__module__.startswith("torch.nn.modules.") and cls not in LEAN_TYPES
-            and cls not in LEAN_TYPES.values() and not module._modules)
+    return (cls.__module__.startswith("torch.nn.modules.") and cls not in LEAN_TYPES.values()
+            and not module._modules)
 
 
 def _is_ours(forward: object) -> bool:

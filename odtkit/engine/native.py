@@ -18,6 +18,7 @@ always), ``1`` (the compiled ops or an error).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -45,9 +46,14 @@ def mode() -> str:
     return value
 
 
+@functools.cache
+def _digest() -> str:
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]  # the source is fixed at run time
+
+
 def build_dir() -> Path:
     """Where this source, for this torch, is built."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    digest = _digest()
     root = Path(os.environ.get("ODTKIT_CACHE", Path.home() / ".cache" / "odtkit"))
     return root / "native" / f"torch-{torch.__version__}-{digest}"
 
@@ -111,8 +117,7 @@ def build(verbose: bool = False) -> Path:
             verbose=verbose)
     except Exception as err:  # the compiler's own message is in err
         message = (f"building the lean engine's compiled ops failed: {str(err).rstrip('.')}. "
-                   f"Run `odtkit native` "
-                   f"to try again, or set ODTKIT_NATIVE=0 to use the Python ops")
+                   f"Run `odtkit native` to try again, or set ODTKIT_NATIVE=0 to use the Python ops")
         failure().write_text(message + "\n")
         raise RuntimeError(message) from err
     failure().unlink(missing_ok=True)

@@ -303,7 +303,6 @@ at::Tensor batch_norm_frozen(const at::Tensor& x, const std::optional<at::Tensor
   return BatchNormFrozen::apply(x, weight, bias, mean, var, eps);
 }
 
-
 // ------------------------------------------------------------------ max pooling
 
 // 2-d max pooling (dilation 1) keeping, per output, the argmax's position within its window
@@ -312,6 +311,21 @@ at::Tensor batch_norm_frozen(const at::Tensor& x, const std::optional<at::Tensor
 // index i = ih*W + iw <-> position (ih - h0)*kw + (iw - w0). One loop each way, no
 // temporary but the index torch's kernels take: the same tensors as MaxPoolIndex in
 // _ops_act.py, which does the arithmetic with numpy.
+// Calls visit(k, h0, w0) for every output k of an (..., OH, OW) pooling result, in memory
+// order, with (h0, w0) the top-left corner of its window (padding included).
+template <typename Visit>
+void for_each_window(const at::Tensor& t, const std::vector<int64_t>& stride,
+                     const std::vector<int64_t>& padding, Visit visit) {
+  const int64_t oh_n = t.size(-2), ow_n = t.size(-1);
+  const int64_t planes = oh_n * ow_n == 0 ? 0 : t.numel() / (oh_n * ow_n);
+  for (int64_t p = 0, k = 0; p < planes; ++p) {
+    for (int64_t oh = 0; oh < oh_n; ++oh) {
+      const int64_t h0 = oh * stride[0] - padding[0];
+      for (int64_t ow = 0; ow < ow_n; ++ow, ++k) visit(k, h0, ow * stride[1] - padding[1]);
+    }
+  }
+}
+
 struct MaxPoolIndex : public torch::autograd::Function<MaxPoolIndex> {
   static at::Tensor forward(AutogradContext* ctx, at::Tensor x, std::vector<int64_t> kernel,
                             std::vector<int64_t> stride, std::vector<int64_t> padding,
@@ -319,21 +333,14 @@ struct MaxPoolIndex : public torch::autograd::Function<MaxPoolIndex> {
     auto [out, idx_any] = at::max_pool2d_with_indices(x, kernel, stride, padding, {1, 1},
                                                       ceil_mode);
     const at::Tensor idx = idx_any.contiguous();
-    const int64_t width = x.size(-1), oh_n = idx.size(-2), ow_n = idx.size(-1);
+    const int64_t width = x.size(-1);
     at::Tensor local = at::empty(idx.sizes(), idx.options().dtype(at::kByte));
     const int64_t* src = idx.const_data_ptr<int64_t>();
     uint8_t* dst = local.mutable_data_ptr<uint8_t>();
-    const int64_t planes = oh_n * ow_n == 0 ? 0 : idx.numel() / (oh_n * ow_n);
-    for (int64_t p = 0; p < planes; ++p) {
-      for (int64_t oh = 0; oh < oh_n; ++oh) {
-        const int64_t h0 = oh * stride[0] - padding[0];
-        for (int64_t ow = 0; ow < ow_n; ++ow) {
-          const int64_t k = (p * oh_n + oh) * ow_n + ow;
-          const int64_t ih = src[k] / width, iw = src[k] - ih * width;
-          dst[k] = static_cast<uint8_t>((ih - h0) * kernel[1] + iw - (ow * stride[1] - padding[1]));
-        }
-      }
-    }
+    for_each_window(idx, stride, padding, [&](int64_t k, int64_t h0, int64_t w0) {
+      const int64_t ih = src[k] / width, iw = src[k] - ih * width;
+      dst[k] = static_cast<uint8_t>((ih - h0) * kernel[1] + iw - w0);
+    });
     // one list for backward: ceil_mode, kernel, stride, padding (2 each), the input's shape
     std::vector<int64_t> conf = {ceil_mode ? 1 : 0, kernel[0], kernel[1], stride[0], stride[1],
                                  padding[0], padding[1]};
@@ -351,21 +358,14 @@ struct MaxPoolIndex : public torch::autograd::Function<MaxPoolIndex> {
     const std::vector<int64_t> stride(conf.begin() + 3, conf.begin() + 5);
     const std::vector<int64_t> padding(conf.begin() + 5, conf.begin() + 7);
     const std::vector<int64_t> in_shape(conf.begin() + 7, conf.end());
-    const int64_t width = in_shape.back(), oh_n = local.size(-2), ow_n = local.size(-1);
+    const int64_t width = in_shape.back();
     at::Tensor idx = at::empty(local.sizes(), local.options().dtype(at::kLong));
     const uint8_t* src = local.const_data_ptr<uint8_t>();
     int64_t* dst = idx.mutable_data_ptr<int64_t>();
-    const int64_t planes = oh_n * ow_n == 0 ? 0 : local.numel() / (oh_n * ow_n);
-    for (int64_t p = 0; p < planes; ++p) {
-      for (int64_t oh = 0; oh < oh_n; ++oh) {
-        const int64_t h0 = oh * stride[0] - padding[0];
-        for (int64_t ow = 0; ow < ow_n; ++ow) {
-          const int64_t k = (p * oh_n + oh) * ow_n + ow;
-          const int64_t pos = src[k], r = pos / kernel[1];
-          dst[k] = (h0 + r) * width + ow * stride[1] - padding[1] + pos - r * kernel[1];
-        }
-      }
-    }
+    for_each_window(local, stride, padding, [&](int64_t k, int64_t h0, int64_t w0) {
+      const int64_t pos = src[k], r = pos / kernel[1];
+      dst[k] = (h0 + r) * width + w0 + pos - r * kernel[1];
+    });
     const at::Tensor stand_in = grad.new_empty({1}).expand(in_shape);  // its data goes unread
     at::Tensor gx = at::max_pool2d_with_indices_backward(
         grad, stand_in, kernel, stride, padding, {1, 1}, conf[0] != 0, idx);
