@@ -22,8 +22,8 @@ setup: $(STAMP)
 # The pinned CPU build of torch goes in first, so that the package's own
 # torch requirement is already met and never pulls a GPU build. The app and browser
 # extras (Voila, Playwright) come along, so that `make test` runs the browser tests, and
-# the lean engine's compiled ops are built (`odtkit native`: a C++ compiler and ninja;
-# without a compiler it says so and the engine runs its Python ops).
+# odtkit's compiled ops are built (`odtkit native`: a C++ compiler and ninja; without a
+# compiler it says so, the engine runs its Python ops and the codecs torch's).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     add_estimate_arguments(commands.add_parser(
         "estimate", help="the training memory of one step of a zoo model (odt.estimate)"))
     commands.add_parser("lab", help="open the lab book in JupyterLab")
-    commands.add_parser("native", help="build the lean engine's compiled ops (once, about "
+    commands.add_parser("native", help="build odtkit's compiled ops (once, about "
                         "a minute; needs a C++ compiler and ninja) and say which ops run")
     app = commands.add_parser("app", help="serve the budget explorer as a page (Voila, "
                               "on 127.0.0.1; Ctrl-C stops it)")

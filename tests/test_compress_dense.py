@@ -1,8 +1,12 @@
 """The dense three (none, fp16, bf16): against PyTorch's own casts bit for bit, no pass
-beyond the bare copy and one sum beyond the bare casts (torch.profiler lists the ops), NaN
-and inf of the input sent as PyTorch sends them on every path, a 16-bit sum that overflows
-on finite values still sent, and a cast that turns a finite entry into inf refused (where
-numpy's float16 cast gives inf), with the tensor, the value and the fix named."""
+beyond the bare copy and the bare cast with odtkit's compiled ops (one sum more with
+torch's ops alone; torch.profiler lists the ops), NaN and inf of the input sent as
+PyTorch sends them on every path, a 16-bit sum that overflows on finite values still
+sent, and a cast that turns a finite entry into inf refused (where numpy's float16 cast
+gives inf), with the tensor, the value and the fix named.
+
+Every test runs twice: on the compiled ops (flat_copy, cast_checked, uncast) and on
+torch's ops alone, the fallback where they are not built."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _native import native_or_skip
 from _net import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,12 +24,25 @@ from hypothesis.extra.numpy import arrays
 from torch.profiler import ProfilerActivity, profile
 
 import odtkit as odt
-from odtkit.compress import Ctx
+from odtkit.compress import Ctx, cast
 
 DENSE = ("none", "fp16", "bf16")
 CAST = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 FAST = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 SCANS = {"aten::isfinite", "aten::isinf", "aten::isnan", "aten::abs", "aten::max", "aten::amax"}
+
+
+@pytest.fixture(scope="module", autouse=True, params=["compiled", "torch"])
+def dense_ops(request):
+    """Which ops the dense codecs run: odtkit's compiled ones, or torch's alone."""
+    if request.param == "compiled":
+        native_or_skip()
+        assert cast._kernel() is not None
+        yield request.param
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cast, "_kernel", lambda: None)
+        yield request.param
 
 
 def grad(shape=(16, 24), seed=0, dtype=torch.float32) -> torch.Tensor:
@@ -95,9 +113,11 @@ def test_both_paths_count_the_same_steps(name):
 
 
 @pytest.mark.parametrize("name", DENSE)
-def test_compress_runs_the_bare_ops_plus_one_sum_for_a_cast(name):
-    """'none' runs PyTorch's flat view and copy and nothing else; a cast runs the flat view,
-    the cast and one sum of the payload (``payload.sum().item()``), no scan."""
+def test_compress_runs_the_bare_ops_plus_one_sum_for_a_cast_on_torchs_ops(name, dense_ops):
+    """On torch's ops 'none' runs PyTorch's flat view and copy and nothing else; a cast runs
+    the flat view, the cast and one sum of the payload (``payload.sum().item()``), no scan.
+    On the compiled ops each makes its output tensor (aten::empty) and nothing else: the
+    copy, the cast and its check run inside one call."""
     x, c = grad(), odt.compress.get(name)
 
     def bare():
@@ -109,6 +129,12 @@ def test_compress_runs_the_bare_ops_plus_one_sum_for_a_cast(name):
 
     c.compress(x, "w"), bare()  # warm
     ours = ops(lambda: c.compress(x, "w"))
+    if dense_ops == "compiled":
+        assert ours == {"aten::empty": 1}, ours
+        payload, ctx = c.compress(x, "w")
+        if CAST[name] is not None:  # the receiver's widening: one output tensor too
+            assert ops(lambda: c.decompress(payload, ctx)) == {"aten::empty": 1}
+        return
     assert ours == ops(bare) and not SCANS & set(ours), ours
     assert ours.get("aten::sum", 0) == (0 if CAST[name] is None else 1), ours
 

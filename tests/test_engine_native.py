@@ -27,23 +27,14 @@ from odtkit.engine import _layers, native
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import archs  # noqa: E402
-
-
-def _native_or_skip() -> None:
-    if native.mode() == "0":
-        pytest.skip("ODTKIT_NATIVE=0: the compiled ops are switched off")
-    if not native.available():
-        if os.environ.get("CI"):
-            pytest.fail("the lean engine's compiled ops are not built: `make setup` builds "
-                        "them (`odtkit native` says why it cannot)")
-        pytest.skip("the compiled lean ops are not built: run `odtkit native`")
+from _native import native_or_skip  # noqa: E402
 
 
 @contextlib.contextmanager
 def _ops(which: str):
     """Run the lean layers on the "python" or "native" ops inside the block."""
     if which == "native":
-        _native_or_skip()
+        native_or_skip()
     before = _layers.use_ops(which)
     try:
         yield
@@ -230,7 +221,7 @@ def test_use_ops_names_a_bad_choice() -> None:
 def test_the_compiled_ops_are_in_use_where_built() -> None:
     """After odt.lean, a built extension is what the layers call (``make setup`` builds it;
     under CI it must be there)."""
-    _native_or_skip()
+    native_or_skip()
     odt.lean(nn.ReLU(), "none")
     assert _layers.backend == "native"
     assert native.library().exists()
@@ -258,7 +249,7 @@ def test_a_failed_build_is_remembered_and_tried_again_on_request(tmp_path) -> No
 
     first = run("-c", probe)
     assert first.stdout.splitlines()[0] == "False", first.stderr
-    assert "compiling the lean engine's ops" in first.stderr
+    assert "compiling odtkit's ops" in first.stderr
     assert "failed" in first.stdout and "odtkit native" in first.stdout
     assert "Python ops" in first.stdout
     marks = list(tmp_path.glob("native/*/FAILED"))
@@ -269,4 +260,4 @@ def test_a_failed_build_is_remembered_and_tried_again_on_request(tmp_path) -> No
     assert "failed" in second.stdout and "Python ops" in second.stdout
     again = run("-c", "from odtkit.cli import main; raise SystemExit(main(['native']))")
     assert again.returncode == 1
-    assert "compiling the lean engine's ops" in again.stderr and "failed" in again.stderr
+    assert "compiling odtkit's ops" in again.stderr and "failed" in again.stderr

@@ -74,7 +74,7 @@ def test_readme_opens_with_the_two_commands_and_they_exist():
     # torch's pinned CPU build goes in before the package
     recipe = makefile[makefile.index("$(STAMP):"):]
     assert recipe.index("$(TORCH)") < recipe.index('-e ".[dev,app,browser,native]"')
-    # then the lean engine's compiled ops are built (a failure there is not fatal)
+    # then odtkit's compiled ops are built (a failure there is not fatal)
     assert recipe.index('-e ".[dev,app,browser,native]"') < recipe.index("-$(BIN)/odtkit native")
 
 

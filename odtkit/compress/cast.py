@@ -11,15 +11,21 @@ bfloat16 value, cast back to float16 on decoding, passes 65504. The ValueError n
 tensor, the largest |value| that overflowed and the fix ('bf16', 'none' or scaling down).
 
 Cost. In bare PyTorch a round trip is one copy, or one cast and one cast back, so every
-extra pass and every per-call Python step shows. ``none`` makes no pass beyond its copy.
-A cast makes one: the sum of the 16-bit payload, read right after the cast wrote it
-(half the input's bytes). The sum is finite unless an entry is inf or NaN (or a 16-bit
-sum of finite entries overflowed); only then does ``_settle`` compare payload and input
-entry by entry. An inf in the payload where the input is finite is an overflow, refused;
-everything else was in the input and passes. The check is exact (every entry counts, no
-sampling) and an input with inf or NaN costs that second look on every call. The
-decoded tensor and the all-reduced buffer cannot carry the check instead: there an inf
-from the input and an overflowed one look the same, and only ``compress`` holds the input.
+extra pass and every per-call Python step shows. ``none`` makes no pass beyond its copy
+(with odtkit's compiled ops, ``flat_copy``: one call, one memcpy).
+A cast makes none either where odtkit's compiled ops are built (``odtkit native``;
+``odtkit.engine.native``): ``cast_checked`` (``csrc/dense_ops.cpp``) writes the payload and
+notes in the same pass whether any entry came out inf or NaN, and ``uncast`` widens it back
+into the caller's shape. Without them (no compiler, ``ODTKIT_NATIVE=0``, a strided or
+non-CPU tensor) the cast is torch's and the check is one more pass: the sum of the 16-bit
+payload, read right after the cast wrote it (half the input's bytes), finite unless an
+entry is inf or NaN (or a 16-bit sum of finite entries overflowed). Either way, only when
+the check fires does ``_settle`` compare payload and input entry by entry. An inf in the
+payload where the input is finite is an overflow, refused; everything else was in the
+input and passes. The check is exact (every entry counts, no sampling) and an input with
+inf or NaN costs that second look on every call. The decoded tensor and the all-reduced
+buffer cannot carry the check instead: there an inf from the input and an overflowed one
+look the same, and only ``compress`` holds the input.
 
 A plain tensor of a dtype the codec takes that needs no grad (and, for ``none``, is
 contiguous) takes a short path through ``compress`` (checks that read no data, the
@@ -49,6 +55,21 @@ _FP32 = torch.float32
 _FP64 = torch.float64
 _CONTIGUOUS = torch.contiguous_format
 _isfinite = math.isfinite
+_native = None  # odtkit.engine.native, imported by the first cast (it imports odtkit.engine)
+
+
+def _kernel():
+    """odtkit's compiled ops (``cast_checked``, ``uncast``) if they are loaded or a build of
+    them exists and ``ODTKIT_NATIVE`` allows them, else None. Never compiles them unless
+    ``ODTKIT_NATIVE=1`` requires them (``make setup``, ``odtkit native`` and ``odt.lean``
+    build them)."""
+    global _native
+    if _native is None:
+        from ..engine import native
+
+        native.available()  # loads a build made before; "0" keeps torch's casts
+        _native = native
+    return _native._state["module"]
 
 
 class _Dense(Compressor):
@@ -94,7 +115,11 @@ class NoCompression(_Dense):
         if (tensor.dtype not in self.short_dtypes or tensor.requires_grad or 0 in shape
                 or not tensor.is_contiguous()):
             return self._compress_any(tensor, name)
-        sent = tensor.ravel().clone()  # ravel: a view here; the one copy (module docstring)
+        ops = _kernel()
+        if ops is not None and tensor.is_cpu:
+            sent = ops.flat_copy(tensor)  # the one copy (module docstring), flat, in one call
+        else:
+            sent = tensor.ravel().clone()  # ravel: a view here
         steps = self._steps
         step = steps.get(name, 0)
         steps[name] = step + 1
@@ -121,6 +146,7 @@ class _Cast(_Dense):
 
     # flat tensor -> the wire tensor, called without a Python frame (methodcaller)
     _payload: methodcaller
+    _bfloat16: bool  # which cast the compiled cast_checked makes
 
     def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
         # the short path's checks read no data, as NoCompression.compress (a strided tensor
@@ -130,8 +156,13 @@ class _Cast(_Dense):
         shape = tuple(tensor.shape)
         if tensor.dtype not in self.short_dtypes or tensor.requires_grad or 0 in shape:
             return self._compress_any(tensor, name)
-        sent = self._payload(tensor.ravel())
-        if not _isfinite(sent.sum().item()):  # the one pass: finite unless an entry is not
+        ops = _kernel()
+        if ops is not None and tensor.dtype is _FP32 and tensor.is_cpu and tensor.is_contiguous():
+            sent, bad = ops.cast_checked(tensor, self._bfloat16)  # flat; one pass, checked
+        else:
+            sent = self._payload(tensor.ravel())
+            bad = not _isfinite(sent.sum().item())  # the one pass: finite unless an entry is not
+        if bad:
             self._settle(sent, tensor, name)
         steps = self._steps
         step = steps.get(name, 0)
@@ -178,6 +209,11 @@ class _Cast(_Dense):
 
     def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         shape = ctx.shape  # flat on the wire, as NoCompression.decompress
+        sent = payload[0]
+        if ctx.dtype is _FP32 and sent.dtype is self.target and sent.is_cpu and sent.is_contiguous():
+            ops = _kernel()
+            if ops is not None:
+                return ops.uncast(sent, shape)  # float32 in the caller's shape, one pass
         out = payload[0].float().reshape(*shape) if shape else payload[0].float().reshape(())
         return out if ctx.dtype is _FP32 else out.to(ctx.dtype)
 
@@ -187,6 +223,7 @@ class FP16(_Cast):
 
     kind = "fp16"
     target = torch.float16
+    _bfloat16 = False  # cast_checked's flag
     _payload = methodcaller("to", target)
 
 
@@ -195,4 +232,5 @@ class BF16(_Cast):
 
     kind = "bf16"
     target = torch.bfloat16
+    _bfloat16 = True
     _payload = methodcaller("to", target)

@@ -1,4 +1,8 @@
-"""The lean engine's compiled ops (``csrc/lean_ops.cpp``): built once, loaded, swapped in.
+"""odtkit's compiled ops: built once, loaded, swapped in.
+
+One extension module from two sources: the lean engine's ops (``csrc/lean_ops.cpp``) and
+the dense codecs' 16-bit casts with their overflow check fused in
+(``odtkit/compress/csrc/dense_ops.cpp``, used by ``odtkit.compress.cast`` where loaded).
 
 At batch 1 a lean step's cost beyond a stock one is mostly the Python frame of each lean
 op's autograd Function (its forward, and autograd calling back into Python for its
@@ -30,8 +34,11 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "lean_ops.cpp"
-NAME = "odtkit_lean_ops"
+_PACKAGE = Path(__file__).resolve().parent.parent
+SOURCES = (_PACKAGE / "engine" / "csrc" / "lean_ops.cpp",
+           _PACKAGE / "compress" / "csrc" / "dense_ops.cpp")
+SOURCE = SOURCES[0]  # the one holding the module's bindings
+NAME = "odtkit_native"
 MODES = ("auto", "0", "1")
 
 _state: dict[str, object] = {"module": None, "failed": None}
@@ -42,13 +49,16 @@ def mode() -> str:
     value = os.environ.get("ODTKIT_NATIVE", "auto").strip().lower() or "auto"
     if value not in MODES:
         raise ValueError(f"ODTKIT_NATIVE={value!r} is not one of {', '.join(MODES)}: set it to "
-                         f"'auto' (compiled lean ops where built), '1' (required) or '0' (Python)")
+                         f"'auto' (compiled ops where built), '1' (required) or '0' (Python)")
     return value
 
 
 @functools.cache
 def _digest() -> str:
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]  # the source is fixed at run time
+    digest = hashlib.sha256()
+    for source in SOURCES:  # the sources are fixed at run time
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def build_dir() -> Path:
@@ -77,10 +87,10 @@ def _load_built() -> bool:
 
 def ops() -> ModuleType:
     """The loaded extension module (clamp_mask, conv, linear, batch_norm_frozen,
-    max_pool_index); build() or available() first."""
+    max_pool_index, cast_checked, uncast); build() or available() first."""
     module = _state["module"]
     if module is None:
-        raise RuntimeError("the lean engine's compiled ops are not loaded: call "
+        raise RuntimeError("odtkit's compiled ops are not loaded: call "
                            "odtkit.engine.native.available() first")
     return module
 
@@ -92,7 +102,7 @@ def failure() -> Path:
 
 
 def build(verbose: bool = False) -> Path:
-    """Compile ``csrc/lean_ops.cpp`` (if not built yet) and load it; the library's path.
+    """Compile ``SOURCES`` (if not built yet) and load them; the library's path.
     Raises RuntimeError naming what is missing (a compiler, ninja) and how to get it; a
     compiler's failure is also written to ``failure()``."""
     if _state["module"] is not None or _load_built():
@@ -104,19 +114,19 @@ def build(verbose: bool = False) -> Path:
         os.environ["PATH"] = env_bin + os.pathsep + os.environ.get("PATH", "")
     missing = [tool for tool in ("ninja", os.environ.get("CXX", "c++")) if shutil.which(tool) is None]
     if missing:
-        raise RuntimeError(f"building the lean engine's compiled ops needs {' and '.join(missing)}: "
+        raise RuntimeError(f"building odtkit's compiled ops needs {' and '.join(missing)}: "
                            f"install a C++ compiler (apt-get install g++) and ninja "
                            f"(pip install ninja), or set ODTKIT_NATIVE=0 to use the Python ops")
     target = build_dir()
     target.mkdir(parents=True, exist_ok=True)
-    print(f"odtkit: compiling the lean engine's ops once (about a minute) into {target}",
+    print(f"odtkit: compiling odtkit's ops once (about a minute) into {target}",
           file=sys.stderr, flush=True)
     try:
         _state["module"] = cpp_extension.load(
-            name=NAME, sources=[str(SOURCE)], build_directory=str(target), extra_cflags=["-O3"],
+            name=NAME, sources=[str(s) for s in SOURCES], build_directory=str(target), extra_cflags=["-O3"],
             verbose=verbose)
     except Exception as err:  # the compiler's own message is in err
-        message = (f"building the lean engine's compiled ops failed: {str(err).rstrip('.')}. "
+        message = (f"building odtkit's compiled ops failed: {str(err).rstrip('.')}. "
                    f"Run `odtkit native` to try again, or set ODTKIT_NATIVE=0 to use the Python ops")
         failure().write_text(message + "\n")
         raise RuntimeError(message) from err
@@ -145,7 +155,7 @@ def available(build_missing: bool = False) -> bool:
         except RuntimeError as err:
             _state["failed"] = str(err)
     if chosen == "1":
-        raise RuntimeError(f"ODTKIT_NATIVE=1 but the compiled lean ops are unavailable: "
+        raise RuntimeError(f"ODTKIT_NATIVE=1 but the compiled ops are unavailable: "
                            f"{_state['failed']}")
     if build_missing and not _state.get("warned"):
         _state["warned"] = True
@@ -158,7 +168,7 @@ def main() -> int:
     """``odtkit native``: build (if needed), load, and say which ops run; the exit status."""
     chosen = mode()
     if chosen == "0":
-        print("ODTKIT_NATIVE=0: the lean engine runs its Python ops; nothing to build")
+        print("ODTKIT_NATIVE=0: the lean engine runs its Python ops and the casts torch's; nothing to build")
         return 0
     failure().unlink(missing_ok=True)  # asked for: try again
     try:
@@ -166,7 +176,7 @@ def main() -> int:
     except RuntimeError as err:
         print(f"odtkit: {err}", file=sys.stderr)
         return 1
-    print(f"the lean engine's compiled ops are built and load: {path}")
+    print(f"odtkit's compiled ops are built and load: {path}")
     return 0
 
 

@@ -1,5 +1,6 @@
-// The lean engine's ops as compiled autograd Functions (odtkit.engine._native builds and
-// loads this file; odtkit.engine._ops holds the same ops in Python, the fallback).
+// The lean engine's ops as compiled autograd Functions (odtkit.engine.native builds and
+// loads this file, with odtkit/compress/csrc/dense_ops.cpp, as one extension module;
+// odtkit.engine._ops holds the same ops in Python, the fallback).
 //
 // Each op does what its Python twin in _ops.py does, with the same ATen calls where it
 // calls ATen (so gradients, kept tensors and the allocations torch's allocator sees are
@@ -14,6 +15,7 @@
 #include <array>
 #include <cstring>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 using torch::autograd::AutogradContext;
@@ -380,10 +382,19 @@ at::Tensor max_pool_index(const at::Tensor& x, std::vector<int64_t> kernel,
                              ceil_mode);
 }
 
+// the dense codecs' ops (odtkit/compress/csrc/dense_ops.cpp, built into the same module)
+std::tuple<at::Tensor, bool> cast_checked(const at::Tensor& x, bool bfloat16);
+at::Tensor uncast(const at::Tensor& payload, at::IntArrayRef shape);
+at::Tensor flat_copy(const at::Tensor& x);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("clamp_mask", &clamp_mask, "clamp keeping a bit mask (in place or not)");
   m.def("conv", &conv, "convolution keeping its input only when the weight trains");
   m.def("linear", &linear, "linear keeping its input only when the weight trains");
   m.def("batch_norm_frozen", &batch_norm_frozen, "eval-mode batch norm, frozen weight");
   m.def("max_pool_index", &max_pool_index, "2-d max pooling keeping a uint8 window index");
+  m.def("cast_checked", &cast_checked, "float32 -> flat float16/bfloat16, and whether any "
+        "entry came out inf or NaN");
+  m.def("uncast", &uncast, "float16/bfloat16 -> float32 in the given shape");
+  m.def("flat_copy", &flat_copy, "a contiguous tensor copied into a flat one of its own");
 }
