@@ -6,10 +6,12 @@ Each row times one round trip, compress then decompress, of a float32 tensor of 
 and 1e7 standard-normal entries on one thread: odtkit's compressor and, side by side in
 the same loop (the order rotated from round to round), a few lines of bare PyTorch that
 compute the same payload and decode it. Medians of the repeats; ratio = odtkit / bare.
-For the two casts (fp16, bf16) a third entry, the floor, is bare PyTorch plus the one sum
-of the payload that refusing a cast overflow needs, so the table shows how much of their
-ratio that pass is and how much is odtkit's per-call Python. 'none' scans nothing (NaN and
-inf travel as they are), so it has no floor: its bare reference is the whole of its work.
+The dense three run odtkit's compiled ops where they are built (``odtkit native``: the
+copy, and the casts with their overflow check in the same pass); the report says which
+ran ("dense_ops"). Beside them, in the same rotation, the same codec on torch's ops alone
+(the fallback without a compiler: ``torch_ops_s``, ``torch_ops_ratio``) and, for the two
+casts, the floor of that fallback: bare PyTorch plus the one sum of the payload its
+overflow check needs.
 """
 
 from __future__ import annotations
@@ -180,8 +182,8 @@ def bare(name: str, shape: tuple[int, int]) -> Callable[[torch.Tensor], torch.Te
 
 
 def floor(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Bare PyTorch plus the one sum of the payload (and its ``.item()``) that refusing a
-    finite entry cast to inf cannot do without: the least any refusing cast costs. The sum
+    """Bare PyTorch plus the one sum of the payload (and its ``.item()``) that a refusing
+    cast on torch's ops alone cannot do without: the least that fallback costs. The sum
     runs over a flat view, PyTorch's faster full reduction (over a (1000, 1000) float16
     tensor it takes about twice as long as over the same entries flat)."""
     def cast(dtype):
@@ -196,16 +198,40 @@ def floor(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 FLOOR = {"fp16": "x.half(), one sum of it, .float()",
          "bf16": "x.bfloat16(), one sum of it, .float()"}
+DENSE = ("none", "fp16", "bf16")
+
+
+def on_torch_ops(codec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The dense codec's round trip on torch's ops alone (its compiled ops switched off for
+    the call; the switch's two assignments are timed with it)."""
+    from odtkit.compress import cast
+
+    compiled = cast._kernel
+
+    def run(t):
+        cast._kernel = _no_ops
+        try:
+            return codec.decompress(*codec.compress(t, "w"))
+        finally:
+            cast._kernel = compiled
+    return run
+
+
+def _no_ops():
+    return None
 
 
 def time_group(fns: list[Callable], x: torch.Tensor,
                repeats: int) -> tuple[list[float], list[float]]:
     """Medians of each ``fn(x)`` (s) and of each one's ratio to the last (the bare
     reference) within a round: every round times them back to back, the order rotated
-    from round to round, after one warm-up each. A round shares the machine's load of
-    the moment, so the paired ratio is the steadier figure."""
-    for fn in fns:
-        fn(x)
+    from round to round, after untimed warm-up rounds (a sixth as many; with one warm-up
+    call each, the first few dozen rounds of a fresh process ran slower, odtkit's path
+    more than bare PyTorch's). A round shares the machine's load of the moment, so the
+    paired ratio is the steadier figure."""
+    for _ in range(max(1, repeats // 6)):
+        for fn in fns:
+            fn(x)
     times: list[list[float]] = [[] for _ in fns]
     order = list(range(len(fns)))
     for i in range(repeats):
@@ -222,8 +248,10 @@ def speed(sizes: tuple[int, ...] = SIZES, repeat_scale: float = 1.0) -> dict[str
     """Every registered compressor against its bare reference at each size; the two casts
     also against the floor (bare plus one sum)."""
     import odtkit as odt
+    from odtkit.compress import cast
 
     torch.set_num_threads(1)
+    compiled = cast._kernel() is not None
     rows: dict[str, Any] = {}
     for name in odt.compress.names():
         rows[name] = {"settings": SETTINGS[name], "reference": REFERENCE[name]}
@@ -234,11 +262,18 @@ def speed(sizes: tuple[int, ...] = SIZES, repeat_scale: float = 1.0) -> dict[str
             x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
             c = odt.compress.get(name, **SETTINGS[name])
             ours = lambda t, c=c: c.decompress(*c.compress(t, "w"))  # noqa: E731
-            fns = [ours, *([floor(name)] if name in FLOOR else []), bare(name, shape)]
+            extra = []
+            if name in DENSE and compiled:
+                extra.append(on_torch_ops(odt.compress.get(name, **SETTINGS[name])))
+            if name in FLOOR:
+                extra.append(floor(name))
+            fns = [ours, *extra, bare(name, shape)]
             medians, ratios = time_group(fns, x, max(3, round(REPEATS[n] * repeat_scale)))
             cell = {"odtkit_s": medians[0], "bare_s": medians[-1], "ratio": ratios[0]}
+            if name in DENSE and compiled:
+                cell.update(torch_ops_s=medians[1], torch_ops_ratio=ratios[1])
             if name in FLOOR:
-                cell.update(floor_s=medians[1], floor_ratio=ratios[1])
+                cell.update(floor_s=medians[-2], floor_ratio=ratios[-2])
             rows[name][f"{n:.0e}"] = cell
     worst = max(r[f"{n:.0e}"]["ratio"] for r in rows.values() for n in sizes)
     return {"what": "compress + decompress of one float32 tensor, median seconds, one thread; "
@@ -246,15 +281,18 @@ def speed(sizes: tuple[int, ...] = SIZES, repeat_scale: float = 1.0) -> dict[str
                     "maths, timed back to back",
             "torch": torch.__version__, "sizes": list(sizes), "target_ratio": TARGET,
             "max_ratio": worst, "passes": worst <= TARGET,
+            "dense_ops": ("compiled (odtkit native): flat_copy, cast_checked, uncast" if compiled
+                          else "torch's alone (odtkit's compiled ops are not built)"),
             "note": "none sends NaN/inf as they are and makes no pass beyond its copy; the "
                     "fp16/bf16 casts pass NaN/inf of the input too but refuse a finite entry "
-                    "the cast turns into inf, found with one sum of the payload, a read pass "
-                    "that bare PyTorch skips. floor_ratio times bare PyTorch plus that one "
-                    "sum, side by side: no refusing cast can be faster, so where floor_ratio "
-                    "is above the target the target is out of reach for it; the gap from "
-                    "floor_ratio (or, for none, 1) to ratio is odtkit's per-call work, a fixed "
-                    "cost that shows at 1e5 entries and fades by 1e7: the flat wire view and "
-                    "the reshape back, the input checks, the step counter and the context",
+                    "the cast turns into inf. On odtkit's compiled ops the cast notes inf/NaN "
+                    "outputs in the pass that writes the payload; on torch's ops alone "
+                    "(torch_ops_*, the fallback without a compiler) the check is one sum of "
+                    "the payload, a read pass bare PyTorch skips, and floor_* is bare PyTorch "
+                    "plus that sum, the least the fallback can cost. The gap from 1 (or the "
+                    "floor) to a ratio is odtkit's per-call work, a fixed cost that shows at "
+                    "1e5 entries and fades by 1e7: the input checks, the step counter, the "
+                    "context and the view back into the caller's shape",
             "compressors": rows}
 
 

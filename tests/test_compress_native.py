@@ -109,3 +109,23 @@ def test_wrong_input_is_refused_with_what_is_taken(kernels):
         kernels.uncast(torch.zeros(4), [4])
     with pytest.raises(RuntimeError, match="flat_copy takes a contiguous CPU tensor"):
         kernels.flat_copy(strided)
+
+
+def test_a_tensor_split_across_threads_is_cast_and_checked_whole(kernels):
+    """Above torch's grain size the calls split the tensor across intra-op threads: the bits
+    are still torch's, and an inf made in the last chunk alone is still flagged."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(300_001, generator=torch.Generator().manual_seed(2))
+        for dtype in CASTS:
+            assert not check_cast(kernels, x, dtype).isinf().any()
+        x[-1] = 7e4  # float16 rounds it to inf; bfloat16 keeps it
+        out, bad = kernels.cast_checked(x, False)
+        assert bad and bool(out[-1].isinf()) and not bool(out[:-1].isinf().any())
+        half = x.half()
+        assert torch.equal(kernels.uncast(half, [300_001]).view(torch.int32),
+                           half.float().view(torch.int32))
+        assert torch.equal(kernels.flat_copy(x.view(1, -1)), x)
+    finally:
+        torch.set_num_threads(before)

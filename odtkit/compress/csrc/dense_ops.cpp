@@ -10,6 +10,9 @@
 // then looks entry by entry only when it did (odtkit/compress/cast.py). uncast(payload,
 // shape) is the receiver's widening back to float32, exact, written in the caller's shape.
 //
+// Like PyTorch's own cast and copy, a call splits a large tensor across torch's intra-op
+// threads (at::parallel_for, torch's grain size); on one thread it is one loop.
+//
 // On x86-64 with AVX2 and F16C (checked at run time) eight or sixteen entries go per step:
 // float16 by the F16C conversion instruction, which PyTorch's vectorized CPU cast also uses;
 // bfloat16 by round to nearest even on the bits, as c10::BFloat16. Elsewhere, and for the
@@ -18,8 +21,10 @@
 // it; bfloat16 as 0xffff, what PyTorch's vectorized cast writes (its scalar tail writes
 // 0x7fc0, so an input's last few NaN may differ from x.to(dtype) in the sign bit only).
 
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <tuple>
@@ -145,14 +150,21 @@ std::tuple<at::Tensor, bool> cast_checked(const at::Tensor& x, bool bfloat16) {
   at::Tensor out = at::empty({n}, x.options().dtype(bfloat16 ? at::kBFloat16 : at::kHalf));
   const float* src = x.const_data_ptr<float>();
   auto* dst = static_cast<uint16_t*>(out.mutable_data_ptr());
-  bool bad;
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+    const float* from = src + begin;
+    uint16_t* to = dst + begin;
+    const int64_t m = end - begin;
+    bool found;
 #ifdef ODTKIT_CAST_X86
-  if (has_avx2_f16c())
-    bad = bfloat16 ? bf16_avx2(src, dst, n) : half_avx2(src, dst, n);
-  else
+    if (has_avx2_f16c())
+      found = bfloat16 ? bf16_avx2(from, to, m) : half_avx2(from, to, m);
+    else
 #endif
-    bad = bfloat16 ? bf16_scalar(src, dst, n) : half_scalar(src, dst, n);
-  return {out, bad};
+      found = bfloat16 ? bf16_scalar(from, to, m) : half_scalar(from, to, m);
+    if (found) bad.store(true, std::memory_order_relaxed);
+  });
+  return {out, bad.load()};
 }
 
 at::Tensor uncast(const at::Tensor& payload, at::IntArrayRef shape) {
@@ -166,14 +178,17 @@ at::Tensor uncast(const at::Tensor& payload, at::IntArrayRef shape) {
               " entries, the payload ", payload.numel());
   const auto* src = static_cast<const uint16_t*>(payload.const_data_ptr());
   float* dst = out.mutable_data_ptr<float>();
-  const int64_t n = payload.numel();
+  at::parallel_for(0, payload.numel(), at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
 #ifdef ODTKIT_CAST_X86
-  if (has_avx2_f16c()) {
-    bfloat16 ? widen_bf16_avx2(src, dst, n) : widen_half_avx2(src, dst, n);
-    return out;
-  }
+    if (has_avx2_f16c()) {
+      bfloat16 ? widen_bf16_avx2(src + begin, dst + begin, end - begin)
+               : widen_half_avx2(src + begin, dst + begin, end - begin);
+      return;
+    }
 #endif
-  bfloat16 ? widen_bf16_scalar(src, dst, n) : widen_half_scalar(src, dst, n);
+    bfloat16 ? widen_bf16_scalar(src + begin, dst + begin, end - begin)
+             : widen_half_scalar(src + begin, dst + begin, end - begin);
+  });
   return out;
 }
 
@@ -181,6 +196,11 @@ at::Tensor flat_copy(const at::Tensor& x) {
   TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(),
               "flat_copy takes a contiguous CPU tensor");
   at::Tensor out = at::empty({x.numel()}, x.options());
-  std::memcpy(out.mutable_data_ptr(), x.const_data_ptr(), x.nbytes());
+  const auto* src = static_cast<const char*>(x.const_data_ptr());
+  auto* dst = static_cast<char*>(out.mutable_data_ptr());
+  const int64_t size = x.element_size();
+  at::parallel_for(0, x.numel(), at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+    std::memcpy(dst + begin * size, src + begin * size, (end - begin) * size);
+  });
   return out;
 }
