@@ -2,7 +2,8 @@
 casts and copy: ``cast_checked`` gives x.to(float16 / bfloat16)'s bits for every non-NaN
 float32 bit pattern, NaN for NaN, and flags exactly the outputs that are inf or NaN;
 ``uncast`` gives payload.float()'s bits in the asked shape; ``flat_copy`` gives
-x.ravel().clone(). Lengths run through the vector body and the scalar tail."""
+x.ravel().clone(); both leave anything but a plain contiguous CPU tensor to torch's ops
+(None). Lengths run through the vector body and the scalar tail."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def check_cast(kernels, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @FAST
-@given(bits=arrays(np.uint32, st.integers(0, 100)))
+@given(bits=arrays(np.uint32, st.integers(1, 100)))
 def test_cast_checked_is_pytorchs_cast_on_any_float32_bits(kernels, bits):
     x = torch.from_numpy(bits.view(np.float32).copy())
     for dtype in CASTS:
@@ -86,7 +87,7 @@ def test_uncast_is_pytorchs_widening_in_the_asked_shape(kernels, bits):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16,
-                                   torch.bfloat16, torch.int64])
+                                   torch.bfloat16])
 def test_flat_copy_is_a_flat_copy_of_its_own(kernels, dtype):
     x = (torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(1)) * 100).to(dtype)
     copy = kernels.flat_copy(x)
@@ -95,20 +96,29 @@ def test_flat_copy_is_a_flat_copy_of_its_own(kernels, dtype):
     assert copy.data_ptr() != x.data_ptr() and bool((copy != 0).any())
 
 
-def test_wrong_input_is_refused_with_what_is_taken(kernels):
-    strided = torch.randn(4, 6).t()
-    with pytest.raises(RuntimeError, match="contiguous float32 CPU tensor, got Float on cpu "
-                                           r"\(strided\)"):
-        kernels.cast_checked(strided, False)
-    with pytest.raises(RuntimeError, match="contiguous float32 CPU tensor, got Double"):
-        kernels.cast_checked(torch.zeros(4, dtype=torch.float64), True)
+@pytest.mark.parametrize("x", [
+    torch.randn(4, 6).t(),  # strided
+    torch.zeros(4, dtype=torch.float64),
+    torch.zeros(3, 0),  # empty
+    torch.zeros(4, requires_grad=True),
+    torch.zeros(4, dtype=torch.int32),
+], ids=["strided", "float64", "empty", "requires_grad", "int32"])
+def test_anything_but_the_plain_case_is_left_to_torchs_ops(kernels, x):
+    """None, not an error: the Python codec takes these with torch's ops. The copy also
+    takes float64 and the 16-bit floats (none's short path does)."""
+    assert kernels.cast_checked(x, False) is None and kernels.cast_checked(x, True) is None
+    if x.dtype == torch.float64 and x.numel():
+        assert torch.equal(kernels.flat_copy(x), x)
+    else:
+        assert kernels.flat_copy(x) is None
+
+
+def test_uncast_refuses_a_payload_it_cannot_widen(kernels):
     with pytest.raises(RuntimeError, match=r"uncast: shape \[2, 3\] holds 6 entries, the "
                                            "payload 4"):
         kernels.uncast(torch.zeros(4, dtype=torch.float16), [2, 3])
     with pytest.raises(RuntimeError, match="float16 or bfloat16 CPU tensor, got Float"):
         kernels.uncast(torch.zeros(4), [4])
-    with pytest.raises(RuntimeError, match="flat_copy takes a contiguous CPU tensor"):
-        kernels.flat_copy(strided)
 
 
 def test_a_tensor_split_across_threads_is_cast_and_checked_whole(kernels):

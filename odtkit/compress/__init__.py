@@ -30,7 +30,8 @@ The contract (every compressor, and ErrorFeedback around any of them):
   hooks: 'none' sends NaN and inf as they are and the casts map them to NaN and inf of
   their dtype (ErrorFeedback around them still refuses them: its residual would keep
   them for ever). What 'fp16' and 'bf16' refuse is a finite entry their cast turns into
-  inf; one sum of the 16-bit payload finds it, exactly (``odtkit.compress.cast``).
+  inf, found exactly in the pass that writes the payload (odtkit's compiled cast) or by
+  one sum of the 16-bit payload (torch's ops alone; ``odtkit.compress.cast``).
 - Names are case- and separator-insensitive everywhere: ``get("DGC")`` is ``get("dgc")``,
   ``canonical_name("EF_SignSGD") == "ef-signsgd"``; an unknown name lists the choices.
 - Range: ``decompress(compress(g))`` is finite for every finite g (norms and means are

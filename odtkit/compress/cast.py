@@ -27,8 +27,11 @@ inf or NaN costs that second look on every call. The decoded tensor and the all-
 buffer cannot carry the check instead: there an inf from the input and an overflowed one
 look the same, and only ``compress`` holds the input.
 
-A plain tensor of a dtype the codec takes that needs no grad (and, for ``none``, is
-contiguous) takes a short path through ``compress`` (checks that read no data, the
+Paths. With the compiled ops, a plain contiguous CPU tensor (float32 for a cast) that
+needs no grad takes one call that checks it and makes the payload (``flat_copy``,
+``cast_checked``; they answer None for anything else), then the step and the context.
+Otherwise ``_compress_torch``: a plain tensor of a dtype the codec takes that needs no
+grad (and, for ``none``, is contiguous) takes a short path (checks that read no data, the
 payload, the step and the context); any other goes through ``_compress_any``, with the
 same payload and checks.
 
@@ -107,19 +110,29 @@ class NoCompression(_Dense):
     short_dtypes = frozenset({_FP32, _FP64, *HALF_DTYPES})
 
     def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
-        # the short path's checks read no data: a plain tensor, of a dtype it takes, needing
-        # no grad (detach), not empty, contiguous (a flat view)
+        # compiled: flat_copy checks the plain case (contiguous CPU, a dtype the short path
+        # takes, no grad, not empty) and copies in one call; None sends it to torch's ops
+        if tensor.__class__ is _Tensor:
+            ops = _kernel()
+            if ops is not None:
+                sent = ops.flat_copy(tensor)
+                if sent is not None:
+                    steps = self._steps
+                    step = steps.get(name, 0)
+                    steps[name] = step + 1
+                    return (sent,), make_ctx(name, tuple(tensor.shape), tensor.dtype, step, {})
+        return self._compress_torch(tensor, name)
+
+    def _compress_torch(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
+        # torch's ops: the short path's checks read no data: a plain tensor, of a dtype it
+        # takes, needing no grad (detach), not empty, contiguous (a flat view)
         if tensor.__class__ is not _Tensor:
             return self._compress_any(tensor, name)
         shape = tuple(tensor.shape)
         if (tensor.dtype not in self.short_dtypes or tensor.requires_grad or 0 in shape
                 or not tensor.is_contiguous()):
             return self._compress_any(tensor, name)
-        ops = _kernel()
-        if ops is not None and tensor.is_cpu:
-            sent = ops.flat_copy(tensor)  # the one copy (module docstring), flat, in one call
-        else:
-            sent = tensor.ravel().clone()  # ravel: a view here
+        sent = tensor.ravel().clone()  # ravel: a view here; the one copy (module docstring)
         steps = self._steps
         step = steps.get(name, 0)
         steps[name] = step + 1
@@ -149,20 +162,32 @@ class _Cast(_Dense):
     _bfloat16: bool  # which cast the compiled cast_checked makes
 
     def compress(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
-        # the short path's checks read no data, as NoCompression.compress (a strided tensor
-        # may take it: ravel copies it, then the cast)
+        # compiled: cast_checked checks the plain case (contiguous CPU float32, no grad, not
+        # empty), casts and flags inf/NaN outputs in one call; None sends it to torch's ops
+        if tensor.__class__ is _Tensor:
+            ops = _kernel()
+            if ops is not None:
+                done = ops.cast_checked(tensor, self._bfloat16)
+                if done is not None:
+                    sent, bad = done
+                    if bad:
+                        self._settle(sent, tensor, name)
+                    steps = self._steps
+                    step = steps.get(name, 0)
+                    steps[name] = step + 1
+                    return (sent,), make_ctx(name, tuple(tensor.shape), _FP32, step, {})
+        return self._compress_torch(tensor, name)
+
+    def _compress_torch(self, tensor: torch.Tensor, name: str) -> tuple[Payload, Ctx]:
+        # torch's ops: the short path's checks read no data, as NoCompression's (a strided
+        # tensor may take it: ravel copies it, then the cast)
         if tensor.__class__ is not _Tensor:
             return self._compress_any(tensor, name)
         shape = tuple(tensor.shape)
         if tensor.dtype not in self.short_dtypes or tensor.requires_grad or 0 in shape:
             return self._compress_any(tensor, name)
-        ops = _kernel()
-        if ops is not None and tensor.dtype is _FP32 and tensor.is_cpu and tensor.is_contiguous():
-            sent, bad = ops.cast_checked(tensor, self._bfloat16)  # flat; one pass, checked
-        else:
-            sent = self._payload(tensor.ravel())
-            bad = not _isfinite(sent.sum().item())  # the one pass: finite unless an entry is not
-        if bad:
+        sent = self._payload(tensor.ravel())
+        if not _isfinite(sent.sum().item()):  # the one pass: finite unless an entry is not
             self._settle(sent, tensor, name)
         steps = self._steps
         step = steps.get(name, 0)

@@ -1,8 +1,12 @@
 // The dense codecs' per-call work in one call each: the copy that 'none' sends, and the
 // 16-bit casts of 'fp16' and 'bf16' with their overflow check fused in.
 //
-// flat_copy(x) is x (contiguous, any dtype and shape) copied into a flat tensor of its own:
-// what x.ravel().clone() gives, in one call.
+// Both take the plain case only, a non-empty contiguous CPU tensor that needs no grad
+// (float32 for a cast; float32, float64, float16 or bfloat16 for the copy), and answer
+// None for anything else, which the Python codec then handles with torch's ops: so one
+// call both checks the input and does the work.
+//
+// flat_copy(x) is x copied into a flat tensor of its own: what x.ravel().clone() gives.
 //
 // cast_checked(x, bfloat16) writes x (contiguous float32, any shape) as a flat float16 or
 // bfloat16 tensor, rounding to nearest even as PyTorch's x.to(dtype) does, and says in the
@@ -27,6 +31,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <tuple>
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
@@ -142,10 +147,17 @@ bool has_avx2_f16c() {
 
 }  // namespace
 
-std::tuple<at::Tensor, bool> cast_checked(const at::Tensor& x, bool bfloat16) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(),
-              "cast_checked takes a contiguous float32 CPU tensor, got ", x.scalar_type(),
-              " on ", x.device(), x.is_contiguous() ? "" : " (strided)");
+namespace {
+
+bool plain(const at::Tensor& x) {
+  return x.defined() && x.device().is_cpu() && !x.requires_grad() && x.numel() > 0 &&
+         x.is_contiguous();
+}
+
+}  // namespace
+
+std::optional<std::tuple<at::Tensor, bool>> cast_checked(const at::Tensor& x, bool bfloat16) {
+  if (!plain(x) || x.scalar_type() != at::kFloat) return std::nullopt;
   const int64_t n = x.numel();
   at::Tensor out = at::empty({n}, x.options().dtype(bfloat16 ? at::kBFloat16 : at::kHalf));
   const float* src = x.const_data_ptr<float>();
@@ -164,7 +176,7 @@ std::tuple<at::Tensor, bool> cast_checked(const at::Tensor& x, bool bfloat16) {
       found = bfloat16 ? bf16_scalar(from, to, m) : half_scalar(from, to, m);
     if (found) bad.store(true, std::memory_order_relaxed);
   });
-  return {out, bad.load()};
+  return std::make_tuple(out, bad.load());
 }
 
 at::Tensor uncast(const at::Tensor& payload, at::IntArrayRef shape) {
@@ -192,9 +204,11 @@ at::Tensor uncast(const at::Tensor& payload, at::IntArrayRef shape) {
   return out;
 }
 
-at::Tensor flat_copy(const at::Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(),
-              "flat_copy takes a contiguous CPU tensor");
+std::optional<at::Tensor> flat_copy(const at::Tensor& x) {
+  if (!plain(x)) return std::nullopt;
+  const auto type = x.scalar_type();
+  if (type != at::kFloat && type != at::kDouble && type != at::kHalf && type != at::kBFloat16)
+    return std::nullopt;
   at::Tensor out = at::empty({x.numel()}, x.options());
   const auto* src = static_cast<const char*>(x.const_data_ptr());
   auto* dst = static_cast<char*>(out.mutable_data_ptr());

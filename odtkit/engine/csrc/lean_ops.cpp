@@ -383,9 +383,9 @@ at::Tensor max_pool_index(const at::Tensor& x, std::vector<int64_t> kernel,
 }
 
 // the dense codecs' ops (odtkit/compress/csrc/dense_ops.cpp, built into the same module)
-std::tuple<at::Tensor, bool> cast_checked(const at::Tensor& x, bool bfloat16);
+std::optional<std::tuple<at::Tensor, bool>> cast_checked(const at::Tensor& x, bool bfloat16);
 at::Tensor uncast(const at::Tensor& payload, at::IntArrayRef shape);
-at::Tensor flat_copy(const at::Tensor& x);
+std::optional<at::Tensor> flat_copy(const at::Tensor& x);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("clamp_mask", &clamp_mask, "clamp keeping a bit mask (in place or not)");
@@ -394,7 +394,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("batch_norm_frozen", &batch_norm_frozen, "eval-mode batch norm, frozen weight");
   m.def("max_pool_index", &max_pool_index, "2-d max pooling keeping a uint8 window index");
   m.def("cast_checked", &cast_checked, "float32 -> flat float16/bfloat16, and whether any "
-        "entry came out inf or NaN");
+        "entry came out inf or NaN; None unless a plain contiguous CPU float32 tensor");
   m.def("uncast", &uncast, "float16/bfloat16 -> float32 in the given shape");
-  m.def("flat_copy", &flat_copy, "a contiguous tensor copied into a flat one of its own");
+  m.def("flat_copy", &flat_copy, "a flat copy of its own; None unless a plain contiguous CPU "
+        "tensor of a float dtype");
 }
