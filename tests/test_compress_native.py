@@ -139,3 +139,26 @@ def test_a_tensor_split_across_threads_is_cast_and_checked_whole(kernels):
         assert torch.equal(kernels.flat_copy(x.view(1, -1)), x)
     finally:
         torch.set_num_threads(before)
+
+
+def test_odtkit_native_0_keeps_the_codecs_on_torchs_ops(kernels):
+    """The switch the lean engine reads also routes the codecs; with a build present, the
+    default ('auto') uses it without compiling anything."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import torch, odtkit as odt\n"
+             "from odtkit.compress import cast\n"
+             "c = odt.compress.get('fp16')\n"
+             "c.compress(torch.ones(8), 'w')\n"
+             "print(cast._kernel() is not None)")
+    seen = {}
+    for value in ("0", "auto"):
+        env = dict(os.environ, ODTKIT_NATIVE=value)
+        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "compiling" not in done.stderr, done.stderr
+        seen[value] = done.stdout.split()[-1]
+    assert seen == {"0": "False", "auto": "True"}
