@@ -16,8 +16,8 @@ extra pass and every per-call Python step shows. ``none`` makes no pass beyond i
 A cast makes none either where odtkit's compiled ops are built (``odtkit native``;
 ``odtkit.engine.native``): ``cast_checked`` (``csrc/dense_ops.cpp``) writes the payload and
 notes in the same pass whether any entry came out inf or NaN, and ``uncast`` widens it back
-into the caller's shape. Without them (no compiler, ``ODTKIT_NATIVE=0``, a strided or
-non-CPU tensor) the cast is torch's and the check is one more pass: the sum of the 16-bit
+into the caller's shape. Without them (no compiler, ``ODTKIT_NATIVE=0``; or an input they
+leave to torch: strided, not on the CPU, needing grad, not float32) the cast is torch's and the check is one more pass: the sum of the 16-bit
 payload, read right after the cast wrote it (half the input's bytes), finite unless an
 entry is inf or NaN (or a 16-bit sum of finite entries overflowed). Either way, only when
 the check fires does ``_settle`` compare payload and input entry by entry. An inf in the
@@ -58,12 +58,12 @@ _FP32 = torch.float32
 _FP64 = torch.float64
 _CONTIGUOUS = torch.contiguous_format
 _isfinite = math.isfinite
-_native = None  # odtkit.engine.native, imported by the first cast (it imports odtkit.engine)
+_native = None  # odtkit.engine.native, imported by the first dense call (with odtkit.engine)
 
 
 def _kernel():
-    """odtkit's compiled ops (``cast_checked``, ``uncast``) if they are loaded or a build of
-    them exists and ``ODTKIT_NATIVE`` allows them, else None. Never compiles them unless
+    """odtkit's compiled ops (``flat_copy``, ``cast_checked``, ``uncast``) if they are
+    loaded or a build of them exists and ``ODTKIT_NATIVE`` allows them, else None. Never compiles them unless
     ``ODTKIT_NATIVE=1`` requires them (``make setup``, ``odtkit native`` and ``odt.lean``
     build them)."""
     global _native
