@@ -67,6 +67,7 @@ INPUTS = {
     "float64": lambda: grad(dtype=torch.float64),
     "float16": lambda: grad(dtype=torch.float16),
     "transposed": lambda: grad((24, 16)).t(),
+    "neg_view": lambda: torch._neg_view(-grad()),  # values are minus the bytes in memory
 }
 
 

@@ -102,12 +102,14 @@ def test_flat_copy_is_a_flat_copy_of_its_own(kernels, dtype):
     torch.zeros(3, 0),  # empty
     torch.zeros(4, requires_grad=True),
     torch.zeros(4, dtype=torch.int32),
-], ids=["strided", "float64", "empty", "requires_grad", "int32"])
+    torch._neg_view(torch.ones(4)),  # the values are minus the bytes
+    torch.eye(3).to_sparse(),
+], ids=["strided", "float64", "empty", "requires_grad", "int32", "neg_view", "sparse"])
 def test_anything_but_the_plain_case_is_left_to_torchs_ops(kernels, x):
     """None, not an error: the Python codec takes these with torch's ops. The copy also
     takes float64 and the 16-bit floats (none's short path does)."""
     assert kernels.cast_checked(x, False) is None and kernels.cast_checked(x, True) is None
-    if x.dtype == torch.float64 and x.numel():
+    if x.dtype == torch.float64 and x.numel():  # (none's short path takes float64)
         assert torch.equal(kernels.flat_copy(x), x)
     else:
         assert kernels.flat_copy(x) is None

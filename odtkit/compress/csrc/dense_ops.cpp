@@ -149,9 +149,12 @@ bool has_avx2_f16c() {
 
 namespace {
 
+// the bytes in memory are the values: a strided CPU tensor with no lazy negation or
+// conjugation bit and real storage (not torch's zero tensor), contiguous, not empty
 bool plain(const at::Tensor& x) {
-  return x.defined() && x.device().is_cpu() && !x.requires_grad() && x.numel() > 0 &&
-         x.is_contiguous();
+  return x.defined() && x.layout() == at::kStrided && x.device().is_cpu() &&
+         !x.requires_grad() && !x.is_neg() && !x.is_conj() && !x._is_zerotensor() &&
+         x.numel() > 0 && x.is_contiguous();
 }
 
 }  // namespace
