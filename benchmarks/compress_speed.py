@@ -245,8 +245,9 @@ def time_group(fns: list[Callable], x: torch.Tensor,
 
 
 def speed(sizes: tuple[int, ...] = SIZES, repeat_scale: float = 1.0) -> dict[str, Any]:
-    """Every registered compressor against its bare reference at each size; the two casts
-    also against the floor (bare plus one sum)."""
+    """Every registered compressor against its bare reference at each size; the dense three
+    also on torch's ops alone (where the compiled ops ran), the two casts also against the
+    floor of that fallback (bare plus one sum)."""
     import odtkit as odt
     from odtkit.compress import cast
 

@@ -17,9 +17,10 @@ A cast makes none either where odtkit's compiled ops are built (``odtkit native`
 ``odtkit.engine.native``): ``cast_checked`` (``csrc/dense_ops.cpp``) writes the payload and
 notes in the same pass whether any entry came out inf or NaN, and ``uncast`` widens it back
 into the caller's shape. Without them (no compiler, ``ODTKIT_NATIVE=0``; or an input they
-leave to torch: strided, not on the CPU, needing grad, not float32) the cast is torch's and the check is one more pass: the sum of the 16-bit
-payload, read right after the cast wrote it (half the input's bytes), finite unless an
-entry is inf or NaN (or a 16-bit sum of finite entries overflowed). Either way, only when
+leave to torch: strided, not on the CPU, needing grad, not float32) the cast is torch's
+and the check is one more pass: the sum of the 16-bit payload, read right after the cast
+wrote it (half the input's bytes), finite unless an entry is inf or NaN (or a 16-bit sum
+of finite entries overflowed). Either way, only when
 the check fires does ``_settle`` compare payload and input entry by entry. An inf in the
 payload where the input is finite is an overflow, refused; everything else was in the
 input and passes. The check is exact (every entry counts, no sampling) and an input with
@@ -63,9 +64,9 @@ _native = None  # odtkit.engine.native, imported by the first dense call (with o
 
 def _kernel():
     """odtkit's compiled ops (``flat_copy``, ``cast_checked``, ``uncast``) if they are
-    loaded or a build of them exists and ``ODTKIT_NATIVE`` allows them, else None. Never compiles them unless
-    ``ODTKIT_NATIVE=1`` requires them (``make setup``, ``odtkit native`` and ``odt.lean``
-    build them)."""
+    loaded or a build of them exists and ``ODTKIT_NATIVE`` allows them, else None. Never
+    compiles them unless ``ODTKIT_NATIVE=1`` requires them (``make setup``, ``odtkit
+    native`` and ``odt.lean`` build them)."""
     global _native
     if _native is None:
         from ..engine import native
@@ -235,11 +236,12 @@ class _Cast(_Dense):
     def decompress(self, payload: Payload, ctx: Ctx) -> torch.Tensor:
         shape = ctx.shape  # flat on the wire, as NoCompression.decompress
         sent = payload[0]
-        if ctx.dtype is _FP32 and sent.dtype is self.target and sent.is_cpu and sent.is_contiguous():
+        if (ctx.dtype is _FP32 and sent.dtype is self.target and sent.is_cpu
+                and sent.is_contiguous()):
             ops = _kernel()
             if ops is not None:
                 return ops.uncast(sent, shape)  # float32 in the caller's shape, one pass
-        out = payload[0].float().reshape(*shape) if shape else payload[0].float().reshape(())
+        out = sent.float().reshape(*shape) if shape else sent.float().reshape(())
         return out if ctx.dtype is _FP32 else out.to(ctx.dtype)
 
 

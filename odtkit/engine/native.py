@@ -1,7 +1,7 @@
 """odtkit's compiled ops: built once, loaded, swapped in.
 
 One extension module from two sources: the lean engine's ops (``csrc/lean_ops.cpp``) and
-the dense codecs' 16-bit casts with their overflow check fused in
+the dense codecs' copy and 16-bit casts, the casts with their overflow check fused in
 (``odtkit/compress/csrc/dense_ops.cpp``, used by ``odtkit.compress.cast`` where loaded).
 
 At batch 1 a lean step's cost beyond a stock one is mostly the Python frame of each lean
@@ -87,7 +87,7 @@ def _load_built() -> bool:
 
 def ops() -> ModuleType:
     """The loaded extension module (clamp_mask, conv, linear, batch_norm_frozen,
-    max_pool_index, cast_checked, uncast); build() or available() first."""
+    max_pool_index, cast_checked, uncast, flat_copy); build() or available() first."""
     module = _state["module"]
     if module is None:
         raise RuntimeError("odtkit's compiled ops are not loaded: call "
@@ -123,8 +123,8 @@ def build(verbose: bool = False) -> Path:
           file=sys.stderr, flush=True)
     try:
         _state["module"] = cpp_extension.load(
-            name=NAME, sources=[str(s) for s in SOURCES], build_directory=str(target), extra_cflags=["-O3"],
-            verbose=verbose)
+            name=NAME, sources=[str(s) for s in SOURCES], build_directory=str(target),
+            extra_cflags=["-O3"], verbose=verbose)
     except Exception as err:  # the compiler's own message is in err
         message = (f"building odtkit's compiled ops failed: {str(err).rstrip('.')}. "
                    f"Run `odtkit native` to try again, or set ODTKIT_NATIVE=0 to use the Python ops")
@@ -168,7 +168,8 @@ def main() -> int:
     """``odtkit native``: build (if needed), load, and say which ops run; the exit status."""
     chosen = mode()
     if chosen == "0":
-        print("ODTKIT_NATIVE=0: the lean engine runs its Python ops and the casts torch's; nothing to build")
+        print("ODTKIT_NATIVE=0: the lean engine runs its Python ops and the dense codecs "
+              "torch's; nothing to build")
         return 0
     failure().unlink(missing_ok=True)  # asked for: try again
     try:

@@ -75,7 +75,8 @@ bool bf16_scalar(const float* x, uint16_t* out, int64_t n) {
 }
 
 void widen_half_scalar(const uint16_t* p, float* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(c10::Half(p[i], c10::Half::from_bits()));
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = static_cast<float>(c10::Half(p[i], c10::Half::from_bits()));
 }
 
 void widen_bf16_scalar(const uint16_t* p, float* out, int64_t n) {
@@ -123,17 +124,22 @@ __attribute__((target("avx2"))) bool bf16_avx2(const float* x, uint16_t* out, in
   return (_mm256_movemask_epi8(bad) != 0) | bf16_scalar(x + i, out + i, n - i);
 }
 
-__attribute__((target("avx2,f16c"))) void widen_half_avx2(const uint16_t* p, float* out, int64_t n) {
+// eight 16-bit entries
+inline __m128i load8(const uint16_t* p) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+}
+
+__attribute__((target("avx2,f16c"))) void widen_half_avx2(const uint16_t* p, float* out,
+                                                          int64_t n) {
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))));
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(load8(p + i)));
   widen_half_scalar(p + i, out + i, n - i);
 }
 
 __attribute__((target("avx2"))) void widen_bf16_avx2(const uint16_t* p, float* out, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));
+    const __m256i w = _mm256_cvtepu16_epi32(load8(p + i));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_slli_epi32(w, 16));
   }
   widen_bf16_scalar(p + i, out + i, n - i);
